@@ -1,0 +1,217 @@
+"""Every setting of a run as validated data: pydantic models, YAML recipes and key=value overrides.
+
+A recipe is a YAML file (shipped ones live in `plantid/recipes/`); `load_config` merges the
+recipe with dotted overrides such as `train.epochs=3 model.name=convnext_large` and validates the
+result, so an unknown key or a bad value is a one-line PlantidError naming it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from plantid.errors import PlantidError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the photos are, how they are split, and how batches are fed."""
+
+    root: Path | None = None  # image folder (one subfolder per class) or an already split root
+    manifest: Path | None = None  # an existing split.csv to use instead of splitting `root`
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    image_size: int = Field(224, ge=8, le=1024)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    num_workers: int = Field(0, ge=0)
+    cache_dir: Path | None = None  # default: ~/.cache/plantid
+
+
+class ModelConfig(_Section):
+    """Which network: any timm model name, or `simple_cnn` / `inception` from scratch."""
+
+    name: str = "tf_efficientnet_lite0"
+    weights: str = "auto"  # auto | none | hub | lite-package | path/to/file.(pth|safetensors)
+    freeze: float = Field(0.0, ge=0.0)  # >= 1: first N layers; 0 < f < 1: that fraction of layers
+    head: Literal["linear", "seed"] = "linear"  # seed: GAP, Dropout, Dense(hidden) ReLU, Dense(classes)
+    head_hidden: int = Field(1024, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    l1: float = Field(0.0, ge=0.0)  # L1 penalty on the head's hidden dense layer
+    l2: float = Field(0.0, ge=0.0)  # L2 penalty on the head's hidden dense layer
+    channels_last: bool = False
+
+
+class AugmentConfig(_Section):
+    """Batched augmentation applied on the training device; `preset` picks the recipe."""
+
+    preset: Literal["none", "flip", "seed"] = "seed"
+    strength: float = Field(1.0, ge=0.0, le=3.0)  # scales shifts, rotation, zoom, colour jitter
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is mixed (CutMix or MixUp)
+
+
+class LossConfig(_Section):
+    """Classification loss and imbalance handling."""
+
+    name: Literal["ce", "weighted_ce", "focal"] = "ce"
+    gamma: float = Field(2.0, ge=0.0)  # focal loss focusing parameter
+    alpha: Literal["none", "balanced"] | list[float] = "none"  # per-class weights for focal loss
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LRPhase(_Section):
+    """One phase of the seed's triangular cyclical learning rate."""
+
+    epochs: int = Field(..., ge=1)
+    min_lr: float = Field(..., gt=0)
+    max_lr: float = Field(..., gt=0)
+    step_epochs: float = Field(2.0, gt=0)  # half-cycle length, in epochs
+
+
+class OptimConfig(_Section):
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cyclic", "onecycle", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    phases: list[LRPhase] = Field(default_factory=list)  # for schedule=cyclic
+
+
+class TrainConfig(_Section):
+    """The loop: epochs, early stopping, hardware, precision, seeds."""
+
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 disables it
+    seed: int = 0
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
+    compile: bool = False
+    deterministic: bool = True
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = Field(10, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    """Test-time augmentation used by `plantid evaluate --tta` and `predict --tta`."""
+
+    tta: list[str] = Field(default_factory=lambda: ["identity", "hflip", "vflip", "rot+10", "rot-10", "shift"])
+
+
+class RunConfig(_Section):
+    """A whole run: the union of all sections. Saved as config.yaml in each run folder."""
+
+    recipe: str = "custom"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("recipe")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with plantid."""
+    folder = resources.files("plantid") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text(encoding="utf-8")
+    else:
+        resource = resources.files("plantid") / "recipes" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise PlantidError(
+                f"unknown recipe '{name_or_path}': use one of {', '.join(recipe_names())} or a path to a .yaml file"
+            )
+        text = resource.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise PlantidError(f"recipe {name_or_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PlantidError(f"recipe {name_or_path} must be a YAML mapping of sections")
+    data.setdefault("recipe", Path(name_or_path).stem)
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (value parsed as YAML) to a nested dict, returning it."""
+    for item in overrides:
+        if "=" not in item:
+            raise PlantidError(f"override '{item}' must look like section.key=value (e.g. train.epochs=5)")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise PlantidError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PlantidError(f"override '{item}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a nested dict into a RunConfig, turning the first problem into a one-line error."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise PlantidError(f"{source}: unknown setting '{where}' (check the spelling; see `plantid recipes`)") from None
+        raise PlantidError(f"{source}: bad value for '{where}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def load_config(recipe: str = "cpu-default", overrides: list[str] | None = None) -> RunConfig:
+    """Load a shipped recipe (by name) or a YAML file, apply overrides, and validate."""
+    data = apply_overrides(_read_recipe(recipe), list(overrides or []))
+    return validate_config(data, source=f"recipe {recipe}")
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Load the config.yaml saved in a run folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        raise PlantidError(f"{path}: cannot read run config; is this a plantid run folder?") from None
+    return validate_config(data, source=str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The YAML text of a config, as saved in run folders (paths as strings)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
