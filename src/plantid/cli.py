@@ -1,0 +1,265 @@
+"""The `plantid` command line: one thin function per command, no logic beyond parsing and printing.
+
+Every user error surfaces as a PlantidError, printed as one line (exit code 2), never a traceback.
+Heavy imports happen inside commands so `plantid --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from plantid.errors import PlantidError
+
+app = typer.Typer(
+    name="plantid",
+    help="Turn a folder of plant photos (one subfolder per species) into a trained, evaluated and "
+    "deployable species classifier.\n\nTypical session:\n\n"
+    "  plantid scan photos/\n\n  plantid train --data photos/ --recipe cpu-default --out runs/demo\n\n"
+    "  plantid evaluate runs/demo --tta default\n\n  plantid report runs/demo\n\n"
+    "  plantid predict runs/demo leaf.jpg\n\n  plantid serve runs/demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
+RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+    logger = logging.getLogger("plantid")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+@app.command()
+def scan(
+    data: DataArg,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write scan.json (default: ./scan.json).")] = Path("scan.json"),
+) -> None:
+    """Check every photo: decode it fully, list bad files with the reason, report duplicates.
+
+    Example: plantid scan photos/ --out runs/scan.json
+    """
+    from plantid.data.scan import print_scan_table, scan_folder, write_scan_json
+
+    report = scan_folder(data, progress=True)
+    print_scan_table(report, console)
+    if out is not None:
+        write_scan_json(report, out)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def split(
+    data: DataArg,
+    out: Annotated[Path, typer.Option(help="Output folder for split.csv (and the folder layout with --materialize).")],
+    val: Annotated[float, typer.Option(help="Fraction of each class for validation.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of each class for test.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Split seed: same data + seed = byte-identical manifest.")] = 0,
+    materialize: Annotated[Optional[str], typer.Option(help="Also write train/val/test/<class>/ folders: copy or link.")] = None,
+) -> None:
+    """Deterministic stratified train/val/test split, written as a split.csv manifest.
+
+    Example: plantid split photos/ --out splits/ --val 0.15 --test 0.15 --seed 0 --materialize link
+    """
+    from plantid.data.scan import scan_folder
+    from plantid.data.split import make_split, materialize as write_layout, write_manifest
+
+    if materialize not in (None, "copy", "link"):
+        raise PlantidError(f"--materialize must be copy or link, not '{materialize}'")
+    report = scan_folder(data, progress=True)
+    rows = make_split(report, val=val, test=test, seed=seed)
+    manifest = write_manifest(rows, out / "split.csv")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.split] = counts.get(row.split, 0) + 1
+    console.print(f"wrote {manifest}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if materialize:
+        write_layout(rows, out, mode=materialize)
+        console.print(f"wrote the train/val/test folders under {out} ({materialize})")
+
+
+@app.command()
+def explore(
+    source: Annotated[Path, typer.Argument(help="Image folder or a split.csv manifest.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("explore"),
+    samples: Annotated[int, typer.Option(help="Sample images per class in the grid.")] = 8,
+) -> None:
+    """Class-distribution chart, a sample grid per class and a size/mode summary.
+
+    Example: plantid explore photos/ --out explore/
+    """
+    from plantid.data.explore import explore as run_explore
+
+    written = run_explore(source, out, console=console, samples_per_class=samples)
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")] = "cpu-default",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
+    verbose: Annotated[bool, typer.Option(help="More logging.")] = False,
+) -> None:
+    """Train a classifier; extra arguments are key=value overrides of the recipe.
+
+    Examples:
+
+      plantid train --data photos/ --recipe cpu-default --out runs/lite0
+
+      plantid train --data photos/ --recipe seed-convnext-large train.devices=4 train.strategy=ddp
+
+      plantid train --resume runs/lite0
+    """
+    from plantid.config import load_config
+    from plantid.train.run import train_run
+
+    _setup_logging(verbose)
+    overrides = list(ctx.args)
+    if resume is not None:
+        if overrides or data is not None:
+            raise PlantidError("--resume continues a run with its saved config; drop --data and overrides")
+        result = train_run(None, resume, resume=True)  # type: ignore[arg-type]
+    else:
+        if data is not None:
+            key = "data.manifest" if data.suffix == ".csv" else "data.root"
+            overrides.insert(0, f"{key}={data}")
+        cfg = load_config(recipe, overrides)
+        run_dir = out or Path("runs") / cfg.recipe
+        result = train_run(cfg, run_dir)
+    val = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
+    test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
+    console.print(
+        f"run {result.run_dir}: best val acc {val}, test acc {test_acc}, "
+        f"{result.epochs_run} epochs in {result.train_seconds:.0f} s; best checkpoint {result.best_checkpoint}"
+    )
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped training recipes."""
+    from plantid.config import load_config, recipe_names
+
+    for name in recipe_names():
+        cfg = load_config(name)
+        console.print(f"{name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, {cfg.train.precision}")
+
+
+@app.command()
+def evaluate(
+    run: RunArg,
+    split: Annotated[str, typer.Option(help="test, val, or a folder of class subfolders.")] = "test",
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: 'default' or a comma list (hflip,vflip,rot+10,rot-10,shift).")] = None,
+) -> None:
+    """Accuracy, balanced accuracy, macro-F1, per-class table, confusion matrix and error grid.
+
+    Example: plantid evaluate runs/lite0 --split test --tta default
+    """
+    from plantid.evaluate.evaluation import evaluate_run
+
+    _setup_logging()
+    evaluate_run(run, split=split, tta=tta, console=console)
+
+
+@app.command()
+def report(run: RunArg) -> None:
+    """Write one self-contained HTML report (plots inlined) for a run.
+
+    Example: plantid report runs/lite0
+    """
+    from plantid.evaluate.report import build_report
+
+    path = build_report(run)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def predict(
+    run: RunArg,
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many species to list per image.")] = 3,
+    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: 'default' or a comma list.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
+    backend: Annotated[str, typer.Option(help="torch (checkpoint) or onnx (exported model.onnx).")] = "torch",
+) -> None:
+    """Predict the species of photos; bad files are reported and skipped.
+
+    Example: plantid predict runs/lite0 leaf.jpg more_leaves/ --top-k 3 --format csv --out preds.csv
+    """
+    from plantid.infer.cli_predict import predict_command
+
+    code = predict_command(run, paths, top_k=top_k, tta=tta, output_format=output_format, out=out,
+                           backend=backend, console=console, err_console=err_console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def export(
+    run: RunArg,
+    export_format: Annotated[str, typer.Option("--format", help="onnx or submission.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file/folder (default: inside the run folder).")] = None,
+    quantize: Annotated[bool, typer.Option(help="Also write an int8-quantized ONNX model.")] = False,
+) -> None:
+    """Export a run: ONNX model + preprocessing.json, or a course-challenge submission folder.
+
+    Example: plantid export runs/lite0 --format onnx
+    """
+    from plantid.infer.export import export_run
+
+    for path in export_run(run, export_format, out=out, quantize=quantize):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def serve(
+    run: RunArg,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+) -> None:
+    """A local web page (and JSON API) to identify a plant from a photo.
+
+    Example: plantid serve runs/lite0 --port 8000, then open http://127.0.0.1:8000
+    """
+    import uvicorn
+
+    from plantid.serve.app import create_app
+
+    application = create_app(run, backend=backend)
+    console.print(f"serving {run} on http://{host}:{port} (Ctrl+C to stop)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning PlantidError into a one-line message."""
+    try:
+        app()
+    except PlantidError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted (a training run can be continued with `plantid train --resume RUN`)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

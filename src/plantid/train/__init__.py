@@ -1,0 +1,1 @@
+"""Training: augmentation, losses, LR schedules, the LightningModule and run assembly."""

@@ -1,0 +1,105 @@
+"""The LightningModule: one place that says what a training, validation and test step is.
+
+Batches arrive as uint8 N x H x W x 3 straight from the cache; on the device they become float
+[0, 1] N x 3 x H x W, get augmented (training only), optionally CutMix/MixUp-ed, and go through
+the Classifier, which normalizes internally. Lightning owns the loop, devices and precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import seed_everything
+from timm.data import Mixup
+from torchmetrics.classification import MulticlassAccuracy
+
+from plantid.config import RunConfig
+from plantid.models import build_model
+from plantid.train.augment import build_augment, to_unit_float
+from plantid.train.losses import build_loss
+from plantid.train.schedules import build_scheduler, lr_curve
+
+
+class PlantClassifierModule(L.LightningModule):
+    """Trains a plantid Classifier. Hyper-parameters (config, classes, counts) travel in checkpoints."""
+
+    def __init__(self, config: dict[str, Any], classes: list[str], class_counts: list[int]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = RunConfig.model_validate(config)
+        self.classes = list(classes)
+        num_classes = len(self.classes)
+        self.model = build_model(self.cfg.model, num_classes, self.cfg.data.image_size)
+        self.augment = build_augment(self.cfg.augment)
+        self.loss_fn = build_loss(self.cfg.loss, class_counts)
+        aug = self.cfg.augment
+        self.mixer = (
+            Mixup(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha, prob=aug.mix_prob,
+                  label_smoothing=self.cfg.loss.label_smoothing, num_classes=num_classes)
+            if aug.mix_prob > 0 and (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0)
+            else None
+        )
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- data on the device -------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        x = to_unit_float(images, channels_last=self.cfg.model.channels_last)
+        if self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, labels
+
+    def on_train_epoch_start(self) -> None:
+        # Every epoch draws its augmentation, dropout and mixing randomness from (seed, epoch), so
+        # a run resumed from last.ckpt replays exactly what an uninterrupted run would have done.
+        seed_everything(self.cfg.train.seed * 10_007 + self.current_epoch + self.global_rank * 7919, verbose=False)
+
+    # -- steps ------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, labels = batch
+        target: torch.Tensor = labels
+        if self.mixer is not None and x.shape[0] % 2 == 0:
+            x, target = self.mixer(x, labels)
+        logits = self.model(x)
+        loss = self.loss_fn(logits, target) + self.model.regularization()
+        self.train_acc(logits.detach(), labels)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> None:
+        x, labels = batch
+        logits = self.model(x)
+        loss = self.loss_fn(logits, labels)
+        metric(logits, labels)
+        self.log(f"{stage}_loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0], sync_dist=True)
+        self.log(f"{stage}_acc", metric, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    # -- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        opt_cfg = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if opt_cfg.name == "sgd":
+            optimizer = torch.optim.SGD(params, lr=opt_cfg.lr, momentum=0.9, weight_decay=opt_cfg.weight_decay, nesterov=True)
+        elif opt_cfg.name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        epochs = self.trainer.max_epochs or self.cfg.train.epochs
+        steps_per_epoch = max(1, int(np.ceil(self.trainer.estimated_stepping_batches / max(1, epochs))))
+        scheduler = build_scheduler(optimizer, lr_curve(opt_cfg, epochs, steps_per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,228 @@
+"""Run assembly: a run folder, the Lightning Trainer and its callbacks, fit, resume and test.
+
+A run folder holds everything needed to understand and reuse a run:
+config.yaml, split.csv, labels.json, best.ckpt, last.ckpt, metrics.csv, tb/ (TensorBoard),
+train_summary.json. `train_run` creates it; `train_run(..., resume=True)` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from plantid.config import RunConfig, dump_config, load_run_config
+from plantid.data.datamodule import PlantDataModule
+from plantid.data.scan import scan_folder, write_scan_json
+from plantid.data.split import make_split, read_manifest, write_manifest
+from plantid.errors import PlantidError
+from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
+from plantid.train.module import PlantClassifierModule
+
+log = logging.getLogger("plantid")
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "split.csv"
+LABELS_FILE = "labels.json"
+SUMMARY_FILE = "train_summary.json"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes to a temporary file and renames it into place,
+    so a run killed while saving never leaves a truncated best.ckpt or last.ckpt."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+@dataclass
+class RunResult:
+    """What a finished training run reports."""
+
+    run_dir: Path
+    best_val_acc: float | None
+    test_acc: float | None
+    epochs_run: int
+    train_seconds: float
+    best_checkpoint: Path
+
+
+def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
+    """Put the split manifest the run trains on into the run folder and return its path.
+
+    Uses `data.manifest` when given; otherwise scans `data.root` and splits it
+    deterministically with `data.split_seed`.
+    """
+    target = run_dir / MANIFEST_FILE
+    if cfg.data.manifest is not None:
+        source = Path(cfg.data.manifest)
+        if not source.is_file():
+            raise PlantidError(f"{source}: manifest not found; create one with `plantid split DATA --out DIR`")
+        read_manifest(source)  # validate before copying
+        if source.resolve() != target.resolve():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+        return target
+    if cfg.data.root is None:
+        raise PlantidError("no data: pass --data PATH (an image folder with one subfolder per class)")
+    report = scan_folder(Path(cfg.data.root))
+    write_scan_json(report, run_dir / "scan.json")
+    for bad in report.bad:
+        log.warning("skipping %s: %s", bad.path, bad.reason)
+    rows = make_split(report, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
+    write_manifest(rows, target)
+    return target
+
+
+def _check_labels(run_dir: Path, classes: list[str]) -> None:
+    labels_path = run_dir / LABELS_FILE
+    if labels_path.exists():
+        saved = json.loads(labels_path.read_text(encoding="utf-8"))
+        if saved != classes:
+            raise PlantidError(
+                f"{run_dir}: the run was trained on classes {saved} but the data has {classes}; "
+                "use a new --out folder for a data set with other classes"
+            )
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path) -> L.Trainer:
+    """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices."""
+    t = cfg.train
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
+                        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if t.patience > 0:
+        callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
+    if t.progress:
+        callbacks.append(RichProgressBar(leave=True))
+    loggers = [
+        CSVLogger(save_dir=run_dir, name="", version=""),
+        TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
+    ]
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
+    """Train (or resume) the run in `run_dir`, then test its best checkpoint.
+
+    A fresh run refuses a folder that already holds a checkpoint (pass resume=True to continue
+    it). A resumed run uses the folder's own config.yaml and split.csv.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / "last.ckpt"
+    if resume:
+        if not last.exists():
+            raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt); start it with `plantid train --out {run_dir}`")
+        cfg = load_run_config(run_dir / CONFIG_FILE)
+        manifest = run_dir / MANIFEST_FILE
+    else:
+        if last.exists() or (run_dir / "best.ckpt").exists():
+            raise PlantidError(f"{run_dir} already holds a trained run: pass --resume to continue it, or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest = prepare_manifest(cfg, run_dir)
+        write_text_atomic(run_dir / CONFIG_FILE, dump_config(cfg))
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    data = PlantDataModule(
+        manifest_path=manifest,
+        image_size=cfg.data.image_size,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        cache_dir=cfg.data.cache_dir,
+        seed=cfg.train.seed,
+    )
+    data.setup("fit")
+    _check_labels(run_dir, data.classes)
+    write_json_atomic(run_dir / LABELS_FILE, data.classes)
+
+    module = PlantClassifierModule(cfg.model_dump(mode="json"), data.classes, data.class_counts)
+    counts = module.model.parameter_counts()
+    log.info("parameters: %s trainable, %s frozen", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+    if cfg.train.compile:
+        module.model = torch.compile(module.model)  # type: ignore[assignment]
+
+    trainer = build_trainer(cfg, run_dir)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    train_seconds = time.perf_counter() - started
+
+    checkpoint = _best_checkpoint(trainer, run_dir)
+    test_acc = None
+    if read_manifest(manifest).rows_for("test"):
+        results = trainer.test(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
+        test_acc = float(results[0]["test_acc"]) if results else None
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    result = RunResult(
+        run_dir=run_dir,
+        best_val_acc=float(best_score) if best_score is not None else None,
+        test_acc=test_acc,
+        epochs_run=trainer.current_epoch,
+        train_seconds=train_seconds,
+        best_checkpoint=checkpoint,
+    )
+    if trainer.is_global_zero:
+        previous = _read_summary(run_dir)
+        write_json_atomic(run_dir / SUMMARY_FILE, {
+            "recipe": cfg.recipe,
+            "model": cfg.model.name,
+            "image_size": cfg.data.image_size,
+            "classes": data.classes,
+            "best_val_acc": result.best_val_acc,
+            "test_acc": result.test_acc,
+            "epochs_run": result.epochs_run,
+            "train_seconds": round(train_seconds + previous.get("train_seconds", 0.0) * resume, 2),
+            "world_size": trainer.world_size,
+            "best_checkpoint": checkpoint.name,
+            "parameters": counts,
+        })
+    return result
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _best_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
+    best = run_dir / "best.ckpt"
+    if best.exists():
+        return best
+    return run_dir / "last.ckpt"
+

@@ -1,0 +1,71 @@
+"""Batched on-device augmentation: shapes, value range, per-sample randomness, presets."""
+
+import pytest
+import torch
+
+from plantid.config import AugmentConfig
+from plantid.train.augment import PRESETS, AugmentSpec, BatchAugment, build_augment, to_unit_float
+
+
+def _batch(n=8, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+
+
+def test_to_unit_float_layout_and_range():
+    images = _batch()
+    x = to_unit_float(images)
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
+    assert torch.equal(x[2, 1], images[2, :, :, 1].float() / 255)
+    assert to_unit_float(images, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_seed_preset_keeps_shape_and_range_and_changes_pixels():
+    torch.manual_seed(0)
+    x = to_unit_float(_batch())
+    y = build_augment(AugmentConfig(preset="seed", strength=1.0))(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not torch.allclose(y, x)
+    # Each sample gets its own parameters: two identical inputs come out different.
+    same = x[:1].repeat(4, 1, 1, 1)
+    out = build_augment(AugmentConfig(preset="seed"))(same)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_none_preset_is_identity_and_strength_zero_disables():
+    x = to_unit_float(_batch())
+    assert torch.equal(build_augment(AugmentConfig(preset="none"))(x), x)
+    spec = PRESETS["seed"].scaled(0.0)
+    assert spec.rotate_deg == 0 and spec.shift == 0 and spec.cutout_prob == 0
+
+
+def test_flips_are_exact_mirrors():
+    torch.manual_seed(1)
+    x = to_unit_float(_batch(n=64))
+    y = BatchAugment(AugmentSpec(hflip=True))(x)
+    mirrored = torch.isclose(y, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    unchanged = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
+    assert bool((mirrored | unchanged).all())
+    assert 10 < int(mirrored.sum()) < 54  # about half the samples are flipped
+
+
+def test_cutout_erases_a_rectangle_with_the_mean_colour():
+    torch.manual_seed(2)
+    x = to_unit_float(_batch(n=16))
+    y = BatchAugment(AugmentSpec(cutout_prob=1.0, cutout_frac=0.5))(x)
+    changed = (y != x).any(1)  # N x H x W
+    for i in range(16):
+        rows = changed[i].any(1).nonzero()
+        cols = changed[i].any(0).nonzero()
+        if len(rows) == 0:
+            continue
+        box = changed[i][rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.9  # the changed pixels form a rectangle
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs_on_odd_sizes(preset):
+    x = torch.rand(3, 3, 37, 41)
+    y = build_augment(AugmentConfig(preset=preset))(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
