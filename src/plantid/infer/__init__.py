@@ -1,0 +1,1 @@
+"""Inference: load a trained run, test-time augmentation, the Predictor, export."""
