@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,22 +69,24 @@ def decode_image(source: str | os.PathLike | bytes) -> DecodedImage:
         if not data:
             raise BadImageError(None, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise BadImageError(
-                        path, f"too large ({width}x{height} pixels > {MAX_IMAGE_PIXELS}): possible decompression bomb"
-                    )
-                img.load()
-                original_mode = img.mode
-                notes: list[str] = []
-                oriented = ImageOps.exif_transpose(img)
-                if oriented is not img:
-                    notes.append("EXIF orientation applied")
-                rgb = _to_rgb(oriented, notes)
-                pixels = np.asarray(rgb, dtype=np.uint8).copy()
+        # PIL warns (1x-2x its limit) or raises (beyond 2x) for huge images; the explicit check below
+        # turns every oversized image into a BadImageError without touching the (process-global,
+        # not thread-safe) warnings filters.
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise BadImageError(
+                    path, f"too large ({width}x{height} pixels > {MAX_IMAGE_PIXELS}): possible decompression bomb"
+                )
+            img.load()
+            original_mode = img.mode
+            notes: list[str] = []
+            orientation = img.getexif().get(0x0112, 1)
+            oriented = ImageOps.exif_transpose(img) if orientation != 1 else img
+            if orientation != 1:
+                notes.append(f"EXIF orientation {orientation} applied")
+            rgb = _to_rgb(oriented, notes)
+            pixels = np.asarray(rgb, dtype=np.uint8).copy()
     except BadImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
