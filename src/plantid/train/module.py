@@ -1,8 +1,8 @@
 """The LightningModule: one place that says what a training, validation and test step is.
 
 Batches arrive as uint8 N x H x W x 3 straight from the cache; on the device they become float
-[0, 1] N x 3 x H x W, get augmented (training only), optionally CutMix/MixUp-ed, and go through
-the Classifier, which normalizes internally. Lightning owns the loop, devices and precision.
+[0, 1] N x 3 x H x W; training steps augment them and optionally CutMix/MixUp them, and all go
+through the Classifier, which normalizes internally. Lightning owns the loop, devices and precision.
 """
 
 from __future__ import annotations
@@ -52,19 +52,20 @@ class PlantClassifierModule(L.LightningModule):
     # -- data on the device -------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        x = to_unit_float(images, channels_last=self.cfg.model.channels_last)
-        if self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
-        return x, labels
+        return to_unit_float(images, channels_last=self.cfg.model.channels_last), labels
 
-    def on_train_epoch_start(self) -> None:
-        # Every epoch draws its augmentation, dropout and mixing randomness from (seed, epoch), so
-        # a run resumed from last.ckpt replays exactly what an uninterrupted run would have done.
-        seed_everything(self.cfg.train.seed * 10_007 + self.current_epoch + self.global_rank * 7919, verbose=False)
+    def _seed_step(self) -> None:
+        # Each optimizer step draws its augmentation, mixing and dropout randomness from
+        # (seed, step, rank) alone, so a run resumed from last.ckpt replays exactly what an
+        # uninterrupted run would have done, whatever order Lightning runs its hooks in.
+        step_seed = (self.cfg.train.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**32)
+        seed_everything(step_seed, verbose=False)
 
     # -- steps ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, labels = batch
+        self._seed_step()
+        x = self.augment(x)
         target: torch.Tensor = labels
         if self.mixer is not None and x.shape[0] % 2 == 0:
             x, target = self.mixer(x, labels)

@@ -1,0 +1,221 @@
+"""The network users train: a backbone plus head that takes [0, 1] images and returns logits.
+
+Normalization lives inside the model (`mean`/`std` buffers), so training, evaluation, the
+exported ONNX graph and the server all feed the same unnormalized float NCHW pixels.
+
+Layers are counted the way Keras counts the layers that carry weights: every module that
+directly owns parameters, in module order (leaf convs, norms and linears, plus containers
+holding their own parameters, such as a ConvNeXt block's layer-scale `gamma` or a ViT's
+`pos_embed`). `freeze_first_layers` freezes a prefix of that list and keeps the norm layers
+inside it in eval mode, so their running statistics stay the pretrained ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from plantid.errors import PlantidError
+
+__all__ = ["Classifier", "SeedHead", "count_layers", "freeze_first_layers", "layer_modules",
+           "keep_frozen_norms_eval"]
+
+_FROZEN_ATTR = "_plantid_frozen"
+
+
+class SeedHead(nn.Module):
+    """The report's head on pooled features: Dropout(p), Dense(hidden) + ReLU, Dense(classes).
+
+    Global average pooling is done by the backbone (timm `num_classes=0` returns pooled
+    features). Outputs are logits; softmax belongs to the loss / predictor. The hidden dense
+    layer carries Keras' L1L2 kernel penalty, returned by `regularization()`.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 1024, dropout: float = 0.0,
+                 l1: float = 0.0, l2: float = 0.0):
+        super().__init__()
+        self.l1 = float(l1)
+        self.l2 = float(l2)
+        self.drop = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.fc1(self.drop(x))))
+
+    def regularization(self) -> torch.Tensor:
+        """l1 * sum|W| + l2 * sum W^2 over the hidden dense kernel (bias excluded, as in Keras)."""
+        w = self.fc1.weight
+        penalty = w.new_zeros(())
+        if self.l1:
+            penalty = penalty + self.l1 * w.abs().sum()
+        if self.l2:
+            penalty = penalty + self.l2 * w.square().sum()
+        return penalty
+
+
+# -- layers and freezing ----------------------------------------------------------------------
+def _layer_root(model: nn.Module) -> nn.Module:
+    return model.backbone if isinstance(model, Classifier) else model
+
+
+def _classifier_ids(root: nn.Module) -> set[int]:
+    get = getattr(root, "get_classifier", None)
+    if not callable(get):
+        return set()
+    try:
+        clf = get()
+    except Exception:
+        return set()
+    if isinstance(clf, nn.Module):
+        return {id(m) for m in clf.modules()}
+    if isinstance(clf, Sequence):  # some timm models return a tuple of heads
+        return {id(m) for c in clf if isinstance(c, nn.Module) for m in c.modules()}
+    return set()
+
+
+def layer_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every module directly owning parameters, in module order.
+
+    For a Classifier only its backbone counts, and a backbone's own classifier
+    (`get_classifier()`) is left out: the head is never counted nor frozen.
+    """
+    root = _layer_root(model)
+    skip = _classifier_ids(root)
+    return [
+        (name, module)
+        for name, module in root.named_modules()
+        if id(module) not in skip and any(True for _ in module.parameters(recurse=False))
+    ]
+
+
+def count_layers(model: nn.Module) -> int:
+    """How many layers with weights the backbone has (see `layer_modules`), like Keras counts them."""
+    return len(layer_modules(model))
+
+
+def _has_running_stats(module: nn.Module) -> bool:
+    if isinstance(module, _NormBase):
+        return bool(module.track_running_stats)
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
+
+
+def keep_frozen_norms_eval(model: nn.Module) -> None:
+    """Put norm layers marked frozen (by `freeze_first_layers`) in eval mode."""
+    for module in model.modules():
+        if getattr(module, _FROZEN_ATTR, False) and _has_running_stats(module):
+            module.eval()
+
+
+def freeze_first_layers(model: nn.Module, n: int) -> list[str]:
+    """Freeze exactly the first `n` layers of `count_layers(model)` and unfreeze the rest of them.
+
+    Frozen layers get `requires_grad=False` and are marked so that `Classifier.train()` (or
+    `keep_frozen_norms_eval`) keeps their norm layers, and any parameter-free norm with running
+    stats before the first trainable layer, in eval mode. Returns the frozen layers' names.
+    """
+    layers = layer_modules(model)
+    if not 0 <= n <= len(layers):
+        raise PlantidError(f"cannot freeze {n} layers: the backbone has {len(layers)} layers with weights")
+    root = _layer_root(model)
+    for module in root.modules():
+        if getattr(module, _FROZEN_ATTR, False):
+            setattr(module, _FROZEN_ATTR, False)
+    for i, (_, module) in enumerate(layers):
+        frozen = i < n
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(not frozen)
+        if frozen:
+            setattr(module, _FROZEN_ATTR, True)
+    if n:
+        first_trainable = layers[n][1] if n < len(layers) else None
+        skip = _classifier_ids(root)
+        for module in root.modules():
+            if module is first_trainable:
+                break
+            if id(module) not in skip and _has_running_stats(module):
+                setattr(module, _FROZEN_ATTR, True)
+    if model.training:
+        keep_frozen_norms_eval(model)
+    return [name for name, _ in layers[:n]]
+
+
+# -- the model --------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """backbone (+ head) with the input normalization built in.
+
+    Args:
+        backbone: timm model or scratch net. With the 'linear' head it is the whole timm model,
+            its own classifier included (`backbone.get_classifier()`); with the 'seed' head it
+            returns pooled features and `head` maps them to logits.
+        num_classes: number of outputs (logits).
+        head: module applied to the backbone's output; None means identity ('linear').
+        mean, std: per-channel statistics; default the backbone's `pretrained_cfg` ones, or
+            0.5 / 0.5 when it has none.
+        image_size: the training image size (a hint for export, serving and Grad-CAM).
+        name: the model name, for logs and reports.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head: nn.Module | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 image_size: int = 224, name: str = ""):
+        super().__init__()
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        mean = tuple(mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5)))
+        std = tuple(std if std is not None else cfg.get("std", (0.5, 0.5, 0.5)))
+        if len(mean) != len(std):
+            raise ValueError(f"mean {mean} and std {std} differ in length")
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Identity()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.name = name or type(backbone).__name__
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> the backbone's input statistics."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float NCHW images in [0, 1] (not normalized) -> logits (N, num_classes)."""
+        return self.head(self.backbone(self.normalize(x)))
+
+    def regularization(self) -> torch.Tensor:
+        """The head's weight penalty (seed head L1L2), a zero tensor when there is none."""
+        fn = getattr(self.head, "regularization", None)
+        return fn() if callable(fn) else self.mean.new_zeros(())
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return dict(trainable=trainable, frozen=total - trainable, total=total)
+
+    def gradcam_layer(self) -> nn.Module:
+        """The module whose output is the last spatial feature map (the Grad-CAM target)."""
+        bb = self.backbone
+        # timm EfficientNets end their features with conv_head -> bn2 (+act) after the last stage.
+        if isinstance(getattr(bb, "conv_head", None), nn.Conv2d) and isinstance(getattr(bb, "bn2", None), nn.Module):
+            return bb.bn2
+        info = getattr(bb, "feature_info", None)
+        if info:
+            last = info[-1] if isinstance(info, list) else None
+            module_name = last.get("module") if isinstance(last, dict) else None
+            if module_name:
+                return bb.get_submodule(module_name)
+        skip = _classifier_ids(bb)
+        convs = [m for m in bb.modules() if isinstance(m, nn.Conv2d) and id(m) not in skip]
+        if not convs:
+            raise PlantidError(f"{self.name} has no convolutional feature map for Grad-CAM")
+        return convs[-1]
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Like nn.Module.train, but norm layers inside frozen layers always stay in eval mode."""
+        super().train(mode)
+        if mode:
+            keep_frozen_norms_eval(self)
+        return self

@@ -1,0 +1,92 @@
+"""ModelConfig -> Classifier: the scratch nets by name, anything else through timm."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from plantid.config import ModelConfig
+from plantid.errors import PlantidError
+from plantid.models.classifier import Classifier, SeedHead, count_layers, freeze_first_layers
+from plantid.models.scratch import InceptionNet, SimpleCNN
+from plantid.models.weights import create_backbone
+
+log = logging.getLogger("plantid")
+
+SCRATCH_MODELS = ("simple_cnn", "inception")
+
+
+def _scratch_backbone(cfg: ModelConfig, num_classes: int, image_size: int, drop: float) -> nn.Module:
+    if cfg.weights.strip().lower() not in ("none", "auto"):
+        raise PlantidError(
+            f"{cfg.name} is trained from scratch and has no pretrained weights: "
+            f"use model.weights=none (got model.weights={cfg.weights})"
+        )
+    if cfg.name == "simple_cnn":
+        if image_size < 32:
+            raise PlantidError(f"simple_cnn needs data.image_size >= 32 (got {image_size})")
+        return SimpleCNN(num_classes, dropout=drop, image_size=image_size)
+    return InceptionNet(num_classes, dropout=drop)
+
+
+def freeze_count(freeze: float, layers: int) -> int:
+    """ModelConfig.freeze -> a layer count: >= 1 is a count, 0 < f < 1 a rounded fraction."""
+    if freeze <= 0:
+        return 0
+    if freeze < 1:
+        return int(round(freeze * layers))
+    if freeze != int(freeze):
+        raise PlantidError(f"model.freeze={freeze}: use a whole number of layers (>= 1) or a fraction below 1")
+    return int(freeze)
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier:
+    """Build the Classifier a run trains: backbone, head, freezing and memory format.
+
+    'simple_cnn' and 'inception' are the from-scratch nets (weights 'none' or 'auto', which
+    means none for them); any other name is a timm model whose weights come from
+    `plantid.models.weights.create_backbone`. With head='seed' the backbone returns pooled
+    features and the SeedHead adds Dropout, Dense(head_hidden) ReLU (L1L2), Dense(num_classes).
+    """
+    if num_classes < 1:
+        raise PlantidError(f"need at least one class to build a model (got {num_classes})")
+    name = cfg.name.strip()
+    seed = cfg.head == "seed"
+    backbone_classes = 0 if seed else num_classes
+    backbone_drop = 0.0 if seed else cfg.dropout  # the seed head has its own dropout
+    if name in SCRATCH_MODELS:
+        backbone = _scratch_backbone(cfg.model_copy(update={"name": name}), backbone_classes, image_size,
+                                     backbone_drop)
+    else:
+        backbone = create_backbone(name, cfg.weights, num_classes=backbone_classes, drop_rate=backbone_drop,
+                                   drop_path_rate=cfg.drop_path)
+    head = None
+    if seed:
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        head = SeedHead(features, num_classes, hidden=cfg.head_hidden, dropout=cfg.dropout, l1=cfg.l1, l2=cfg.l2)
+    elif cfg.l1 or cfg.l2:
+        log.warning("model.l1/model.l2 only apply to the seed head (model.head=seed); ignored for head=%s", cfg.head)
+    model = Classifier(backbone, num_classes, head=head, image_size=image_size, name=name)
+
+    layers = count_layers(model)
+    n_frozen = freeze_count(cfg.freeze, layers)
+    if n_frozen > layers:
+        raise PlantidError(f"model.freeze={cfg.freeze:g}: {name} has only {layers} layers with weights")
+    frozen_names = freeze_first_layers(model, n_frozen)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    counts = model.parameter_counts()
+    log.info(
+        "model %s (%s head, %d classes, %d px): %s parameters, %s trainable, %s frozen; "
+        "%d of %d backbone layers frozen%s",
+        name, cfg.head, num_classes, image_size, _millions(counts["total"]), _millions(counts["trainable"]),
+        _millions(counts["frozen"]), n_frozen, layers, f" (through {frozen_names[-1]})" if frozen_names else "",
+    )
+    return model
