@@ -137,7 +137,7 @@ def train(
     if resume is not None:
         if overrides or data is not None:
             raise PlantidError("--resume continues a run with its saved config; drop --data and overrides")
-        result = train_run(None, resume, resume=True)  # type: ignore[arg-type]
+        result = train_run(None, resume, resume=True)
     else:
         if data is not None:
             key = "data.manifest" if data.suffix == ".csv" else "data.root"

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,32 @@ def _check_labels(run_dir: Path, classes: list[str]) -> None:
             )
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path) -> L.Trainer:
-    """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices."""
+# Lightning chatter that says nothing actionable about a plantid run.
+_QUIET_WARNINGS = (
+    r".*exists and is not empty.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*is smaller than the logging interval.*",
+    r".*overridden `on_after_batch_transfer`.*",
+    r".*does not have many workers which may be a bottleneck.*",
+    r".*was configured so 100% of the batches.*",
+)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips and warnings that do not apply to plantid runs."""
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None) -> L.Trainer:
+    """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices.
+
+    `callbacks` adds the caller's own Lightning callbacks to plantid's.
+    """
     t = cfg.train
-    callbacks: list[Any] = [
+    callbacks = list(callbacks or []) + [
         ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
@@ -133,12 +156,15 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> L.Trainer:
     )
 
 
-def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResult:
+def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
+              callbacks: list[Any] | None = None) -> RunResult:
     """Train (or resume) the run in `run_dir`, then test its best checkpoint.
 
     A fresh run refuses a folder that already holds a checkpoint (pass resume=True to continue
-    it). A resumed run uses the folder's own config.yaml and split.csv.
+    it). A resumed run uses the folder's own config.yaml and split.csv (`cfg` is ignored).
+    `callbacks` are extra Lightning callbacks (e.g. for custom logging).
     """
+    quiet_lightning()
     run_dir = Path(run_dir)
     last = run_dir / "last.ckpt"
     if resume:
@@ -147,6 +173,8 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResu
         cfg = load_run_config(run_dir / CONFIG_FILE)
         manifest = run_dir / MANIFEST_FILE
     else:
+        if cfg is None:
+            raise PlantidError("no config given: pass a recipe, or resume=True to continue a run")
         if last.exists() or (run_dir / "best.ckpt").exists():
             raise PlantidError(f"{run_dir} already holds a trained run: pass --resume to continue it, or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +206,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> RunResu
     if cfg.train.compile:
         module.model = torch.compile(module.model)  # type: ignore[assignment]
 
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks)
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - started
