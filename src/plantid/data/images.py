@@ -137,7 +137,7 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     if pixels.shape[0] == size and pixels.shape[1] == size:
         return pixels
     img = Image.fromarray(pixels, mode="RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def load_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:

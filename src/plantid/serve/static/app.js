@@ -1,0 +1,506 @@
+/* plantid page: choose or drop a photo, ask /api/predict, optionally show /api/gradcam. */
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+
+  const el = {
+    chip: $("model-chip"),
+    chipText: $("model-chip-text"),
+    input: $("file-input"),
+    dropzone: $("dropzone"),
+    dropTarget: $("drop-target"),
+    changePhoto: $("change-photo"),
+    maxSize: $("max-size"),
+    preview: $("preview"),
+    previewFrame: $("preview-frame"),
+    previewImg: $("preview-img"),
+    previewCaption: $("preview-caption"),
+    previewFallback: $("preview-fallback"),
+    overlay: $("overlay-img"),
+    camBusy: $("cam-busy"),
+    camToggle: $("cam-toggle"),
+    camHelp: $("cam-help"),
+    camExtra: $("cam-extra"),
+    camStrength: $("cam-strength"),
+    status: $("status"),
+    error: $("error"),
+    errorTitle: $("error-title"),
+    errorText: $("error-text"),
+    empty: $("result-empty"),
+    loading: $("result-loading"),
+    result: $("result"),
+    bestLabel: $("best-label"),
+    bestConfidence: $("best-confidence"),
+    bars: $("bars"),
+    resultNote: $("result-note"),
+    timing: $("timing"),
+    backendBadge: $("model-backend"),
+    statBackbone: $("stat-backbone"),
+    statAccuracy: $("stat-accuracy"),
+    statBalanced: $("stat-balanced"),
+    statF1: $("stat-f1"),
+    statSize: $("stat-size"),
+    statClasses: $("stat-classes"),
+    statParams: $("stat-params"),
+    f1List: $("f1-list"),
+    f1Note: $("f1-note"),
+  };
+
+  const state = {
+    model: null,
+    maxUploadBytes: 10 * 1024 * 1024,
+    file: null,
+    previewUrl: null,
+    prediction: null,
+    camLabel: null, // the species the heat-map explains
+    camCache: new Map(), // label -> data URL, for the current photo
+    seq: 0, // increases with every new photo: late answers for an old photo are dropped
+    camSeq: 0,
+  };
+
+  // ------------------------------------------------------------------ helpers
+
+  function percent(p, digits) {
+    if (p === null || p === undefined || !isFinite(p)) return "–";
+    const value = p * 100;
+    if (digits === undefined && value > 0 && value < 0.1) return "<0.1%";
+    if (digits === undefined && value >= 99.95 && value < 100) return ">99.9%";
+    const d = digits !== undefined ? digits : value >= 99.95 || value < 0.05 ? 0 : 1;
+    return value.toFixed(d) + "%";
+  }
+
+  function formatBytes(n) {
+    const nbsp = "\u00a0";
+    if (n >= 1024 * 1024) return (n / (1024 * 1024)).toFixed(n % (1024 * 1024) ? 1 : 0) + nbsp + "MB";
+    if (n >= 1024) return Math.round(n / 1024) + nbsp + "KB";
+    return n + nbsp + (n === 1 ? "byte" : "bytes");
+  }
+
+  function formatCount(n) {
+    if (!isFinite(n)) return "–";
+    if (n >= 1e6) return (n / 1e6).toFixed(1) + "\u00a0M";
+    if (n >= 1e3) return (n / 1e3).toFixed(0) + "\u00a0k";
+    return String(n);
+  }
+
+  function announce(text) {
+    el.status.textContent = text;
+  }
+
+  async function readError(response) {
+    let detail = "";
+    try {
+      const body = await response.json();
+      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (_) {
+      detail = response.statusText || "";
+    }
+    return detail || "the server answered " + response.status;
+  }
+
+  function capitalise(text) {
+    return text ? text.charAt(0).toUpperCase() + text.slice(1) : text;
+  }
+
+  function showError(title, message) {
+    el.errorTitle.textContent = title;
+    el.errorText.textContent = capitalise(message);
+    el.error.hidden = false;
+    announce(title + ". " + message);
+  }
+
+  function clearError() {
+    el.error.hidden = true;
+    el.errorText.textContent = "";
+  }
+
+  function setResultView(view) {
+    el.empty.hidden = view !== "empty";
+    el.loading.hidden = view !== "loading";
+    el.result.hidden = view !== "result";
+  }
+
+  // ------------------------------------------------------------------ model card
+
+  async function loadModel() {
+    try {
+      const response = await fetch("/api/model", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(await readError(response));
+      const model = await response.json();
+      state.model = model;
+      renderModel(model);
+    } catch (err) {
+      el.chip.dataset.state = "error";
+      el.chipText.textContent = "Model unavailable";
+      showError("The model could not be loaded", String(err.message || err) +
+        ". Is `plantid serve` still running?");
+    }
+  }
+
+  function setStat(node, text) {
+    node.textContent = text;
+    node.classList.toggle("na", text === "–" || text === "not evaluated");
+  }
+
+  function renderModel(model) {
+    el.chip.dataset.state = "ready";
+    el.chipText.textContent = model.model_id;
+    el.chip.title = "Model " + model.model_id + " · " + model.backend + " backend";
+    el.backendBadge.textContent = model.backend;
+    if (model.max_upload_bytes) {
+      state.maxUploadBytes = model.max_upload_bytes;
+      el.maxSize.textContent = formatBytes(model.max_upload_bytes);
+    }
+    setStat(el.statBackbone, model.backbone || "–");
+    el.statBackbone.title = model.backbone || "";
+    setStat(el.statAccuracy, model.test_accuracy !== null ? percent(model.test_accuracy) : "–");
+    setStat(el.statBalanced, model.balanced_accuracy !== null ? percent(model.balanced_accuracy) : "–");
+    setStat(el.statF1, model.macro_f1 !== null ? model.macro_f1.toFixed(3) : "–");
+    setStat(el.statSize, model.image_size + " × " + model.image_size + " px");
+    setStat(el.statClasses, String(model.classes.length));
+    setStat(el.statParams, model.parameters ? formatCount(model.parameters) : "–");
+
+    el.f1List.replaceChildren();
+    const f1 = model.per_class_f1 || {};
+    const evaluated = model.evaluated && Object.keys(f1).length > 0;
+    if (evaluated) {
+      el.f1Note.hidden = true;
+      el.f1List.className = "f1-list";
+      for (const name of model.classes) {
+        const value = f1[name];
+        const li = document.createElement("li");
+        const label = document.createElement("span");
+        label.className = "f1-name";
+        label.textContent = name;
+        label.title = name;
+        const number = document.createElement("span");
+        number.className = "f1-value";
+        number.textContent = value === null || value === undefined ? "–" : value.toFixed(2);
+        const track = document.createElement("span");
+        track.className = "f1-track";
+        track.setAttribute("aria-hidden", "true");
+        const fill = document.createElement("span");
+        fill.className = "f1-fill";
+        fill.style.display = "block";
+        fill.style.width = Math.max(0, Math.min(1, value || 0)) * 100 + "%";
+        track.append(fill);
+        li.append(label, number, track);
+        li.setAttribute("aria-label", name + ": F1 " + number.textContent);
+        el.f1List.append(li);
+      }
+    } else {
+      el.f1Note.hidden = false;
+      el.f1Note.replaceChildren(
+        document.createTextNode("Not evaluated yet. Run "),
+        Object.assign(document.createElement("code"), { textContent: "plantid evaluate RUN" }),
+        document.createTextNode(" to see how well each species is recognised."),
+      );
+      el.f1List.className = "chips";
+      el.f1List.setAttribute("aria-label", "Species the model knows");
+      for (const name of model.classes) {
+        const li = document.createElement("li");
+        li.className = "chip";
+        li.textContent = name;
+        el.f1List.append(li);
+      }
+    }
+
+    if (!model.gradcam_available) {
+      el.camToggle.disabled = true;
+      el.camHelp.textContent = "The heat-map needs the torch backend (this server runs " + model.backend +
+        "). Restart with `plantid serve RUN --backend torch` to use it.";
+    }
+  }
+
+  // ------------------------------------------------------------------ choosing a photo
+
+  function acceptFile(file) {
+    if (!file) return;
+    clearError();
+    state.seq += 1;
+    state.file = file;
+    state.prediction = null;
+    state.camCache = new Map();
+    state.camLabel = null;
+    hideOverlay();
+    showPreview(file);
+    resetCamHelp();
+    if (file.size > state.maxUploadBytes) {
+      setResultView("empty");
+      resetPhoto();
+      el.camToggle.checked = false;
+      el.timing.textContent = "";
+      showError("That photo is too large", "It is " + formatBytes(file.size) + "; the limit is " +
+        formatBytes(state.maxUploadBytes) + ". Choose a smaller photo.");
+      updateCamControls();
+      return;
+    }
+    predict(file, state.seq);
+  }
+
+  function showPreview(file) {
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(file);
+    el.previewFallback.hidden = true;
+    el.previewFrame.classList.remove("no-preview");
+    el.previewImg.alt = "Your photo: " + (file.name || "pasted image");
+    el.previewImg.src = state.previewUrl;
+    el.previewCaption.textContent = (file.name || "Pasted image") + " · " + formatBytes(file.size);
+    el.dropTarget.hidden = true;
+    el.preview.hidden = false;
+    el.changePhoto.hidden = false;
+    el.dropzone.dataset.state = "photo";
+  }
+
+  function resetPhoto() {
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = null;
+    state.file = null;
+    el.previewImg.removeAttribute("src");
+    el.preview.hidden = true;
+    el.dropTarget.hidden = false;
+    el.changePhoto.hidden = true;
+    el.dropzone.dataset.state = "empty";
+    el.input.value = "";
+  }
+
+  el.previewImg.addEventListener("load", () => {
+    const w = el.previewImg.naturalWidth, h = el.previewImg.naturalHeight;
+    if (w > 0 && h > 0) el.previewFrame.style.setProperty("--ar", String(w / h));
+  });
+
+  el.previewImg.addEventListener("error", () => {
+    if (!el.previewImg.getAttribute("src")) return;
+    el.previewFrame.style.setProperty("--ar", "1.333");
+    el.previewFrame.classList.add("no-preview");
+    el.previewFallback.hidden = false;
+  });
+
+  el.input.addEventListener("change", () => {
+    const file = el.input.files && el.input.files[0];
+    if (file) acceptFile(file);
+    el.input.value = ""; // so that choosing the same file again still counts as a change
+  });
+
+  // drag and drop: anywhere on the page, highlighted on the drop zone
+  let dragDepth = 0;
+  function hasFiles(event) {
+    return event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+  }
+  window.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    el.dropzone.classList.add("dragging");
+  });
+  window.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  window.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) el.dropzone.classList.remove("dragging");
+  });
+  window.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    el.dropzone.classList.remove("dragging");
+    const file = event.dataTransfer.files && event.dataTransfer.files[0];
+    if (file) acceptFile(file);
+  });
+
+  // paste an image from the clipboard
+  window.addEventListener("paste", (event) => {
+    const items = (event.clipboardData && event.clipboardData.files) || [];
+    if (items.length) {
+      event.preventDefault();
+      acceptFile(items[0]);
+    }
+  });
+
+  // ------------------------------------------------------------------ prediction
+
+  async function predict(file, seq) {
+    setResultView("loading");
+    el.timing.textContent = "";
+    announce("Identifying the plant…");
+    updateCamControls();
+    const form = new FormData();
+    form.append("file", file, file.name || "photo");
+    let response;
+    try {
+      response = await fetch("/api/predict", { method: "POST", body: form });
+    } catch (err) {
+      if (seq !== state.seq) return;
+      setResultView("empty");
+      showError("Could not reach the server", "Check that `plantid serve` is still running, then try again.");
+      return;
+    }
+    if (seq !== state.seq) return;
+    if (!response.ok) {
+      const message = await readError(response);
+      if (seq !== state.seq) return;
+      setResultView("empty");
+      resetPhoto();
+      el.camToggle.checked = false;
+      resetCamHelp();
+      showError(errorTitle(response.status), message);
+      updateCamControls();
+      return;
+    }
+    const body = await response.json();
+    if (seq !== state.seq) return;
+    state.prediction = body;
+    state.camLabel = body.top_k.length ? body.top_k[0].label : null;
+    renderPrediction(body);
+    updateCamControls();
+    if (el.camToggle.checked) showGradcam();
+  }
+
+  function errorTitle(status) {
+    if (status === 413) return "That photo is too large";
+    if (status === 415) return "That file is not a photo we can read";
+    if (status === 400 || status === 422) return "That file can't be used";
+    if (status >= 500) return "The server ran into a problem";
+    return "Something went wrong";
+  }
+
+  function renderPrediction(body) {
+    const top = body.top_k[0];
+    el.bestLabel.textContent = top.label;
+    el.bestConfidence.textContent = percent(top.probability) + " likely";
+    el.bars.replaceChildren();
+    body.top_k.forEach((item, index) => {
+      const li = document.createElement("li");
+      li.className = "bar-row" + (index === 0 ? " top" : "");
+      li.dataset.label = item.label;
+      const head = document.createElement("div");
+      head.className = "bar-head";
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      label.textContent = item.label;
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(item.probability);
+      head.append(label, value);
+      const track = document.createElement("div");
+      track.className = "bar-track";
+      track.setAttribute("role", "meter");
+      track.setAttribute("aria-label", item.label);
+      track.setAttribute("aria-valuemin", "0");
+      track.setAttribute("aria-valuemax", "100");
+      track.setAttribute("aria-valuenow", (item.probability * 100).toFixed(1));
+      track.setAttribute("aria-valuetext", percent(item.probability));
+      const fill = document.createElement("div");
+      fill.className = "bar-fill";
+      track.append(fill);
+      li.append(head, track);
+      el.bars.append(li);
+      // animate from 0 to the value on the next frame
+      requestAnimationFrame(() => requestAnimationFrame(() => {
+        fill.style.width = Math.max(0.5, item.probability * 100) + "%";
+      }));
+    });
+    const size = body.image && body.image.width ? body.image.width + " × " + body.image.height + " px photo" : "photo";
+    el.resultNote.textContent = "Probabilities over the " + (state.model ? state.model.classes.length + " " : "") +
+      "species the model was trained on, for this " + size + ".";
+    el.timing.textContent = Math.round(body.elapsed_ms) + " ms";
+    setResultView("result");
+    announce("Best match: " + top.label + ", " + percent(top.probability) + ".");
+  }
+
+  // ------------------------------------------------------------------ Grad-CAM
+
+  function updateCamControls() {
+    const available = !state.model || state.model.gradcam_available;
+    el.camToggle.disabled = !(available && state.prediction);
+    el.camExtra.hidden = !(el.camToggle.checked && state.prediction);
+  }
+
+  const defaultCamHelp = el.camHelp.textContent;
+  function resetCamHelp() {
+    if (!state.model || state.model.gradcam_available) el.camHelp.textContent = defaultCamHelp;
+  }
+
+  function hideOverlay() {
+    el.overlay.classList.remove("visible");
+    el.overlay.hidden = true;
+    el.overlay.removeAttribute("src");
+    el.overlay.alt = "";
+    el.camBusy.hidden = true;
+  }
+
+  function showOverlay(url, label) {
+    el.overlay.alt = "Heat-map over your photo: warm colours mark the regions that made the model answer " + label;
+    el.overlay.src = url;
+    el.overlay.hidden = false;
+    requestAnimationFrame(() => el.overlay.classList.add("visible"));
+    el.camHelp.textContent = "Warm colours mark the regions that pushed the model towards " + label + ".";
+  }
+
+  async function showGradcam() {
+    if (!state.prediction || !state.file) return;
+    const label = state.camLabel;
+    const seq = state.seq;
+    const camSeq = ++state.camSeq;
+    el.camExtra.hidden = false;
+    if (state.camCache.has(label)) {
+      showOverlay(state.camCache.get(label), label);
+      return;
+    }
+    el.camBusy.hidden = false;
+    announce("Computing the heat-map…");
+    const form = new FormData();
+    form.append("file", state.file, state.file.name || "photo");
+    form.append("label", label);
+    try {
+      const response = await fetch("/api/gradcam", { method: "POST", body: form });
+      if (seq !== state.seq || camSeq !== state.camSeq) return;
+      if (!response.ok) {
+        const message = await readError(response);
+        if (seq !== state.seq) return;
+        el.camBusy.hidden = true;
+        el.camToggle.checked = false;
+        updateCamControls();
+        showError("The heat-map could not be made", message);
+        return;
+      }
+      const body = await response.json();
+      if (seq !== state.seq || camSeq !== state.camSeq) return;
+      const url = "data:image/png;base64," + body.heatmap_png;
+      state.camCache.set(body.label, url);
+      el.camBusy.hidden = true;
+      if (el.camToggle.checked) {
+        showOverlay(url, body.label);
+        announce("Heat-map shown for " + body.label + ".");
+      }
+    } catch (err) {
+      if (seq !== state.seq) return;
+      el.camBusy.hidden = true;
+      el.camToggle.checked = false;
+      updateCamControls();
+      showError("Could not reach the server", "Check that `plantid serve` is still running, then try again.");
+    }
+  }
+
+  el.camToggle.addEventListener("change", () => {
+    updateCamControls();
+    if (el.camToggle.checked) {
+      showGradcam();
+    } else {
+      state.camSeq += 1;
+      hideOverlay();
+      resetCamHelp();
+      announce("Heat-map hidden.");
+    }
+  });
+
+  el.camStrength.addEventListener("input", () => {
+    el.overlay.style.setProperty("--cam-opacity", String(el.camStrength.value / 100));
+  });
+
+  loadModel();
+})();
