@@ -46,6 +46,19 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def _small_init_classifier(layer: nn.Module) -> None:
+    """Start a fresh classifier near zero so the first logits are near-uniform.
+
+    timm initialises EfficientNet classifiers for 1000 classes (uniform, 1/sqrt(fan_out)); with 8
+    classes that gives weights of std 0.2, logits of std ~4 and an initial loss near 7, which
+    costs the first epochs of a short CPU fine-tune.
+    """
+    if isinstance(layer, nn.Linear):
+        nn.init.normal_(layer.weight, std=0.01)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
 def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier:
     """Build the Classifier a run trains: backbone, head, freezing and memory format.
 
@@ -66,6 +79,8 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifi
     else:
         backbone = create_backbone(name, cfg.weights, num_classes=backbone_classes, drop_rate=backbone_drop,
                                    drop_path_rate=cfg.drop_path)
+        if backbone_classes:
+            _small_init_classifier(backbone.get_classifier())
     head = None
     if seed:
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
