@@ -1,0 +1,281 @@
+"""`plantid evaluate`: score a trained run on its test/val split or on a folder of labelled photos.
+
+Photos go through the one preprocessing (`build_cache`, i.e. `load_image` at the run's image
+size) and the run's Predictor in batches, once without TTA and, when asked, once more with the
+TTA views, so both sets of numbers sit side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantid.errors import PlantidError
+from plantid.fileio import write_json_atomic
+
+log = logging.getLogger("plantid")
+
+MANIFEST_SPLITS = ("train", "val", "test")
+WORST_LIMIT = 24
+
+
+@dataclass
+class EvalSet:
+    """The photos of one evaluation: paths, label indices into the run's classes, and pixels."""
+
+    name: str  # 'test', 'val', 'train' or the folder's name
+    folder: bool  # True for a folder of class subfolders, False for a split of the run's split.csv
+    paths: list[str]
+    labels: np.ndarray  # int64, N
+    images: np.ndarray  # uint8 pixel cache, M x S x S x 3 (memory-mapped)
+    rows: np.ndarray  # int64, N: the rows of `images` holding the photos, in `paths` order
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unusable photos
+
+
+def output_names(split_name: str, folder: bool = False) -> dict[str, str]:
+    """File names written for an evaluation: plain for the test split, suffixed otherwise.
+
+    'test' -> eval.json, confusion_matrix.png, errors.png; 'val' -> eval_val.json,
+    confusion_matrix_val.png, errors_val.png; a folder 'new photos' -> eval_new_photos.json ...
+    (a folder named like a split, e.g. 'test', gets '_folder' appended: eval_test_folder.json).
+    """
+    if split_name == "test" and not folder:
+        return {"json": "eval.json", "confusion": "confusion_matrix.png", "errors": "errors.png"}
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", split_name).strip("._-") or "folder"
+    if folder and tag in MANIFEST_SPLITS:
+        tag += "_folder"
+    return {"json": f"eval_{tag}.json", "confusion": f"confusion_matrix_{tag}.png", "errors": f"errors_{tag}.png"}
+
+
+def _cache_dir(trained) -> Path:
+    from plantid.data.cache import default_cache_dir
+
+    configured = trained.config.data.cache_dir
+    return Path(configured).expanduser() if configured is not None else default_cache_dir()
+
+
+def _manifest_set(run_dir: Path, split: str, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
+    from plantid.data.cache import build_cache
+    from plantid.data.split import read_manifest
+
+    manifest = read_manifest(run_dir / "split.csv")
+    unknown = sorted(set(manifest.classes) - set(classes))
+    if unknown:
+        raise PlantidError(
+            f"{run_dir / 'split.csv'}: labels {unknown} are not classes of the model ({classes}); "
+            "the split does not belong to this checkpoint"
+        )
+    rows = [(i, r) for i, r in enumerate(manifest.rows) if r.split == split]
+    if not rows:
+        others = [s for s, n in manifest.split_sizes().items() if n and s != split]
+        hint = f"--split {others[-1]}" if others else "--split FOLDER"
+        raise PlantidError(
+            f"{run_dir}: the {split} split of split.csv is empty; evaluate another split ({hint}) "
+            "or a folder of class subfolders"
+        )
+    # The same path list (every manifest row, in order) as training, so the training cache is reused.
+    pixels = build_cache([r.path for r in manifest.rows], image_size, cache_dir)
+    index = {c: i for i, c in enumerate(classes)}
+    rows_idx = np.array([i for i, _ in rows], dtype=np.int64)
+    return EvalSet(
+        name=split,
+        folder=False,
+        paths=[r.path for _, r in rows],
+        labels=np.array([index[r.label] for _, r in rows], dtype=np.int64),
+        images=pixels,
+        rows=rows_idx,
+    )
+
+
+def _folder_set(folder: Path, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
+    from plantid.data.cache import build_cache
+    from plantid.data.scan import scan_folder
+
+    report = scan_folder(folder)
+    extra = [c for c in report.classes if c not in classes]
+    if extra:
+        raise PlantidError(
+            f"{folder}: class folder(s) {', '.join(repr(c) for c in extra)} are not classes of this model "
+            f"({', '.join(classes)}); remove or rename them to evaluate this folder"
+        )
+    entries = report.entries
+    if not entries:
+        raise PlantidError(f"{folder}: no usable photos to evaluate; run `plantid scan {folder}` to see why")
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [e.path for e in entries]
+    return EvalSet(
+        name=report.root.name or "folder",
+        folder=True,
+        paths=paths,
+        labels=np.array([index[e.label] for e in entries], dtype=np.int64),
+        images=build_cache(paths, image_size, cache_dir),
+        rows=np.arange(len(paths), dtype=np.int64),
+        skipped=[(b.path, b.reason) for b in report.bad],
+    )
+
+
+def resolve_eval_set(run_dir: Path, split: str, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
+    """'test' / 'val' / 'train' are rows of the run's split.csv; anything else must be a folder."""
+    if split in MANIFEST_SPLITS:
+        return _manifest_set(run_dir, split, classes, image_size, cache_dir)
+    folder = Path(split).expanduser()
+    if folder.is_dir():
+        return _folder_set(folder, classes, image_size, cache_dir)
+    raise PlantidError(
+        f"--split {split!r}: use test, val, train, or an existing folder with one subfolder per class"
+    )
+
+
+def _predict_all(predictor, images: np.ndarray, rows: np.ndarray, batch_size: int, progress=None, task=None) -> np.ndarray:
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = np.ascontiguousarray(images[rows[start : start + batch_size]])
+        out.append(np.asarray(predictor.predict_arrays(batch), dtype=np.float64))
+        if progress is not None:
+            progress.advance(task, len(batch))
+    return np.concatenate(out, axis=0)
+
+
+def _pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, console=None) -> dict:
+    """Evaluate a run's checkpoint (best.ckpt, else last.ckpt) and write the results into the run folder.
+
+    ``split`` is 'test', 'val' or 'train' (rows of the run's split.csv) or a folder with one
+    subfolder per class (scanned; its classes must be among the run's classes, which stay the
+    label space). ``tta`` is None (no TTA), 'default' or a comma list of views (see
+    `plantid.infer.tta.parse_tta`); with TTA the photos are scored both without and with it.
+
+    Files written (atomically) into ``run_dir``:
+
+    * the 'test' split -> ``eval.json``, ``confusion_matrix.png``, ``errors.png`` (so eval.json
+      always holds the latest evaluation of the test split, the one `plantid report` shows);
+    * any other split or folder -> ``eval_<name>.json``, ``confusion_matrix_<name>.png``,
+      ``errors_<name>.png`` with <name> the split ('val', 'train') or the folder's name (characters
+      other than letters, digits, '.', '_' and '-' become '_'; a folder named test, val or train
+      gets '_folder' appended so it never overwrites a split's results).
+
+    A folder whose path is exactly 'test', 'val' or 'train' must be written as './test' etc.
+
+    The JSON is {"split", "n_images", "classes", "checkpoint", "metrics", "per_class",
+    "confusion", "tta", "worst"}; "tta" is null or {"views", "metrics", "per_class", "confusion"}.
+    "worst" (and errors.png) lists the most confident mistakes of the predictions without TTA.
+    Returns that dict. Prints a summary and a per-class table to `console` (a rich Console;
+    a default one when None).
+    """
+    from rich.console import Console
+
+    from plantid.evaluate.metrics import classification_metrics, worst_errors
+    from plantid.evaluate.plots import confusion_figure, error_grid_figure, save_png
+    from plantid.infer.checkpoint import load_trained
+    from plantid.infer.predictor import Predictor, TorchBackend
+    from plantid.infer.tta import parse_tta
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    views = parse_tta(tta)  # validate before the (slow) model and data loading
+    trained = load_trained(run_dir)
+    classes = list(trained.classes)
+    image_size = trained.image_size
+    data = resolve_eval_set(run_dir, split, classes, image_size, _cache_dir(trained))
+    for path, reason in data.skipped:
+        log.warning("skipping %s: %s", path, reason)
+
+    device = _pick_device()
+    plain = Predictor(classes, image_size, TorchBackend(trained, (), device), trained.model_id, "torch", trained)
+    batch_size = trained.config.data.eval_batch_size
+    passes = [("without TTA", plain)]
+    if views:
+        passes.append(("with TTA", Predictor(classes, image_size, TorchBackend(trained, views, device),
+                                             trained.model_id, "torch", trained)))
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    probabilities: list[np.ndarray] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        for label, predictor in passes:
+            task = progress.add_task(f"Evaluating {data.name} ({label})", total=len(data.paths))
+            probabilities.append(_predict_all(predictor, data.images, data.rows, batch_size, progress, task))
+
+    base = classification_metrics(probabilities[0], data.labels, classes)
+    result: dict[str, Any] = {
+        "split": data.name,
+        "n_images": len(data.paths),
+        "classes": classes,
+        "checkpoint": trained.checkpoint.name,
+        "metrics": base["metrics"],
+        "per_class": base["per_class"],
+        "confusion": base["confusion"],
+        "tta": None,
+        "worst": worst_errors(probabilities[0], data.labels, data.paths, classes, limit=WORST_LIMIT),
+    }
+    if views:
+        with_tta = classification_metrics(probabilities[1], data.labels, classes)
+        result["tta"] = {"views": list(views), **with_tta}
+
+    names = output_names(data.name, folder=data.folder)
+    n_errors = int(len(data.labels) - np.trace(np.asarray(base["confusion"])))
+    where = f"folder {data.name}" if data.folder else f"{data.name} split"
+    save_png(confusion_figure(base["confusion"], classes, title=f"Confusion matrix: {where} ({len(data.paths)} images)"),
+             run_dir / names["confusion"])
+    shown = len(result["worst"])
+    save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
+                               f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
+             run_dir / names["errors"])
+    write_json_atomic(run_dir / names["json"], result)
+
+    print_evaluation(result, console)
+    written = ", ".join(str(run_dir / names[k]) for k in ("json", "confusion", "errors"))
+    console.print(f"wrote {written}", highlight=False, markup=False)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}%"
+
+
+def print_evaluation(result: dict, console) -> None:
+    """The summary table (metric, without TTA, with TTA) and the per-class table."""
+    from rich.table import Table
+    from rich.text import Text
+
+    tta = result.get("tta")
+    summary = Table(title=Text(f"{result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}"),
+                    title_justify="left")
+    summary.add_column("metric")
+    summary.add_column("without TTA", justify="right")
+    if tta:
+        summary.add_column(Text(f"with TTA ({len(tta['views'])} views)"), justify="right")
+    rows = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")]
+    for label, key in rows:
+        summary.add_row(label, _pct(result["metrics"][key]), *([_pct(tta["metrics"][key])] if tta else []))
+    for k, v in result["metrics"]["top_k"].items():
+        summary.add_row(f"top-{k} accuracy", _pct(v), *([_pct(tta["metrics"]["top_k"].get(k))] if tta else []))
+    console.print(summary)
+
+    table = Table(title="per class (without TTA)" + (", F1 with TTA alongside" if tta else ""), title_justify="left")
+    for name in ("class", "precision", "recall", "F1"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    if tta:
+        table.add_column("F1 (TTA)", justify="right")
+    table.add_column("support", justify="right")
+    tta_rows = tta["per_class"] if tta else [None] * len(result["per_class"])
+    for row, trow in zip(result["per_class"], tta_rows):
+        weak = row["support"] > 0 and row["f1"] < 0.5
+        cells = [Text(row["class"], style="bold red" if weak else ""), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                 f"{row['f1']:.3f}"]
+        if trow is not None:
+            cells.append(f"{trow['f1']:.3f}")
+        cells.append(str(row["support"]))
+        table.add_row(*cells)
+    console.print(table)

@@ -1,0 +1,186 @@
+"""build_report on a tiny real run (self-contained, escaped, uses eval.json) and the plots behind it."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from plantid.evaluate.plots import (
+    class_distribution_figure,
+    error_grid_figure,
+    read_metrics_csv,
+    save_png,
+    training_curves_figure,
+)
+from plantid.evaluate.report import _duration, build_report, weak_classes
+
+
+def _load_helpers():
+    spec = importlib.util.spec_from_file_location("plantid_eval_test_helpers", Path(__file__).with_name("test_evaluation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _load_helpers()
+ODD = helpers.CLASSES[2]  # '<b>x&y "q"'
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory) -> Path:
+    return helpers.shared_tiny_run(tmp_path_factory, "reportrun")
+
+
+class PageParser(HTMLParser):
+    """Collects tags with attributes and the page's text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(page: str) -> PageParser:
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def assert_self_contained(page: str) -> PageParser:
+    parsed = parse(page)
+    tags = [t for t, _ in parsed.tags]
+    assert "script" not in tags and "link" not in tags and "iframe" not in tags
+    for tag, attrs in parsed.tags:
+        for key in ("src", "href"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not value.startswith(("http://", "https://", "//")), (tag, key, value)
+            if key == "href" and value:
+                assert value.startswith("#"), value
+    imgs = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    assert imgs
+    for attrs in imgs:
+        src = attrs["src"]
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as img:
+            assert img.format == "PNG"
+            img.load()
+    assert "url(" not in page and "@import" not in page
+    return parsed
+
+
+def test_report_runs_the_evaluation_when_eval_json_is_missing(report_run: Path):
+    (report_run / "eval.json").unlink(missing_ok=True)
+    path = build_report(report_run)
+    assert path == report_run / "report.html" and path.is_file()
+    result = json.loads((report_run / "eval.json").read_text(encoding="utf-8"))
+    page = path.read_text(encoding="utf-8")
+    parsed = assert_self_contained(page)
+    assert len([t for t, _ in parsed.tags if t == "img"]) == 4  # distribution, curves, confusion, errors
+    text = "".join(parsed.text)
+    acc = result["metrics"]["accuracy"]
+    assert f"{100 * acc:.2f}%" in text
+    # the odd class name is escaped in the source and shown literally in the text
+    assert ODD in text
+    assert "&lt;b&gt;x&amp;y &quot;q&quot;" in page
+    assert "<b>x&y" not in page
+    for section in ("Data", "Training", "Evaluation", "Confusion matrix", "Per class", "Errors", "Configuration"):
+        assert section in text
+    assert "simple_cnn" in text
+
+
+def test_report_shows_the_numbers_of_eval_json(report_run: Path):
+    if not (report_run / "eval.json").exists():
+        build_report(report_run)
+    result = json.loads((report_run / "eval.json").read_text(encoding="utf-8"))
+    # A doctored evaluation with distinctive numbers and a TTA section; newer than the checkpoint.
+    result["metrics"]["accuracy"] = 0.123456
+    result["metrics"]["macro_f1"] = 0.654321
+    result["per_class"][0]["f1"] = 0.2
+    result["tta"] = {"views": ["identity", "vflip"], "metrics": dict(result["metrics"], accuracy=0.876543),
+                     "per_class": result["per_class"], "confusion": result["confusion"]}
+    (report_run / "eval.json").write_text(json.dumps(result), encoding="utf-8")
+    future = time.time() + 5
+    os.utime(report_run / "eval.json", (future, future))
+    page = build_report(report_run).read_text(encoding="utf-8")
+    text = "".join(assert_self_contained(page).text)
+    assert "12.35%" in text and "87.65%" in text and "65.43%" in text
+    assert "vflip" in text
+    assert 'class="weak"' in page  # F1 0.2 is highlighted
+    assert json.loads((report_run / "eval.json").read_text(encoding="utf-8"))["metrics"]["accuracy"] == 0.123456
+
+
+def test_weak_classes_and_duration():
+    result = {"metrics": {"macro_f1": 0.8}, "per_class": [
+        {"class": "ok", "f1": 0.85, "support": 3},
+        {"class": "low", "f1": 0.65, "support": 3},
+        {"class": "bad", "f1": 0.4, "support": 3},
+        {"class": "absent", "f1": 0.0, "support": 0},
+    ]}
+    assert weak_classes(result) == {"low", "bad"}
+    assert _duration(42.4) == "42 s"
+    assert _duration(192) == "3 min 12 s"
+    assert _duration(3725) == "1 h 02 min"
+    assert _duration(None) == "n/a"
+
+
+SPARSE_CSV = """epoch,lr-AdamW,step,train_loss_step,train_loss_epoch,train_acc,val_loss,val_acc,test_acc
+,0.001,0,,,,,,
+0,,9,2.1,,,,,
+0,,9,,,,1.5,0.4,
+0,,9,,1.9,0.3,,,
+,0.0005,10,,,,,,
+1,,19,1.2,,,,,
+1,,19,,,,1.1,0.6,
+1,,19,,1.0,0.55,,,
+2,,20,,,,,,0.58
+"""
+
+
+def test_read_metrics_csv_handles_sparse_rows_and_step_only_lr(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    path.write_text(SPARSE_CSV, encoding="utf-8")
+    s = read_metrics_csv(path)
+    assert s["lr-AdamW"] == {0: 0.001, 1: 0.0005}
+    assert s["val_acc"] == {0: 0.4, 1: 0.6}
+    assert s["train_loss_epoch"] == {0: 1.9, 1: 1.0}
+    assert read_metrics_csv(tmp_path / "missing.csv") == {}
+
+
+def test_plots_are_robust_and_save_valid_pngs(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    assert training_curves_figure(path) is None  # no file
+    path.write_text("epoch,step,val_acc\n0,3,0.5\n1,7,0.75\n", encoding="utf-8")  # only one column
+    save_png(training_curves_figure(path), tmp_path / "curves.png")
+    path.write_text("epoch,step\n", encoding="utf-8")
+    assert training_curves_figure(path) is None
+    save_png(class_distribution_figure({"train": {"a": 5, ODD: 3}, "val": {"a": 1, ODD: 1}, "test": {"a": 0, ODD: 0}}),
+             tmp_path / "dist.png")
+    errors = [{"path": str(tmp_path / "gone.jpg"), "true": ODD, "pred": "a $x$", "confidence": 0.9}]
+    save_png(error_grid_figure(errors), tmp_path / "errors.png")
+    save_png(error_grid_figure([]), tmp_path / "none.png")
+    sizes = {}
+    for name in ("curves", "dist", "errors", "none"):
+        with Image.open(tmp_path / f"{name}.png") as img:
+            assert img.format == "PNG"
+            sizes[name] = img.size
+    assert sizes["curves"][0] > 800
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
