@@ -199,7 +199,7 @@ def predict(
     tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: 'default' or a comma list.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
-    backend: Annotated[str, typer.Option(help="torch (checkpoint) or onnx (exported model.onnx).")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch (checkpoint), onnx or onnx-int8 (exported with `plantid export`).")] = "torch",
 ) -> None:
     """Predict the species of photos; bad files are reported and skipped.
 
@@ -234,7 +234,7 @@ def serve(
     run: RunArg,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """A local web page (and JSON API) to identify a plant from a photo.
 

@@ -13,13 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from plantid.data.images import BadImageError, load_image
 from plantid.errors import PlantidError
-from plantid.infer.checkpoint import TrainedModel, load_trained
-from plantid.infer.tta import predict_proba
+
+if TYPE_CHECKING:  # torch and timm load only for the torch backend: the onnx one starts fast
+    from plantid.infer.checkpoint import TrainedModel
 
 BatchFn = Callable[[np.ndarray], np.ndarray]  # uint8 N x S x S x 3 -> float N x K probabilities
 
@@ -41,13 +43,18 @@ class Prediction:
 class TorchBackend:
     """Runs a TrainedModel on the CPU (or a given device), with optional TTA views."""
 
-    def __init__(self, trained: TrainedModel, views: tuple[str, ...] = (), device: str = "cpu"):
+    def __init__(self, trained: "TrainedModel", views: tuple[str, ...] = (), device: str = "cpu"):
+        import torch
+
         self.trained = trained
         self.views = views
         self.device = torch.device(device)
         self.model = trained.model.to(self.device).eval()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from plantid.infer.tta import predict_proba
         from plantid.train.augment import to_unit_float
 
         x = to_unit_float(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
@@ -59,7 +66,7 @@ class Predictor:
     """Species probabilities for files, bytes or decoded arrays, through one backend."""
 
     def __init__(self, classes: Sequence[str], image_size: int, batch_fn: BatchFn, model_id: str, backend: str,
-                 trained: TrainedModel | None = None):
+                 trained: "TrainedModel | None" = None):
         self.classes = list(classes)
         self.image_size = image_size
         self.batch_fn = batch_fn
@@ -70,20 +77,22 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, backend: str = "torch", tta: tuple[str, ...] = (),
                  device: str = "cpu") -> "Predictor":
-        """Load a run folder for prediction with the torch checkpoint or the exported ONNX model."""
+        """Load a run folder for prediction: backend 'torch' (checkpoint), 'onnx' or 'onnx-int8' (exported)."""
         run_dir = Path(run_dir)
         if backend == "torch":
+            from plantid.infer.checkpoint import load_trained
+
             trained = load_trained(run_dir)
             return cls(trained.classes, trained.image_size, TorchBackend(trained, tta, device), trained.model_id,
                        "torch", trained)
-        if backend == "onnx":
+        if backend in ("onnx", "onnx-int8"):
             if tta:
                 raise PlantidError("TTA runs with the torch backend; drop --tta or use --backend torch")
             from plantid.infer.onnx_backend import OnnxBackend
 
-            onnx = OnnxBackend.from_run(run_dir)
-            return cls(onnx.classes, onnx.image_size, onnx, onnx.model_id, "onnx")
-        raise PlantidError(f"unknown backend '{backend}': use torch or onnx")
+            onnx = OnnxBackend.from_run(run_dir, quantized=backend == "onnx-int8")
+            return cls(onnx.classes, onnx.image_size, onnx, onnx.model_id, backend)
+        raise PlantidError(f"unknown backend '{backend}': use torch, onnx or onnx-int8")
 
     def preprocess(self, source: str | os.PathLike | bytes) -> np.ndarray:
         """The one preprocessing: decode, orient, RGB, resize to the model's input size."""

@@ -1,0 +1,184 @@
+"""`plantid predict`: expand the inputs, predict, print or write the results.
+
+Inputs are files, folders (searched recursively for image extensions, hidden files and folders
+skipped) and glob patterns (`*`, `?`, `[...]`, `**`), each expanded in sorted order; the same
+photo named twice is predicted once. A file given by name is always tried, whatever its
+extension, so a mislabelled file gets a reason instead of silence.
+
+Output formats:
+
+* table: file, top-1 species, its probability, and the top-k species with probabilities (rich table).
+* csv: long format, one row per file and rank: ``file,label,probability,rank`` (rank 1 = most
+  likely), so top-k rows per file; easy to filter (rank == 1) or pivot.
+* json: a list of ``{"file": ..., "predictions": [{"label": ..., "probability": ...}, ...]}``.
+
+Unreadable files are reported on stderr, one line each (``skipped PATH: reason``), and left
+out of the output. Exit code: 0 when at least one photo was predicted, 1 when none could be.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from plantid.data.images import is_hidden, is_image_name
+from plantid.errors import PlantidError
+from plantid.fileio import write_text_atomic
+
+OUTPUT_FORMATS = ("table", "csv", "json")
+CSV_HEADER = ["file", "label", "probability", "rank"]
+GLOB_CHARS = set("*?[")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, skipping hidden files and hidden sub-folders."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
+        for name in filenames:
+            path = Path(dirpath) / name
+            if is_image_name(path) and path.is_file():
+                found.append(path)
+    return sorted(found, key=lambda p: str(p))
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Files, folders (recursive) and globs -> photo paths, sorted within each input, deduplicated.
+
+    An input that matches nothing is a usage error (PlantidError): a typo should not silently
+    predict fewer photos than asked for.
+    """
+    if not paths:
+        raise PlantidError("no photos given: pass image files, folders or globs (e.g. `plantid predict RUN leaf.jpg`)")
+    result: list[Path] = []
+    seen: set[str] = set()
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            matches = _folder_images(path)
+            if not matches:
+                raise PlantidError(f"{raw}: folder holds no photos ({', '.join(sorted({'.jpg', '.png', '.webp'}))} ...)")
+        elif path.exists():
+            matches = [path]
+        elif GLOB_CHARS & set(raw):
+            matches = []
+            for hit in sorted(glob.glob(os.path.expanduser(raw), recursive=True)):
+                hit_path = Path(hit)
+                if hit_path.is_dir():
+                    matches.extend(_folder_images(hit_path))
+                elif hit_path.is_file() and not is_hidden(hit_path):
+                    matches.append(hit_path)
+            if not matches:
+                raise PlantidError(f"{raw}: no file matches this pattern")
+        else:
+            raise PlantidError(f"{raw}: no such file or folder")
+        for match in matches:
+            key = os.path.realpath(match)
+            if key not in seen:
+                seen.add(key)
+                result.append(match)
+    return result
+
+
+def format_csv(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for file, top in rows:
+        for rank, (label, prob) in enumerate(top, start=1):
+            writer.writerow([file, label, f"{prob:.6f}", rank])
+    return buf.getvalue()
+
+
+def format_json(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    data = [{"file": file, "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+            for file, top in rows]
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def build_table(rows: list[tuple[str, list[tuple[str, float]]]], top_k: int, title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("top-1", style="bold green")
+    table.add_column("prob", justify="right")
+    if top_k > 1:
+        table.add_column(f"top-{top_k}", overflow="fold")
+    for file, top in rows:
+        label, prob = top[0]
+        cells = [file, label, f"{prob:.3f}"]
+        if top_k > 1:
+            cells.append(", ".join(f"{lab} {p:.3f}" for lab, p in top))
+        table.add_row(*cells)
+    return table
+
+
+def _render_table_text(table: Table) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None, force_terminal=False, no_color=True).print(table)
+    return buf.getvalue()
+
+
+def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None = None, output_format: str = "table",
+                    out: Path | None = None, backend: str = "torch", console: Console | None = None,
+                    err_console: Console | None = None) -> int:
+    """Predict photos with a run; print (or write to `out`) the results; return the exit code.
+
+    With `out` and the table format, the file gets a plain-text table (or csv/json when its
+    name ends in .csv/.json).
+    """
+    from plantid.infer.predictor import Predictor
+    from plantid.infer.tta import parse_tta
+
+    console = console or Console()
+    err_console = err_console or Console(stderr=True)
+    fmt = (output_format or "").strip().lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise PlantidError(f"unknown --format '{output_format}': use table, csv or json")
+    if top_k < 1:
+        raise PlantidError(f"--top-k must be at least 1, got {top_k}")
+    if out is not None and Path(out).is_dir():
+        raise PlantidError(f"--out {out}: is a folder; give a file name such as predictions.{'csv' if fmt == 'table' else fmt}")
+    views = parse_tta(tta)
+    sources = expand_inputs(paths)
+    predictor = Predictor.from_run(run, backend=backend, tta=views)
+    k = min(top_k, len(predictor.classes))
+
+    predictions = predictor.predict([str(p) for p in sources], top_k=k)
+    rows: list[tuple[str, list[tuple[str, float]]]] = []
+    for pred in predictions:
+        if pred.ok:
+            rows.append((pred.source, pred.top))
+        else:
+            err_console.print(f"skipped {pred.source}: {pred.error}", markup=False, highlight=False, soft_wrap=True)
+
+    file_fmt = fmt
+    if out is not None and fmt == "table":
+        suffix = Path(out).suffix.lower()
+        file_fmt = {".csv": "csv", ".json": "json"}.get(suffix, "table")
+    title = f"{predictor.model_id} ({predictor.backend}{', TTA ' + str(len(views)) + ' views' if views else ''})"
+    text = {"csv": format_csv, "json": format_json}.get(file_fmt, lambda r: None)(rows)
+    if out is not None:
+        if text is None:
+            text = _render_table_text(build_table(rows, k, title))
+        written = write_text_atomic(out, text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(written, 0o666 & ~umask)  # atomic_path creates its files 0600
+        err_console.print(f"wrote {len(rows)} predictions to {out}", markup=False, highlight=False, soft_wrap=True)
+    elif fmt == "table":
+        if rows:
+            console.print(build_table(rows, k, title))
+    else:
+        console.out(text, end="", highlight=False)
+    skipped = len(predictions) - len(rows)
+    if skipped and not rows:
+        err_console.print(f"no photo could be read ({skipped} skipped)", markup=False, highlight=False)
+    return 0 if rows else 1

@@ -1,0 +1,161 @@
+"""Prediction with the exported ONNX model and onnxruntime, without the PyTorch model code.
+
+The exported graph (see plantid.infer.export) takes uint8 N x S x S x 3 photos as returned by
+`plantid.data.images.load_image` and returns softmax probabilities, so this backend only has
+to hand over the batch. One CPU session: all graph optimizations, intra-op threads = the
+physical cores this process may use (PLANTID_ORT_THREADS or `threads=` to change it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantid.errors import PlantidError
+
+log = logging.getLogger("plantid")
+
+EXPORT_DIR = "export"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+PREPROCESSING_FILE = "preprocessing.json"
+THREADS_ENV = "PLANTID_ORT_THREADS"
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = list(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        for block in text.split("\n\n"):
+            fields = dict(
+                (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()) if k.strip()
+            )
+            if "processor" in fields and int(fields["processor"]) in allowed:
+                cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
+    except (OSError, ValueError):
+        cores = set()
+    return max(1, min(len(cores) if cores else len(allowed), len(allowed)))
+
+
+def default_threads() -> int:
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise PlantidError(f"{THREADS_ENV}={env!r}: must be a positive integer")
+        return int(env)
+    return physical_cores()
+
+
+def make_session(model_path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession with ORT_ENABLE_ALL and `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads) if threads else default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: no optimizer chatter on stderr
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlantidError(f"{model_path}: onnxruntime cannot load the model ({msg[:300]}); re-export it") from None
+
+
+class OnnxBackend:
+    """uint8 N x S x S x 3 -> float32 N x K probabilities, through onnxruntime."""
+
+    def __init__(self, model_path: str | os.PathLike, preprocessing: dict[str, Any], threads: int | None = None):
+        self.model_path = Path(model_path)
+        self.preprocessing = preprocessing
+        try:
+            self.classes: list[str] = [str(c) for c in preprocessing["labels"]]
+            self.image_size: int = int(preprocessing["image_size"])
+        except (KeyError, TypeError, ValueError):
+            raise PlantidError(f"{self.model_path.parent / PREPROCESSING_FILE}: no labels/image_size; re-export the run") from None
+        suffix = "onnx-int8" if self.model_path.name == INT8_FILE else "onnx"
+        self.model_id: str = f"{preprocessing.get('model_id', self.model_path.parent.name)}:{suffix}"
+        self.threads = int(threads) if threads else default_threads()
+        self.session = make_session(self.model_path, self.threads)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        shape = list(inputs[0].shape)
+        if len(shape) != 4 or shape[1:] != [self.image_size, self.image_size, 3] or inputs[0].type != "tensor(uint8)":
+            raise PlantidError(
+                f"{self.model_path}: expects {inputs[0].type} {shape}, not uint8 N x {self.image_size} x "
+                f"{self.image_size} x 3 as preprocessing.json says; re-export with `plantid export RUN --format onnx`"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(self.classes)):
+            raise PlantidError(f"{self.model_path}: returns {out_shape}, but there are {len(self.classes)} labels")
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, quantized: bool = False, threads: int | None = None) -> "OnnxBackend":
+        """Load RUN/export/model.onnx (or model.int8.onnx) with its preprocessing.json.
+
+        `run_dir` may also be a folder holding model.onnx + preprocessing.json directly (an export
+        or submission folder) or the path of the .onnx file itself.
+        """
+        run_dir = Path(run_dir)
+        if run_dir.is_file() and run_dir.suffix == ".onnx":
+            folder, model_name = run_dir.parent, run_dir.name
+        else:
+            folder = run_dir / EXPORT_DIR if (run_dir / EXPORT_DIR).is_dir() or not (run_dir / ONNX_FILE).exists() else run_dir
+            model_name = INT8_FILE if quantized else ONNX_FILE
+        export_hint = f"run `plantid export {run_dir} --format onnx{' --quantize' if quantized else ''}`"
+        if not run_dir.exists():
+            raise PlantidError(f"{run_dir}: no such run folder")
+        meta_path = folder / PREPROCESSING_FILE
+        model_path = folder / model_name
+        if not model_path.is_file() or not meta_path.is_file():
+            missing = model_path if not model_path.is_file() else meta_path
+            raise PlantidError(f"{missing}: not found; {export_hint}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise PlantidError(f"{meta_path}: unreadable; {export_hint}") from None
+        if not isinstance(meta, dict):
+            raise PlantidError(f"{meta_path}: not a plantid preprocessing.json; {export_hint}")
+        entry = (meta.get("int8") or {}) if model_name == INT8_FILE else meta
+        if model_name == INT8_FILE and not entry.get("file"):
+            raise PlantidError(f"{model_path}: left over from an earlier export; {export_hint}")
+        expected_size = entry.get("size_bytes")
+        if expected_size is not None and model_path.stat().st_size != expected_size:
+            raise PlantidError(f"{model_path}: does not match {meta_path.name} (interrupted export?); {export_hint}")
+        _warn_if_stale(run_dir if run_dir.is_dir() else folder, meta)
+        return cls(model_path, meta, threads=threads)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 N x {s} x {s} x 3, got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+def _warn_if_stale(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Warn when the run's checkpoint changed since the export (the ONNX model is then outdated)."""
+    source = meta.get("source_checkpoint")
+    size = meta.get("source_checkpoint_size")
+    if not source or size is None:
+        return
+    ckpt = run_dir / Path(source).name  # the run folder may have been moved or copied
+    if not ckpt.is_file():
+        ckpt = Path(source)
+    if ckpt.is_file() and ckpt.stat().st_size != size:
+        log.warning("%s changed since the ONNX export; re-run `plantid export %s --format onnx`", ckpt, run_dir)

@@ -1,0 +1,208 @@
+"""ONNX export, int8 quantization, the ONNX backend and the challenge submission folder.
+
+Real runs, real JPEGs, real onnxruntime sessions and real subprocesses; nothing of plantid mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plantid.data.images import load_image, resize_pixels
+from plantid.data.split import read_manifest
+from plantid.errors import PlantidError
+from plantid.infer.export import INPUT_NAME, OUTPUT_NAME, export_run
+from plantid.infer.onnx_backend import OnnxBackend
+from plantid.infer.predictor import Predictor
+
+PLANTID = Path(sys.executable).with_name("plantid")
+
+
+def _exported_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One private copy of the session's tiny run, exported with --quantize, shared by tests/infer."""
+    run = tmp_path_factory.getbasetemp() / "infer-exported-run"
+    if not (run / "export" / "preprocessing.json").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(trained_run, run, symlinks=True)
+        export_run(run, "onnx", quantize=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _exported_run(trained_run, tmp_path_factory)
+
+
+def _photos(run: Path, size: int) -> tuple[list[str], np.ndarray]:
+    rows = read_manifest(run / "split.csv").rows
+    paths = [r.path for r in rows]
+    return paths, np.stack([load_image(p, size) for p in paths])
+
+
+def test_export_writes_a_checked_graph_with_preprocessing_inside(run: Path) -> None:
+    import onnx
+
+    folder = run / "export"
+    model = onnx.load(str(folder / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == INPUT_NAME and out.name == OUTPUT_NAME
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]  # dynamic batch, NHWC
+    meta = json.loads((folder / "preprocessing.json").read_text())
+    assert meta["image_size"] == 32 and meta["resize"] == "bilinear antialias stretch to square"
+    assert meta["labels"] == json.loads((run / "labels.json").read_text())
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC"
+    from plantid.infer.checkpoint import load_trained
+
+    trained = load_trained(run)
+    assert meta["normalization"]["mean"] == pytest.approx(trained.model.mean.flatten().tolist())
+    assert meta["normalization"]["std"] == pytest.approx(trained.model.std.flatten().tolist())
+    assert meta["size_bytes"] == (folder / "model.onnx").stat().st_size
+    assert meta["opset"] >= 17 and meta["max_abs_diff_vs_torch"] < 1e-4
+    import hashlib
+
+    ckpt = Path(meta["source_checkpoint"])
+    assert ckpt.name == "best.ckpt"
+    assert meta["source_checkpoint_sha256"] == hashlib.sha256((run / "best.ckpt").read_bytes()).hexdigest()
+    assert not list(folder.glob(".*.tmp")), "atomic writes left temporary files"
+
+
+def test_onnx_probabilities_match_torch_on_real_photos(run: Path) -> None:
+    torch_pred = Predictor.from_run(run, backend="torch")
+    onnx_backend = OnnxBackend.from_run(run)
+    assert onnx_backend.classes == torch_pred.classes and onnx_backend.image_size == 32
+    assert onnx_backend.session.get_session_options().intra_op_num_threads >= 1
+    _, images = _photos(run, 32)
+    expected = torch_pred.predict_arrays(images)
+    for batch in (images[:1], images[:7], images):  # dynamic batch size
+        got = onnx_backend(batch)
+        assert got.dtype == np.float32 and got.shape == (len(batch), 3)
+        np.testing.assert_allclose(got, expected[: len(batch)], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError):
+        onnx_backend(images.astype(np.float32))
+    # the Predictor runs both backends through the same file preprocessing
+    paths = [str(p) for p in _photos(run, 32)[0][:5]]
+    onnx_pred = Predictor.from_run(run, backend="onnx")
+    for a, b in zip(torch_pred.predict(paths), onnx_pred.predict(paths)):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4, rtol=0)
+
+
+def test_int8_model_is_quantized_and_agrees_with_fp32(run: Path) -> None:
+    import onnx
+
+    folder = run / "export"
+    meta = json.loads((folder / "preprocessing.json").read_text())
+    assert meta["int8"]["mode"] == "static" and meta["int8"]["calibration_images"] > 0
+    int8 = onnx.load(str(folder / "model.int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert ops.count("Softmax") == 1  # probabilities stay float (not requantized to 8 bits)
+    assert (folder / "model.int8.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+
+    fp32, q = OnnxBackend.from_run(run), OnnxBackend.from_run(run, quantized=True)
+    assert q.model_id.endswith(":onnx-int8") and fp32.model_id != q.model_id
+    _, images = _photos(run, 32)
+    p32, p8 = fp32(images), q(images)
+    np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
+    assert float(np.abs(p8 - p32).max()) < 0.1
+    assert float((p8.argmax(1) == p32.argmax(1)).mean()) >= 0.9
+
+
+def test_backend_without_export_names_the_command(run: Path, copy_run: Path) -> None:
+    with pytest.raises(PlantidError, match=r"plantid export .* --format onnx"):
+        OnnxBackend.from_run(copy_run)
+    with pytest.raises(PlantidError, match="unknown export format"):
+        export_run(copy_run, "tflite")
+    shutil.copytree(run / "export", copy_run / "export")
+    with (copy_run / "export" / "model.int8.onnx").open("ab") as fh:  # a half-replaced file
+        fh.write(b"\0")
+    with pytest.raises(PlantidError, match="does not match preprocessing.json"):
+        OnnxBackend.from_run(copy_run, quantized=True)
+    assert OnnxBackend.from_run(copy_run / "export").classes == json.loads((run / "labels.json").read_text())
+
+
+def test_export_without_checkpoint_is_a_one_line_error(copy_run: Path) -> None:
+    for name in ("best.ckpt", "last.ckpt"):
+        (copy_run / name).unlink()
+    proc = subprocess.run([str(PLANTID), "export", str(copy_run), "--format", "onnx"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "best.ckpt" in lines[0] and "Traceback" not in proc.stderr
+    assert not (copy_run / "export").exists()
+
+
+SUBMISSION_CHECK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from model import model
+
+    class TensorLike:  # what a TensorFlow eager tensor offers
+        def __init__(self, a):
+            self.a = a
+        def numpy(self):
+            return self.a
+
+    X = np.load("X.npy")
+    m = model(".")
+    out = {
+        "float": m.predict(X).tolist(),
+        "uint8": m.predict(X.astype(np.uint8)).tolist(),
+        "tensor": np.asarray(m.predict(TensorLike(X))).tolist(),
+        "dtype": str(m.predict(X).dtype),
+        "imported": sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "plantid", "timm", "lightning")),
+    }
+    print(json.dumps(out))
+""")
+
+
+def test_submission_runs_without_torch_and_matches_torch(run: Path, tmp_path: Path) -> None:
+    (folder,) = export_run(run, "submission", out=tmp_path / "built")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "model.onnx", "model.py", "preprocessing.json"]
+    fresh = Path(shutil.copytree(folder, tmp_path / "elsewhere" / "submission"))
+    _, photos = _photos(run, 32)
+    X = np.stack([resize_pixels(p, 96) for p in photos[:12]]).astype(np.float32)  # the challenge's 96 x 96 floats
+    np.save(fresh / "X.npy", X)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([sys.executable, "-c", SUBMISSION_CHECK], cwd=fresh, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["imported"] == [] and result["dtype"] == "int64"
+
+    torch_pred = Predictor.from_run(run, backend="torch")
+    probs = torch_pred.predict_arrays(np.stack([resize_pixels(x.astype(np.uint8), 32) for x in X]))
+    expected = probs.argmax(1).tolist()
+    assert result["float"] == expected and result["uint8"] == expected and result["tensor"] == expected
+
+
+@pytest.mark.slow
+def test_timm_backbone_exports_exactly(make_image_folder, tmp_path: Path) -> None:
+    """BatchNorm, depthwise convs, 'same' padding and ReLU6 of tf_efficientnet_lite0 through ONNX."""
+    from plantid.config import load_config
+    from plantid.train.run import train_run
+
+    photos = make_image_folder(tmp_path / "photos", per_class=8, size=64)
+    cfg = load_config("cpu-default", [
+        f"data.root={photos}", "data.image_size=64", "data.val=0.25", "data.test=0.25", "data.batch_size=8",
+        f"data.cache_dir={tmp_path / 'cache'}", "model.name=tf_efficientnet_lite0", "model.weights=none",
+        "train.epochs=1", "train.limit_train_batches=2", "train.progress=false",
+    ])
+    run = tmp_path / "run"
+    train_run(cfg, run)
+    written = export_run(run, "onnx")
+    assert written[0] == run / "export" / "model.onnx"
+    _, images = _photos(run, 64)
+    expected = Predictor.from_run(run, backend="torch").predict_arrays(images)
+    got = OnnxBackend.from_run(run)(images)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
