@@ -1,0 +1,87 @@
+"""Train each CPU-runnable recipe on one stratified split of the shared plant photos and
+print a table: image size, epochs, wall time, val and test accuracy (results/train.json).
+
+    .venv/bin/python benchmarks/bench_train.py                      # all CPU recipes
+    .venv/bin/python benchmarks/bench_train.py --recipes cpu-default --set train.epochs=6
+
+Each recipe runs as its own `plantid train` process, one after the other, so they share the
+machine equally. The split is `data.split_seed=0` with 15% val and 15% test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "an2dl2022-plants"
+CPU_RECIPES = ["simple-cnn", "inception", "cpu-default"]
+
+
+def train_once(recipe: str, manifest: Path, out: Path, overrides: list[str]) -> dict:
+    """Run `plantid train` for one recipe and return its train_summary.json plus wall time."""
+    cmd = [sys.executable, "-m", "plantid.cli", "train", "--data", str(manifest), "--recipe", recipe,
+           "--out", str(out), "train.progress=false", *overrides]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{recipe} failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads((out / "train_summary.json").read_text())
+    summary["wall_seconds"] = round(wall, 1)
+    summary["command"] = " ".join(["plantid", *cmd[3:]])
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--recipes", nargs="+", default=CPU_RECIPES)
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="key=value overrides for every recipe")
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument("--json-out", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"no data at {args.data}; pass --data FOLDER")
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="plantid-bench-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "plantid.cli", "split", str(args.data), "--out", str(work / "split")],
+                   check=True, capture_output=True)
+    manifest = work / "split" / "split.csv"
+
+    rows = []
+    for recipe in args.recipes:
+        run = work / recipe
+        if run.exists():
+            shutil.rmtree(run)
+        summary = train_once(recipe, manifest, run, args.overrides)
+        rows.append({
+            "recipe": recipe, "model": summary["model"], "image_size": summary["image_size"],
+            "epochs": summary["epochs_run"], "train_seconds": summary["train_seconds"],
+            "wall_seconds": summary["wall_seconds"], "val_acc": summary["best_val_acc"],
+            "test_acc": summary["test_acc"], "command": summary["command"],
+        })
+        print(f"{recipe}: done in {summary['wall_seconds']} s", flush=True)
+
+    header = f"{'recipe':<14} {'model':<22} {'px':>4} {'epochs':>6} {'train s':>8} {'wall s':>7} {'val acc':>8} {'test acc':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['recipe']:<14} {r['model']:<22} {r['image_size']:>4} {r['epochs']:>6} {r['train_seconds']:>8.1f} "
+              f"{r['wall_seconds']:>7.1f} {r['val_acc']:>8.4f} {r['test_acc']:>8.4f}")
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"cpu_count": os.cpu_count(), "overrides": args.overrides, "runs": rows}
+    args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
