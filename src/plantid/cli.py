@@ -130,21 +130,25 @@ def train(
       plantid train --resume runs/lite0
     """
     from plantid.config import load_config
-    from plantid.train.run import train_run
 
     _setup_logging(verbose)
     overrides = list(ctx.args)
+    cfg = None
     if resume is not None:
         if overrides or data is not None:
             raise PlantidError("--resume continues a run with its saved config; drop --data and overrides")
-        result = train_run(None, resume, resume=True)
     else:
         if data is not None:
             key = "data.manifest" if data.suffix == ".csv" else "data.root"
             overrides.insert(0, f"{key}={data}")
-        cfg = load_config(recipe, overrides)
-        run_dir = out or Path("runs") / cfg.recipe
-        result = train_run(cfg, run_dir)
+        cfg = load_config(recipe, overrides)  # validate before the heavy imports below
+
+    from plantid.train.run import train_run
+
+    if cfg is None:
+        result = train_run(None, resume, resume=True)
+    else:
+        result = train_run(cfg, out or Path("runs") / cfg.recipe)
     val = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
     console.print(

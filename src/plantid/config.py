@@ -100,7 +100,7 @@ class TrainConfig(_Section):
     devices: int | str = 1
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    precision: str = "auto"  # auto (bf16-mixed on a bf16-capable GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed
     threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
     compile: bool = False
     deterministic: bool = True

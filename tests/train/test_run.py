@@ -145,3 +145,14 @@ def test_seed_convnext_large_recipe_starts_on_cpu(tmp_path: Path, tiny_folder: P
     ckpt = torch.load(tmp_path / "run" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     assert any(k.startswith("model.head.") for k in ckpt["state_dict"])
+
+
+def test_precision_auto_never_picks_emulated_bf16_on_cpu():
+    from plantid.train.run import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # an explicit choice is kept
+    expected = "32-true"
+    if torch.cuda.is_available():
+        expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    assert resolve_precision("auto", "auto") == expected

@@ -116,6 +116,20 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Turn precision 'auto' into what is fastest here: bf16-mixed on a bf16-capable GPU, else 32-true.
+
+    On CPUs without native bf16 (most laptops; AVX2-only servers) bf16 autocast is emulated and
+    many times slower than float32, so 'auto' never picks it there.
+    """
+    if precision != "auto":
+        return precision
+    wants_gpu = accelerator in ("auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
 def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None) -> L.Trainer:
     """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices.
 
@@ -142,7 +156,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
