@@ -19,7 +19,6 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from plantid.serve.launch import free_port, running_server
+
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
 PLANTID = Path(sys.executable).with_name("plantid")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def photo_jpeg(size: int = 96, seed: int = 0) -> bytes:
@@ -73,38 +68,6 @@ def train_tiny_run(workdir: Path) -> Path:
     if done.returncode != 0:
         sys.exit(f"training the tiny run failed:\n{done.stderr[-3000:]}")
     return run
-
-
-def start_server(run: Path, backend: str, port: int, log_path: Path, timeout_s: float) -> subprocess.Popen:
-    import httpx
-
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(PLANTID), "serve", str(run), "--host", "127.0.0.1", "--port", str(port),
-                             "--backend", backend], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"plantid serve exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"plantid serve did not answer within {timeout_s:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.3)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 async def load(base: str, photo: bytes, requests: int, concurrency: int, warmup: int) -> dict:
@@ -167,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             run = args.run
         port = free_port()
         print(f"starting plantid serve {run} --backend {args.backend} on 127.0.0.1:{port}")
-        proc = start_server(run, args.backend, port, workdir / "serve.log", args.startup_timeout)
-        base = f"http://127.0.0.1:{port}"
-        try:
+        with running_server(run, port=port, backend=args.backend, timeout=args.startup_timeout,
+                            log_path=workdir / "serve.log") as base:
             import httpx
 
             model = httpx.get(base + "/api/model", timeout=10).json()
@@ -177,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model {model['model_id']} ({model['backend']}, {model['image_size']} px); "
                   f"{args.requests} requests, concurrency {args.concurrency}")
             result = asyncio.run(load(base, photo, args.requests, args.concurrency, args.warmup))
-        finally:
-            stop_server(proc)
 
     latencies = np.asarray(result["latencies"]) if result["latencies"] else np.zeros(1)
     ok = sum(n for code, n in result["statuses"].items() if 200 <= code < 300)

@@ -17,25 +17,9 @@ from rich.console import Console
 
 from plantid.errors import PlantidError
 from plantid.infer.cli_predict import expand_inputs, predict_command
-from plantid.infer.export import export_run
 from plantid.infer.predictor import Predictor
 
 PLANTID = Path(sys.executable).with_name("plantid")
-
-
-def _exported_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One private copy of the session's tiny run, exported with --quantize, shared by tests/infer."""
-    run = tmp_path_factory.getbasetemp() / "infer-exported-run"
-    if not (run / "export" / "preprocessing.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        shutil.copytree(trained_run, run, symlinks=True)
-        export_run(run, "onnx", quantize=True)
-    return run
-
-
-@pytest.fixture(scope="module")
-def run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _exported_run(trained_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

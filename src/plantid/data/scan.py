@@ -145,6 +145,16 @@ def _list_subdirs(folder: Path) -> list[os.DirEntry]:
     return [e for e in _scandir_sorted(folder) if not _skip(Path(e.name)) and _is_dir(e)]
 
 
+def _first_visit(path: Path, visited: set[str], bad: list[BadFile]) -> bool:
+    """Record folder `path` as visited; False (and a `bad` entry) if it was visited already (symlink loop)."""
+    real = os.path.realpath(path)
+    if real in visited:
+        bad.append(BadFile(str(path), "symlink to a folder already scanned (loop or duplicate); skipped"))
+        return False
+    visited.add(real)
+    return True
+
+
 def _walk_class(
     class_dir: Path,
     root: Path,
@@ -169,12 +179,8 @@ def _walk_class(
             if _skip(path):
                 continue
             if _is_dir(item):
-                real = os.path.realpath(path)
-                if real in visited:
-                    bad.append(BadFile(str(path), "symlink to a folder already scanned (loop or duplicate); skipped"))
-                    continue
-                visited.add(real)
-                subdirs.append(path)
+                if _first_visit(path, visited, bad):
+                    subdirs.append(path)
                 continue
             try:
                 regular = item.is_file(follow_symlinks=True)
@@ -233,11 +239,8 @@ def _collect(root: Path) -> tuple[list[str], list[_Candidate], list[BadFile]]:
         classes: set[str] = set()
         for e in split_dirs:
             split_dir = root / e.name
-            real = os.path.realpath(split_dir)
-            if real in visited:
-                bad.append(BadFile(str(split_dir), "symlink to a folder already scanned (loop or duplicate); skipped"))
+            if not _first_visit(split_dir, visited, bad):
                 continue
-            visited.add(real)
             split = SPLIT_FOLDERS[e.name.lower()]
             for item in _scandir_sorted(split_dir):
                 path = split_dir / item.name
@@ -246,13 +249,9 @@ def _collect(root: Path) -> tuple[list[str], list[_Candidate], list[BadFile]]:
                 if not _is_dir(item):
                     bad.append(BadFile(str(path), loose_reason))
                     continue
-                real = os.path.realpath(path)
-                if real in visited:
-                    bad.append(BadFile(str(path), "symlink to a folder already scanned (loop or duplicate); skipped"))
-                    continue
-                visited.add(real)
-                classes.add(item.name)
-                _walk_class(path, root, item.name, split, visited, candidates, bad)
+                if _first_visit(path, visited, bad):
+                    classes.add(item.name)
+                    _walk_class(path, root, item.name, split, visited, candidates, bad)
         return sorted(classes), candidates, bad
 
     for f in top_files:
@@ -260,13 +259,9 @@ def _collect(root: Path) -> tuple[list[str], list[_Candidate], list[BadFile]]:
     classes_list: list[str] = []
     for e in top_dirs:
         path = root / e.name
-        real = os.path.realpath(path)
-        if real in visited:
-            bad.append(BadFile(str(path), "symlink to a folder already scanned (loop or duplicate); skipped"))
-            continue
-        visited.add(real)
-        classes_list.append(e.name)
-        _walk_class(path, root, e.name, None, visited, candidates, bad)
+        if _first_visit(path, visited, bad):
+            classes_list.append(e.name)
+            _walk_class(path, root, e.name, None, visited, candidates, bad)
     return sorted(classes_list), candidates, bad
 
 

@@ -22,7 +22,34 @@ def _scratch_cfg(image_size: int) -> dict[str, Any]:
                 num_classes=0, classifier="fc", first_conv="features.0")
 
 
-class SimpleCNN(nn.Module):
+def _classifier(num_features: int, num_classes: int) -> nn.Module:
+    """timm's convention: a dense layer, or `Identity` (pre-logit features out) for `num_classes=0`."""
+    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class _ScratchNet(nn.Module):
+    """timm's classifier interface, shared by the from-scratch nets.
+
+    A subclass sets `num_classes`, `num_features` and `fc`, and defines `forward_features` and
+    `forward_head(x, pre_logits=False)`.
+    """
+
+    num_classes: int
+    num_features: int
+    fc: nn.Module
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = _classifier(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class SimpleCNN(_ScratchNet):
     """3 x (conv 3x3 + ReLU + 2x2 max-pool), flatten, dense + ReLU, dropout, dense (logits).
 
     The report's baseline. Flattening needs a fixed spatial size, so the input size is an
@@ -52,18 +79,11 @@ class SimpleCNN(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(dropout)
         self.num_features = hidden
-        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = _classifier(hidden, num_classes)
         self.feature_info = [dict(num_chs=chans[i + 1], reduction=2 ** (i + 1), module=f"features.{3 * i + 2}")
                              for i in range(3)]
         self.pretrained_cfg = _scratch_cfg(image_size)
         self.pretrained_cfg["first_conv"] = "features.0"
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -111,7 +131,7 @@ class InceptionModule(nn.Module):
         return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
 
 
-class InceptionNet(nn.Module):
+class InceptionNet(_ScratchNet):
     """Stem conv, pool, Inception module, pool, Inception module, global average pool, dropout, dense.
 
     Works at any input size >= 8 px (global pooling), channels: width -> 2*width -> 4*width.
@@ -130,7 +150,7 @@ class InceptionNet(nn.Module):
         self.flatten = nn.Flatten(1)
         self.drop = nn.Dropout(dropout)
         self.num_features = width * 4
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = _classifier(self.num_features, num_classes)
         self.feature_info = [
             dict(num_chs=width, reduction=2, module="stem"),
             dict(num_chs=width * 2, reduction=4, module="inception1"),
@@ -138,13 +158,6 @@ class InceptionNet(nn.Module):
         ]
         self.pretrained_cfg = _scratch_cfg(224)
         self.pretrained_cfg["first_conv"] = "stem.0"
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.stem(x))
@@ -154,6 +167,3 @@ class InceptionNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(self.flatten(self.global_pool(x)))
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -57,36 +57,31 @@ PAGE_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
 
-UPLOAD_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "the photo"},
-                },
+
+def _multipart_body(**extra_properties: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI requestBody: a multipart form with a required 'file' photo plus `extra_properties`."""
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the photo"},
+                        **extra_properties,
+                    },
+                }
             }
-        }
-    },
-}
-GRADCAM_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "the photo"},
-                    "label": {"type": "string", "description": "class to explain (default: the most likely one)"},
-                    "class_index": {"type": "integer", "description": "class to explain, by index"},
-                },
-            }
-        }
-    },
-}
+        },
+    }
+
+
+UPLOAD_BODY = _multipart_body()
+GRADCAM_BODY = _multipart_body(
+    label={"type": "string", "description": "class to explain (default: the most likely one)"},
+    class_index={"type": "integer", "description": "class to explain, by index"},
+)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "empty, truncated or undecodable photo, or a malformed request"},
     409: {"description": "Grad-CAM asked of a backend without gradients (onnx)"},
@@ -188,10 +183,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         label = upload.fields.get("label", label)
         index_text = upload.fields.get("class_index")
         if index_text is not None:
-            try:
-                class_index = int(index_text)
-            except ValueError:
-                raise HTTPException(422, f"class_index must be an integer, got '{index_text}'") from None
+            class_index = _int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
         target = _resolve_class(predictor.classes, label, class_index)
         return await run_in_threadpool(_gradcam_one, predictor, state.gradcam, upload.data, target)
 
@@ -213,6 +205,14 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
 
 
+def _int_or_reject(text: str, status: int, message: str) -> int:
+    """`int(text)`, or an HTTPException(status, message) when `text` is not an integer."""
+    try:
+        return int(text)
+    except ValueError:
+        raise HTTPException(status, message) from None
+
+
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"upload too large: the limit is {_mb(limit)} per photo; choose a smaller photo")
 
@@ -229,10 +229,7 @@ async def _read_upload(request: Request, limit: int, extra_fields: tuple[str, ..
     body_limit = limit + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            declared_size = int(declared)
-        except ValueError:
-            raise HTTPException(400, f"invalid Content-Length header '{declared}'") from None
+        declared_size = _int_or_reject(declared, 400, f"invalid Content-Length header '{declared}'")
         if declared_size > body_limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
