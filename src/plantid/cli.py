@@ -105,9 +105,7 @@ def explore(
     """
     from plantid.data.explore import explore as run_explore
 
-    written = run_explore(source, out, console=console, samples_per_class=samples)
-    for name, path in written.items():
-        console.print(f"{name}: {path}")
+    run_explore(source, out, console=console, samples_per_class=samples)  # prints what it wrote
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
