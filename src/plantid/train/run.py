@@ -105,6 +105,7 @@ _QUIET_WARNINGS = (
     r".*overridden `on_after_batch_transfer`.*",
     r".*does not have many workers which may be a bottleneck.*",
     r".*was configured so 100% of the batches.*",
+    r".*module\(s\) in eval mode at the start of training.*",  # frozen norm layers, on purpose
 )
 
 
