@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -128,9 +127,6 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
     app.state.predictor = predictor
     app.state.settings = settings
     app.state.gradcam = _make_gradcam(predictor)
-    # Decoding runs in parallel, but the model runs one request at a time: each inference then
-    # uses every core, instead of several oversubscribing them (p50 88 ms -> see docs/benchmarks.md).
-    app.state.model_lock = threading.Lock()
 
     _install_error_handlers(app)
 
@@ -167,7 +163,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if not 1 <= k <= 1000:
             raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
         upload = await _read_upload(request, state.settings.max_upload_bytes)
-        return await run_in_threadpool(_predict_one, predictor, state.model_lock, upload.data, k)
+        return await run_in_threadpool(_predict_one, predictor, upload.data, k)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -189,7 +185,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if index_text is not None:
             class_index = _int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
         target = _resolve_class(predictor.classes, label, class_index)
-        return await run_in_threadpool(_gradcam_one, predictor, state.model_lock, state.gradcam, upload.data, target)
+        return await run_in_threadpool(_gradcam_one, predictor, state.gradcam, upload.data, target)
 
     return app
 
@@ -314,18 +310,15 @@ def _image_size(data: bytes) -> dict[str, int]:
 # --------------------------------------------------------------------------- work (thread pool)
 
 
-def _predict_one(predictor: Predictor, model_lock: threading.Lock, data: bytes, k: int) -> dict[str, Any]:
+def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
     started = time.perf_counter()
-    try:
-        image = predictor.preprocess(data)
-    except BadImageError as exc:
-        raise _bad_image(exc.reason) from None
-    with model_lock:
-        probabilities = predictor.predict_arrays(image[None])[0]
+    prediction = predictor.predict([data], top_k=k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000.0
+    if prediction.error is not None:
+        raise _bad_image(prediction.error)
     return {
         "model_id": predictor.model_id,
-        "top_k": [{"label": label, "probability": _finite(p)} for label, p in predictor.top_k(probabilities, k)],
+        "top_k": [{"label": label, "probability": _finite(p)} for label, p in prediction.top],
         "elapsed_ms": round(elapsed_ms, 2),
         "image": _image_size(data),
     }
@@ -346,8 +339,7 @@ def _make_gradcam(predictor: Predictor) -> Any:
         return None
 
 
-def _gradcam_one(predictor: Predictor, model_lock: threading.Lock, cam: Any, data: bytes,
-                 target: int | None) -> dict[str, Any]:
+def _gradcam_one(predictor: Predictor, cam: Any, data: bytes, target: int | None) -> dict[str, Any]:
     from plantid.serve.gradcam import encode_png, overlay_heatmap
 
     started = time.perf_counter()
@@ -355,8 +347,7 @@ def _gradcam_one(predictor: Predictor, model_lock: threading.Lock, cam: Any, dat
         image = predictor.preprocess(data)
     except BadImageError as exc:
         raise _bad_image(exc.reason) from None
-    with model_lock:
-        result = cam(image, target)
+    result = cam(image, target)
     png = encode_png(overlay_heatmap(image, result.heatmap))
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     return {
