@@ -241,7 +241,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         best_checkpoint=checkpoint,
     )
     if trainer.is_global_zero:
-        previous = _read_summary(run_dir)
+        previous = _read_summary(run_dir) if resume else {}
         write_json_atomic(run_dir / SUMMARY_FILE, {
             "recipe": cfg.recipe,
             "model": cfg.model.name,
@@ -250,7 +250,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "best_val_acc": result.best_val_acc,
             "test_acc": result.test_acc,
             "epochs_run": result.epochs_run,
-            "train_seconds": round(train_seconds + previous.get("train_seconds", 0.0) * resume, 2),
+            "train_seconds": round(train_seconds + previous.get("train_seconds", 0.0), 2),
             "world_size": trainer.world_size,
             "best_checkpoint": checkpoint.name,
             "parameters": counts,
