@@ -41,6 +41,9 @@ def test_trained_run_folder_holds_everything(trained_run: Path):
     # The checkpoint is loadable without unpickling arbitrary objects.
     ckpt = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["classes"] == ["a", "b", "c"]
+    # last.ckpt is the state after the final epoch, whether or not that epoch improved val_acc.
+    last = torch.load(trained_run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 * 3  # 2 epochs x 3 batches of 8 out of 24 train photos
 
 
 def test_tiny_model_learns_the_tiny_data(tmp_path: Path, make_image_folder):

@@ -138,8 +138,12 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
     """
     t = cfg.train
     callbacks = list(callbacks or []) + [
-        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
+        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max",
                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        # last.ckpt after every epoch. Lightning 2.6's save_last=True only refreshes it when the
+        # monitored metric improves, which left resume starting from a stale epoch.
+        ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                        auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
     ]
     if t.patience > 0:
