@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +71,3 @@ def load_trained(run_dir: Path) -> TrainedModel:
     model.eval()
     return TrainedModel(model=model, classes=classes, config=config, checkpoint=path)
 
-
-def read_labels(run_dir: Path) -> list[str]:
-    """The class names of a run, from labels.json."""
-    path = Path(run_dir) / "labels.json"
-    try:
-        return list(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        raise PlantidError(f"{path}: missing or unreadable; is {run_dir} a plantid run folder?") from None
