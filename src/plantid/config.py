@@ -103,6 +103,7 @@ class TrainConfig(_Section):
     precision: str = "auto"  # auto (bf16-mixed on a bf16-capable GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed
     threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
     compile: bool = False
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate, test and save an EMA of the weights
     deterministic: bool = True
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0

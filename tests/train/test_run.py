@@ -84,13 +84,13 @@ def _train_args(data: Path, out: Path, cache: Path, epochs: int) -> list[str]:
     return ["train", "--data", str(data), "--recipe", "inception", "--out", str(out),
             "data.image_size=32", f"train.epochs={epochs}", "train.progress=false", "data.batch_size=2",
             "data.val=0.25", "data.test=0.25", f"data.cache_dir={cache}", "model.dropout=0.3",
-            "augment.mix_prob=0.5", "augment.cutmix_alpha=1.0"]
+            "augment.mix_prob=0.5", "augment.cutmix_alpha=1.0", "train.ema_decay=0.9"]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path, make_image_folder):
     data = make_image_folder(tmp_path / "photos", per_class=16)
     cache = tmp_path / "cache"
-    epochs = 3
+    epochs = 4
     reference = tmp_path / "reference"
     proc = _run_cli(*_train_args(data, reference, cache, epochs))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,7 +105,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
             assert child.poll() is None, "training ended before its first checkpoint"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.5)  # into the next epoch (each has 12 steps of 2 images)
+        time.sleep(0.1)  # into the next epoch (each has 12 steps of 2 images)
         assert child.poll() is None, "training finished before it could be killed"
         child.send_signal(signal.SIGKILL)
         child.wait(30)
@@ -119,11 +119,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
     proc = _run_cli("train", "--resume", str(crashed))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
-    ref_state = torch.load(reference / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    new_state = torch.load(crashed / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert ref_state.keys() == new_state.keys()
-    for key in ref_state:
-        assert torch.allclose(ref_state[key].float(), new_state[key].float(), atol=1e-6), key
+    ref_ckpt = torch.load(reference / "last.ckpt", map_location="cpu", weights_only=True)
+    new_ckpt = torch.load(crashed / "last.ckpt", map_location="cpu", weights_only=True)
+    # With an EMA of the weights, state_dict holds the average and current_model_state the
+    # raw weights: both must be restored and replayed exactly.
+    for part in ("state_dict", "current_model_state"):
+        ref_state, new_state = ref_ckpt[part], new_ckpt[part]
+        assert ref_state.keys() == new_state.keys()
+        for key in ref_state:
+            assert torch.allclose(ref_state[key].float(), new_state[key].float(), atol=1e-6), (part, key)
+    averaged, raw = ref_ckpt["state_dict"], ref_ckpt["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw), "the EMA should differ from the raw weights"
     ref_summary = json.loads((reference / "train_summary.json").read_text())
     new_summary = json.loads((crashed / "train_summary.json").read_text())
     assert new_summary["test_acc"] == ref_summary["test_acc"]

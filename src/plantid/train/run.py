@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from plantid.config import RunConfig, dump_config, load_run_config
@@ -146,6 +146,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
                         auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
     ]
+    if t.ema_decay > 0:
+        # An exponential moving average of the weights: smoother than the last step's weights,
+        # and what validation, best.ckpt and every later use of the run see.
+        callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
     if t.progress:
