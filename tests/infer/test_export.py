@@ -93,6 +93,15 @@ def test_int8_model_is_quantized_and_agrees_with_fp32(run: Path) -> None:
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert ops.count("Softmax") == 1  # probabilities stay float (not requantized to 8 bits)
     assert (folder / "model.int8.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+    # 7-bit weights: onnxruntime adds pairs of uint8 x int8 products in int16 on AVX2, 2 * 255 * 64 fits
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in int8.graph.initializer}
+    weights = [numpy_helper.to_array(inits[n.input[0]]) for n in int8.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights and all(int(np.abs(w.astype(np.int16)).max()) <= 64 for w in weights)
+    assert "reduce_range" in meta["int8"]["weights"]
 
     fp32, q = OnnxBackend.from_run(run), OnnxBackend.from_run(run, quantized=True)
     assert q.model_id.endswith(":onnx-int8") and fp32.model_id != q.model_id
@@ -101,6 +110,38 @@ def test_int8_model_is_quantized_and_agrees_with_fp32(run: Path) -> None:
     np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-4)
     assert float(np.abs(p8 - p32).max()) < 0.1
     assert float((p8.argmax(1) == p32.argmax(1)).mean()) >= 0.9
+
+
+def test_normalization_constants_are_widened_without_changing_the_model(run: Path, tmp_path: Path) -> None:
+    """The int8 model's (x / 255 - mean) / std broadcasts [1, 3, 1, S] constants (fast channels-last)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from plantid.infer.export import _widen_input_constants
+
+    widened = tmp_path / "widened.onnx"
+    shutil.copyfile(run / "export" / "model.onnx", widened)
+    assert _widen_input_constants(widened) >= 1
+    shapes = {i.name: list(i.dims) for i in onnx.load(str(widened)).graph.initializer}
+    assert any(dims == [1, 3, 1, 32] for dims in shapes.values())
+    assert not any(dims == [1, 3, 1, 1] for dims in shapes.values())  # the originals are gone
+    _, images = _photos(run, 32)
+    meta = json.loads((run / "export" / "preprocessing.json").read_text())
+    fp32, wide = OnnxBackend.from_run(run), OnnxBackend(widened, meta)
+    for batch in (images[:1], images[:7]):  # shape arithmetic elsewhere in the graph is left alone
+        np.testing.assert_allclose(wide(batch), fp32(batch), atol=1e-6, rtol=0)
+    int8 = onnx.load(str(run / "export" / "model.int8.onnx"))
+    first_conv = next(k for k, n in enumerate(int8.graph.node) if n.op_type == "Conv")
+    int8_inits = {i.name: i for i in int8.graph.initializer}
+    norm = [numpy_helper.to_array(int8_inits[name]).shape for n in int8.graph.node[:first_conv]
+            if n.op_type in ("Sub", "Div") for name in n.input if name in int8_inits]
+    assert (1, 3, 1, 32) in norm and (1, 3, 1, 1) not in norm
+
+
+def test_onnx_sessions_do_not_spin(run: Path) -> None:
+    """Worker threads sleep between operators: spinning ones starve other work on a shared CPU."""
+    session = OnnxBackend.from_run(run, quantized=True).session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_backend_without_export_names_the_command(run: Path, copy_run: Path) -> None:
