@@ -90,6 +90,13 @@ class OptimConfig(_Section):
     phases: list[LRPhase] = Field(default_factory=list)  # for schedule=cyclic
 
 
+class ResizePhase(_Section):
+    """Early training epochs at a smaller image size (progressive resizing)."""
+
+    epochs: int = Field(..., ge=1)
+    image_size: int = Field(..., ge=8, le=1024)
+
+
 class TrainConfig(_Section):
     """The loop: epochs, early stopping, hardware, precision, seeds."""
 
@@ -104,6 +111,9 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
     compile: bool = False
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate, test and save an EMA of the weights
+    # Progressive resizing: the first epochs train at these sizes, in order; the epochs after
+    # them, validation and test use data.image_size.
+    resize_phases: list[ResizePhase] = Field(default_factory=list)
     deterministic: bool = True
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0

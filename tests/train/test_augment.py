@@ -69,3 +69,26 @@ def test_every_preset_runs_on_odd_sizes(preset):
     x = torch.rand(3, 3, 37, 41)
     y = build_augment(AugmentConfig(preset=preset))(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_progressive_resizing_sizes_per_epoch():
+    from plantid.config import ResizePhase
+    from plantid.train.augment import train_image_size
+
+    phases = [ResizePhase(epochs=2, image_size=64), ResizePhase(epochs=1, image_size=96)]
+    assert [train_image_size(phases, 128, e) for e in range(5)] == [64, 64, 96, 128, 128]
+    assert train_image_size([], 128, 0) == 128
+
+
+def test_resize_batch_shrinks_and_keeps_layout_and_range():
+    from plantid.train.augment import resize_batch
+
+    x = to_unit_float(torch.randint(0, 256, (3, 48, 48, 3), dtype=torch.uint8), channels_last=True)
+    assert resize_batch(x, 48) is x  # already at size: untouched
+    small = resize_batch(x, 24)
+    assert small.shape == (3, 3, 24, 24)
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    assert 0.0 <= float(small.min()) and float(small.max()) <= 1.0
+    # a flat image stays flat whatever the size
+    flat = torch.full((1, 3, 48, 48), 0.25)
+    assert torch.allclose(resize_batch(flat, 20), torch.full((1, 3, 20, 20), 0.25), atol=1e-6)

@@ -64,6 +64,7 @@ def test_tiny_model_learns_the_tiny_data(tmp_path: Path, make_image_folder):
         (["--recipe", "nope"], "unknown recipe 'nope'"),
         (["train.epoch=2"], "unknown setting 'train.epoch'"),
         (["data.batch_size=0"], "bad value for 'data.batch_size'"),
+        (["--recipe", "simple-cnn", "train.resize_phases=[{epochs: 1, image_size: 64}]"], "fixes its input size"),
     ],
 )
 def test_train_user_errors_are_one_line(tmp_path: Path, tiny_folder: Path, args, message):
@@ -165,3 +166,31 @@ def test_precision_auto_never_picks_emulated_bf16_on_cpu():
     if torch.cuda.is_available():
         expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     assert resolve_precision("auto", "auto") == expected
+
+
+def test_progressive_resizing_trains_small_first_then_at_full_size(tmp_path: Path, tiny_folder: Path):
+    """train.resize_phases: the model sees the phase sizes in training and the full size in validation."""
+    import lightning as L
+
+    from plantid.config import load_config
+    from plantid.train.run import train_run
+
+    seen: list[tuple[str, int, int]] = []
+
+    class RecordInputSizes(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            def record(module, args):
+                stage = "train" if module.training else "eval"
+                seen.append((stage, trainer.current_epoch, args[0].shape[-1]))
+            pl_module.model.register_forward_pre_hook(record)
+
+    cfg = load_config("inception", [
+        f"data.root={tiny_folder}", "data.image_size=40", "data.batch_size=6", "data.val=0.25", "data.test=0.25",
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=3", "train.progress=false",
+        "train.resize_phases=[{epochs: 1, image_size: 32}, {epochs: 1, image_size: 36}]",
+    ])
+    result = train_run(cfg, tmp_path / "run", callbacks=[RecordInputSizes()])
+    assert result.epochs_run == 3
+    train_sizes = {(epoch, size) for stage, epoch, size in seen if stage == "train"}
+    assert train_sizes == {(0, 32), (1, 36), (2, 40)}
+    assert {size for stage, _, size in seen if stage == "eval"} == {40}

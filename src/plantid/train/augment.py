@@ -9,13 +9,14 @@ device) and fast on both a 2-core CPU and a GPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plantid.config import AugmentConfig
+from plantid.config import AugmentConfig, ResizePhase
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,30 @@ class BatchAugment(nn.Module):
 def build_augment(cfg: AugmentConfig) -> BatchAugment:
     """The training augmentation for a config: a named preset scaled by `strength`."""
     return BatchAugment(PRESETS[cfg.preset].scaled(cfg.strength))
+
+
+def train_image_size(phases: Sequence[ResizePhase], final_size: int, epoch: int) -> int:
+    """The image size training uses in `epoch` (0-based) under progressive resizing.
+
+    Each phase trains its `epochs` at its `image_size`; after the last phase, `final_size`.
+    Small images make the early epochs cheap; the last epochs at the final size let the
+    network settle at the resolution it is evaluated and deployed at.
+    """
+    start = 0
+    for phase in phases:
+        if epoch < start + phase.epochs:
+            return phase.image_size
+        start += phase.epochs
+    return final_size
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float N x C x H x W batch to size x size (antialiased when shrinking); a no-op at that size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    shrink = size < min(x.shape[-2:])
+    # interpolate keeps a channels_last batch channels_last
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=shrink, align_corners=False).clamp_(0.0, 1.0)
 
 
 def to_unit_float(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

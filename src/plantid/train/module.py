@@ -17,8 +17,9 @@ from timm.data import Mixup
 from torchmetrics.classification import MulticlassAccuracy
 
 from plantid.config import RunConfig
+from plantid.errors import PlantidError
 from plantid.models import build_model
-from plantid.train.augment import build_augment, to_unit_float
+from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
 from plantid.train.losses import build_loss
 from plantid.train.schedules import build_scheduler, lr_curve
 
@@ -32,6 +33,9 @@ class PlantClassifierModule(L.LightningModule):
         self.cfg = RunConfig.model_validate(config)
         self.classes = list(classes)
         num_classes = len(self.classes)
+        if self.cfg.train.resize_phases and self.cfg.model.name.strip() == "simple_cnn":
+            raise PlantidError("simple_cnn's flatten layer fixes its input size to data.image_size: drop "
+                               "train.resize_phases, or use a model with global pooling (inception, timm models)")
         self.model = build_model(self.cfg.model, num_classes, self.cfg.data.image_size)
         self.augment = build_augment(self.cfg.augment)
         self.loss_fn = build_loss(self.cfg.loss, class_counts)
@@ -65,6 +69,8 @@ class PlantClassifierModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, labels = batch
         self._seed_step()
+        x = resize_batch(x, train_image_size(self.cfg.train.resize_phases, self.cfg.data.image_size,
+                                             self.current_epoch))
         x = self.augment(x)
         target: torch.Tensor = labels
         if self.mixer is not None and x.shape[0] % 2 == 0:
