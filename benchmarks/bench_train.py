@@ -40,6 +40,17 @@ def train_once(recipe: str, manifest: Path, out: Path, overrides: list[str]) -> 
     return summary
 
 
+def _sizes_label(sizes: list[int]) -> str:
+    """Epoch sizes as '128' or, under progressive resizing, '128x5+192x2'."""
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return str(sizes[0]) if len(runs) == 1 else "+".join(f"{s}x{n}" for s, n in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -65,17 +76,18 @@ def main() -> None:
         summary = train_once(recipe, manifest, run, args.overrides)
         rows.append({
             "recipe": recipe, "model": summary["model"], "image_size": summary["image_size"],
+            "px": _sizes_label(summary.get("train_image_sizes") or [summary["image_size"]]),
             "epochs": summary["epochs_run"], "train_seconds": summary["train_seconds"],
             "wall_seconds": summary["wall_seconds"], "val_acc": summary["best_val_acc"],
             "test_acc": summary["test_acc"], "command": summary["command"],
         })
         print(f"{recipe}: done in {summary['wall_seconds']} s", flush=True)
 
-    header = f"{'recipe':<14} {'model':<22} {'px':>4} {'epochs':>6} {'train s':>8} {'wall s':>7} {'val acc':>8} {'test acc':>8}"
+    header = f"{'recipe':<14} {'model':<22} {'px':>11} {'epochs':>6} {'train s':>8} {'wall s':>7} {'val acc':>8} {'test acc':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['recipe']:<14} {r['model']:<22} {r['image_size']:>4} {r['epochs']:>6} {r['train_seconds']:>8.1f} "
+        print(f"{r['recipe']:<14} {r['model']:<22} {r['px']:>11} {r['epochs']:>6} {r['train_seconds']:>8.1f} "
               f"{r['wall_seconds']:>7.1f} {r['val_acc']:>8.4f} {r['test_acc']:>8.4f}")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"cpu_count": os.cpu_count(), "overrides": args.overrides, "runs": rows}

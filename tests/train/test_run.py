@@ -194,3 +194,5 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(tmp_path: Pat
     train_sizes = {(epoch, size) for stage, epoch, size in seen if stage == "train"}
     assert train_sizes == {(0, 32), (1, 36), (2, 40)}
     assert {size for stage, _, size in seen if stage == "eval"} == {40}
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["image_size"] == 40 and summary["train_image_sizes"] == [32, 36, 40]

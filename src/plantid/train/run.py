@@ -28,6 +28,7 @@ from plantid.data.scan import scan_folder, write_scan_json
 from plantid.data.split import make_split, read_manifest, write_manifest
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
+from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
 
 log = logging.getLogger("plantid")
@@ -254,6 +255,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "recipe": cfg.recipe,
             "model": cfg.model.name,
             "image_size": cfg.data.image_size,
+            "train_image_sizes": [train_image_size(cfg.train.resize_phases, cfg.data.image_size, e)
+                                  for e in range(trainer.current_epoch)],
             "classes": data.classes,
             "best_val_acc": result.best_val_acc,
             "test_acc": result.test_acc,
