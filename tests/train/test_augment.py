@@ -78,6 +78,7 @@ def test_progressive_resizing_sizes_per_epoch():
     phases = [ResizePhase(epochs=2, image_size=64), ResizePhase(epochs=1, image_size=96)]
     assert [train_image_size(phases, 128, e) for e in range(5)] == [64, 64, 96, 128, 128]
     assert train_image_size([], 128, 0) == 128
+    assert train_image_size(phases, 80, 0) == 64 and train_image_size(phases, 80, 2) == 80  # capped at the final size
 
 
 def test_resize_batch_shrinks_and_keeps_layout_and_range():

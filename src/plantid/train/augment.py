@@ -153,12 +153,13 @@ def train_image_size(phases: Sequence[ResizePhase], final_size: int, epoch: int)
 
     Each phase trains its `epochs` at its `image_size`; after the last phase, `final_size`.
     Small images make the early epochs cheap; the last epochs at the final size let the
-    network settle at the resolution it is evaluated and deployed at.
+    network settle at the resolution it is evaluated and deployed at. A phase never trains
+    above `final_size`, so lowering data.image_size keeps a recipe's phases sensible.
     """
     start = 0
     for phase in phases:
         if epoch < start + phase.epochs:
-            return phase.image_size
+            return min(phase.image_size, final_size)
         start += phase.epochs
     return final_size
 
