@@ -177,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "onnx-int8-static": OnnxBackend.from_run(run, quantized=True, threads=args.threads),
     }
     if args.spinning:
-        from plantid.infer.onnx_backend import make_session
-
         for name in ("onnx-fp32", "onnx-int8-static"):
-            spin = OnnxBackend.from_run(run, quantized=name.endswith("static"), threads=args.threads)
-            spin.session = make_session(spin.model_path, args.threads, spinning=True)
-            engines[f"{name}-spin"] = spin
+            engines[f"{name}-spin"] = OnnxBackend.from_run(run, quantized=name.endswith("static"),
+                                                           threads=args.threads, spinning=True)
     if not args.no_dynamic:
         calib = _real_images(run, size, limit=16, split_order=("train",))
         dyn_path = Path(tmp.name) / "model.int8-dynamic.onnx"

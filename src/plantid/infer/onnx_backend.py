@@ -64,8 +64,9 @@ def make_session(model_path: str | os.PathLike, threads: int | None = None, spin
     threads busy-waiting for the next operator. Off by default: on a machine shared with other
     work (training next to serving, a 2-core box) the spinning threads take CPU from the ones
     computing; with two training processes beside it, turning it off took batch 64 at 96 px from
-    300 to 446 img/s (int8) and 191 to 255 (fp32), batch 1 from 158 to 308. On an idle machine it
-    costs little at batch 64, where each operator runs for milliseconds.
+    300 to 446 img/s (int8) and 191 to 255 (fp32), batch 1 from 158 to 308. On an idle machine
+    spinning is faster at batch 1 (96 px int8 462 -> 600 img/s) and at 128 px batch 64 (int8
+    429 -> 555) but slower for int8 at 96 px batch 64 (870 -> 796); see docs/benchmarks.md.
     """
     import onnxruntime as ort
 
@@ -86,7 +87,8 @@ def make_session(model_path: str | os.PathLike, threads: int | None = None, spin
 class OnnxBackend:
     """uint8 N x S x S x 3 -> float32 N x K probabilities, through onnxruntime."""
 
-    def __init__(self, model_path: str | os.PathLike, preprocessing: dict[str, Any], threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, preprocessing: dict[str, Any], threads: int | None = None,
+                 spinning: bool = False):
         self.model_path = Path(model_path)
         self.preprocessing = preprocessing
         try:
@@ -97,7 +99,7 @@ class OnnxBackend:
         suffix = "onnx-int8" if self.model_path.name == INT8_FILE else "onnx"
         self.model_id: str = f"{preprocessing.get('model_id', self.model_path.parent.name)}:{suffix}"
         self.threads = int(threads) if threads else default_threads()
-        self.session = make_session(self.model_path, self.threads)
+        self.session = make_session(self.model_path, self.threads, spinning=spinning)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
@@ -112,7 +114,8 @@ class OnnxBackend:
             raise PlantidError(f"{self.model_path}: returns {out_shape}, but there are {len(self.classes)} labels")
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, quantized: bool = False, threads: int | None = None) -> "OnnxBackend":
+    def from_run(cls, run_dir: str | os.PathLike, quantized: bool = False, threads: int | None = None,
+                 spinning: bool = False) -> "OnnxBackend":
         """Load RUN/export/model.onnx (or model.int8.onnx) with its preprocessing.json.
 
         `run_dir` may also be a folder holding model.onnx + preprocessing.json directly (an export
@@ -145,7 +148,7 @@ class OnnxBackend:
         if expected_size is not None and model_path.stat().st_size != expected_size:
             raise PlantidError(f"{model_path}: does not match {meta_path.name} (interrupted export?); {export_hint}")
         _warn_if_stale(run_dir if run_dir.is_dir() else folder, meta)
-        return cls(model_path, meta, threads=threads)
+        return cls(model_path, meta, threads=threads, spinning=spinning)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
