@@ -165,6 +165,18 @@ def test_read_metrics_csv_handles_sparse_rows_and_step_only_lr(tmp_path: Path):
     assert read_metrics_csv(tmp_path / "missing.csv") == {}
 
 
+def test_log_scale_learning_rate_ticks_are_plain_text(tmp_path: Path):
+    """Mathtext is off in plantid's style, so tick labels must not be mathtext strings."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,lr-AdamW\n0,1,0.00001\n1,2,0.001\n2,3,0.0001\n", encoding="utf-8")
+    fig = training_curves_figure(path)
+    fig.canvas.draw()
+    lr_axis = fig.axes[2]
+    assert lr_axis.get_yscale() == "log"
+    labels = [t.get_text() for t in lr_axis.get_yticklabels() + lr_axis.get_yticklabels(minor=True)]
+    assert any(labels) and not any("$" in label for label in labels), labels
+
+
 def test_plots_are_robust_and_save_valid_pngs(tmp_path: Path):
     path = tmp_path / "metrics.csv"
     assert training_curves_figure(path) is None  # no file

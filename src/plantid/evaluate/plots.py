@@ -303,6 +303,9 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
             values = [v for col in lr_cols for v in s[col].values()]
             if min(values) > 0 and max(values) / min(values) > 20:
                 ax.set_yscale("log")
+                # the default log labels are mathtext ("$\\mathdefault{10^{-3}}$"), which STYLE turns off
+                ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatter())
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             else:
                 ax.set_ylim(0, max(values) * 1.15 or 1.0)
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useOffset=False)
