@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from plantid.errors import PlantidError
+from plantid.runtime import keep_freed_memory
 
 app = typer.Typer(
     name="plantid",
@@ -253,6 +254,7 @@ def serve(
 
 def main() -> None:
     """Console-script entry point: run the app, turning PlantidError into a one-line message."""
+    keep_freed_memory()
     try:
         app()
     except PlantidError as exc:

@@ -19,6 +19,7 @@ import numpy as np
 
 from plantid.data.images import BadImageError, load_image
 from plantid.errors import PlantidError
+from plantid.runtime import keep_freed_memory
 
 if TYPE_CHECKING:  # torch and timm load only for the torch backend: the onnx one starts fast
     from plantid.infer.checkpoint import TrainedModel
@@ -46,6 +47,7 @@ class TorchBackend:
     def __init__(self, trained: "TrainedModel", views: tuple[str, ...] = (), device: str = "cpu"):
         import torch
 
+        keep_freed_memory()
         self.trained = trained
         self.views = views
         self.device = torch.device(device)

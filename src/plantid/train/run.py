@@ -28,6 +28,7 @@ from plantid.data.scan import scan_folder, write_scan_json
 from plantid.data.split import make_split, read_manifest, write_manifest
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
+from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
 
@@ -205,6 +206,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         manifest = prepare_manifest(cfg, run_dir)
         write_text_atomic(run_dir / CONFIG_FILE, dump_config(cfg))
 
+    keep_freed_memory()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
