@@ -56,6 +56,9 @@ class AugmentConfig(_Section):
 
     preset: Literal["none", "flip", "seed"] = "seed"
     strength: float = Field(1.0, ge=0.0, le=3.0)  # scales shifts, rotation, zoom, colour jitter
+    # Share of samples that get the shift/rotation/zoom warp. Bilinear resampling softens every
+    # warped photo, so a model that only ever saw warped photos meets sharper ones in evaluation.
+    warp_prob: float = Field(1.0, ge=0.0, le=1.0)
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is mixed (CutMix or MixUp)

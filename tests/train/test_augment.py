@@ -1,5 +1,7 @@
 """Batched on-device augmentation: shapes, value range, per-sample randomness, presets."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -48,6 +50,25 @@ def test_flips_are_exact_mirrors():
     unchanged = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
     assert bool((mirrored | unchanged).all())
     assert 10 < int(mirrored.sum()) < 54  # about half the samples are flipped
+
+
+def _exact_flips(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample: is y[i] one of the four flips of x[i] (no resampling)?"""
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+    return torch.stack([torch.isclose(y, v, atol=1e-5).flatten(1).all(1) for v in views]).any(0)
+
+
+def test_warp_prob_leaves_the_other_samples_sharp():
+    torch.manual_seed(3)
+    x = to_unit_float(_batch(n=200))
+    warp = dict(shift=0.1, rotate_deg=20.0, zoom=0.15, hflip=True, vflip=True)
+    always = BatchAugment(AugmentSpec(**warp))(x)
+    assert int(_exact_flips(x, always).sum()) == 0  # every sample is resampled
+    half = build_augment(AugmentConfig(preset="seed", strength=1.0, warp_prob=0.5))
+    sharp = _exact_flips(x, BatchAugment(replace(half.spec, brightness=0.0, contrast=0.0, cutout_prob=0.0))(x))
+    assert 70 <= int(sharp.sum()) <= 130  # about half keep their exact pixels (flipped or not)
+    never = BatchAugment(AugmentSpec(**warp, warp_prob=0.0))(x)
+    assert bool(_exact_flips(x, never).all())
 
 
 def test_cutout_erases_a_rectangle_with_the_mean_colour():

@@ -32,6 +32,7 @@ class AugmentSpec:
     contrast: float = 0.0  # max relative change of contrast
     cutout_prob: float = 0.0  # probability that a sample gets one erased rectangle
     cutout_frac: float = 0.0  # max side of the erased rectangle, as a fraction of the image side
+    warp_prob: float = 1.0  # share of samples that get the shift/rotation/zoom warp (flips: all)
 
     def scaled(self, strength: float) -> "AugmentSpec":
         """The same spec with every magnitude multiplied by `strength` (flips kept as they are)."""
@@ -96,6 +97,10 @@ class BatchAugment(nn.Module):
             fy = torch.where(torch.rand(n, device=x.device) < 0.5, -fy, fy)
         tx = self._uniform(n, 2 * s.shift, x)  # grid units span [-1, 1], so 2x the fraction
         ty = self._uniform(n, 2 * s.shift, x)
+        if s.warp_prob < 1.0:  # the others sample exactly at pixel centres: their pixels stay sharp
+            warp = torch.rand(n, device=x.device) < s.warp_prob
+            angle, tx, ty = angle * warp, tx * warp, ty * warp
+            scale = torch.where(warp, scale, torch.ones_like(scale))
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         theta = torch.stack(
             [
@@ -145,7 +150,7 @@ class BatchAugment(nn.Module):
 
 def build_augment(cfg: AugmentConfig) -> BatchAugment:
     """The training augmentation for a config: a named preset scaled by `strength`."""
-    return BatchAugment(PRESETS[cfg.preset].scaled(cfg.strength))
+    return BatchAugment(replace(PRESETS[cfg.preset].scaled(cfg.strength), warp_prob=cfg.warp_prob))
 
 
 def train_image_size(phases: Sequence[ResizePhase], final_size: int, epoch: int) -> int:
