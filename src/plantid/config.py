@@ -91,6 +91,9 @@ class OptimConfig(_Section):
     schedule: Literal["constant", "cyclic", "onecycle", "cosine"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     phases: list[LRPhase] = Field(default_factory=list)  # for schedule=cyclic
+    # Layer-wise LR decay: each backbone block trains at this times the rate of the next one
+    # (the classifier at the full rate); unset trains every layer at optim.lr.
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
 
 
 class ResizePhase(_Section):

@@ -21,6 +21,7 @@ from plantid.errors import PlantidError
 from plantid.models import build_model
 from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
 from plantid.train.losses import build_loss
+from plantid.train.optim import build_optimizer
 from plantid.train.schedules import build_scheduler, lr_curve
 
 
@@ -99,13 +100,7 @@ class PlantClassifierModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         opt_cfg = self.cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if opt_cfg.name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=opt_cfg.lr, momentum=0.9, weight_decay=opt_cfg.weight_decay, nesterov=True)
-        elif opt_cfg.name == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-        else:
-            optimizer = torch.optim.Adam(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        optimizer = build_optimizer(self.model, opt_cfg)
         epochs = self.trainer.max_epochs or self.cfg.train.epochs
         steps_per_epoch = max(1, int(np.ceil(self.trainer.estimated_stepping_batches / max(1, epochs))))
         scheduler = build_scheduler(optimizer, lr_curve(opt_cfg, epochs, steps_per_epoch))

@@ -81,7 +81,7 @@ def lr_curve(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> LRCurve:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, curve: LRCurve) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR that sets every param group's LR to curve(step)."""
+    """A per-step LambdaLR that sets each param group's LR to curve(step) x its `lr_scale` (default 1)."""
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = 1.0
+        group["lr"] = group["initial_lr"] = float(group.get("lr_scale", 1.0))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=curve)
