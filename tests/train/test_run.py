@@ -196,3 +196,33 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(tmp_path: Pat
     assert {size for stage, _, size in seen if stage == "eval"} == {40}
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["image_size"] == 40 and summary["train_image_sizes"] == [32, 36, 40]
+
+
+def _limit_file_size(limit: int):
+    """preexec_fn: files above `limit` bytes fail to write (EFBIG), as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path, tiny_folder: Path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_folder), "--recipe", "simple-cnn", "--out", str(run),
+            "data.image_size=32", "train.epochs=1", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]
+    # The photos' cache (36 x 32 x 32 x 3 bytes) fits under 1 MB; a checkpoint (~7 MB) does not.
+    proc = _run_cli(*args, preexec_fn=_limit_file_size(1 << 20))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if "could not write the checkpoint" in line]
+    assert len(error_lines) == 1 and "ckpt" in error_lines[0] and "free disk space" in error_lines[0], proc.stderr[-2000:]
+    assert "run the same command again" in error_lines[0]
+    leftovers = [p.name for p in run.iterdir() if p.name.endswith((".ckpt", ".tmp"))]
+    assert leftovers == [], leftovers  # no truncated checkpoint a later run could trust
+    # With room again, the same command trains the run.
+    proc = _run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "best.ckpt").exists() and (run / "train_summary.json").exists()

@@ -45,8 +45,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     so a run killed while saving never leaves a truncated best.ckpt or last.ckpt."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as err:
+            # torch reports a full disk as a RuntimeError from its zip writer; either way the
+            # previous checkpoint is intact, so the run can go on from it.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            run_dir = Path(path).parent
+            then = (f"continue with: plantid train --resume {run_dir}" if (run_dir / "last.ckpt").exists()
+                    else "run the same command again")
+            raise PlantidError(f"{path}: could not write the checkpoint ({reason}); free disk space "
+                               f"(or check the folder's permissions), then {then}") from err
 
 
 @dataclass
