@@ -196,3 +196,23 @@ def test_plots_are_robust_and_save_valid_pngs(tmp_path: Path):
             sizes[name] = img.size
     assert sizes["curves"][0] > 800
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_progressive_resizing_phases_are_shaded_and_labelled(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    rows = "".join(f"{e},{e * 4 + 3},{1.5 - e / 10},{0.5 + e / 20}\n" for e in range(7))
+    path.write_text("epoch,step,val_loss,val_acc\n" + rows, encoding="utf-8")
+
+    def labels(fig):
+        return [[t.get_text() for t in ax.texts] for ax in fig.axes[:2]]
+
+    plain = training_curves_figure(path)
+    assert all("128 px" not in texts for texts in labels(plain))
+    fig = training_curves_figure(path, size_phases=[(5, 128)], final_size=192)
+    for ax, texts in zip(fig.axes[:2], labels(fig)):
+        assert "128 px" in texts and "192 px" in texts
+        spans = [p for p in ax.patches if p.get_facecolor()[:3] != (1.0, 1.0, 1.0)]
+        assert len(spans) == 1
+        box = spans[0].get_bbox()  # x in epochs (data), y across the axis
+        assert (box.x0, box.x1) == (0.5, 5.5)  # epochs 1-5, shown 1-based
+    save_png(fig, tmp_path / "curves.png")

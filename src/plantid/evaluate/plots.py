@@ -262,11 +262,25 @@ def _plot_series(ax, series: Mapping[int, float], label: str, colour: str, marke
     return True
 
 
-def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Training curves") -> Figure | None:
+def _mark_size_phases(ax, size_phases: Sequence[tuple[int, int]], final_size: int | None) -> None:
+    """Shade the progressive-resizing epochs, so a val dip there reads as 'trained smaller', not a bug."""
+    start = 0
+    for epochs, size in size_phases:
+        ax.axvspan(start + 0.5, start + epochs + 0.5, color="#f1ead8", zorder=0, linewidth=0)
+        ax.text(start + 0.6, 0.02, f"{size} px", transform=ax.get_xaxis_transform(), fontsize=8, color="#8a7a4f")
+        start += epochs
+    if size_phases and final_size:
+        ax.text(start + 0.6, 0.02, f"{final_size} px", transform=ax.get_xaxis_transform(), fontsize=8, color="#8a7a4f")
+
+
+def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Training curves",
+                           size_phases: Sequence[tuple[int, int]] = (), final_size: int | None = None) -> Figure | None:
     """Loss (train/val), accuracy (train/val) and learning rate per epoch; None without any data.
 
     Works with whatever columns are there: ``train_loss_epoch`` (or ``train_loss``), ``val_loss``,
     ``train_acc``, ``val_acc`` and any ``lr-*`` columns from LearningRateMonitor.
+    `size_phases` ((epochs, px), ...) are the run's progressive-resizing phases, shaded on the
+    loss and accuracy plots; the epochs after them trained at `final_size`.
     """
     s = read_metrics_csv(metrics_csv)
     train_loss = s.get("train_loss_epoch") or s.get("train_loss") or {}
@@ -294,6 +308,8 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
             ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.02, max(ax.get_ylim()[1], 0.05)))
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         _finish_axis(ax, "Accuracy", "accuracy", drawn)
+        for ax in axes[:2]:
+            _mark_size_phases(ax, size_phases, final_size)
         ax = axes[2]
         palette = ["#6F4E7C", "#B279A2", "#9D755D", "#E45756"]
         drawn = False

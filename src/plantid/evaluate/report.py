@@ -355,11 +355,15 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
 
     out.append(f'<section id="data"><h2>Data</h2>{_data_section(run_dir)}</section>')
 
-    curves = training_curves_figure(run_dir / "metrics.csv")
+    phases = [(p.epochs, p.image_size) for p in config.train.resize_phases] if config else []
+    curves = training_curves_figure(run_dir / "metrics.csv", size_phases=phases,
+                                    final_size=config.data.image_size if config else None)
     out.append('<section id="training"><h2>Training</h2>')
     if curves is not None:
         out.append(_img(png_bytes(curves, max_width=1600), "Training curves",
-                        "Per-epoch loss, accuracy and learning rate (from metrics.csv)."))
+                        "Per-epoch loss, accuracy and learning rate (from metrics.csv)."
+                        + (" Shaded: epochs trained at a smaller image size (validation always "
+                           "runs at the final size)." if phases else "")))
     else:
         out.append('<p class="empty">No metrics.csv with per-epoch values in the run folder.</p>')
     out.append("</section>")
