@@ -216,3 +216,15 @@ def test_progressive_resizing_phases_are_shaded_and_labelled(tmp_path: Path):
         box = spans[0].get_bbox()  # x in epochs (data), y across the axis
         assert (box.x0, box.x1) == (0.5, 5.5)  # epochs 1-5, shown 1-based
     save_png(fig, tmp_path / "curves.png")
+
+
+def test_per_group_learning_rates_plot_as_one_curve(tmp_path: Path):
+    """With layer decay, LearningRateMonitor logs one column per param group: draw the fastest."""
+    path = tmp_path / "metrics.csv"
+    header = "epoch,step,lr-AdamW/pg1,lr-AdamW/pg2,lr-AdamW/pg3,val_acc\n"
+    rows = "".join(f"{e},{e * 4 + 3},{0.25 * (3 - e) * 1e-3},{(3 - e) * 1e-3},{0.5 * (3 - e) * 1e-3},0.5\n" for e in range(3))
+    path.write_text(header + rows, encoding="utf-8")
+    lr_axis = training_curves_figure(path).axes[2]
+    assert len(lr_axis.lines) == 1
+    assert list(lr_axis.lines[0].get_ydata()) == pytest.approx([3e-3, 2e-3, 1e-3])
+    assert "fastest" in lr_axis.get_title()

@@ -262,6 +262,22 @@ def _plot_series(ax, series: Mapping[int, float], label: str, colour: str, marke
     return True
 
 
+def _top_lr_columns(series: Mapping[str, Mapping[int, float]]) -> list[str]:
+    """The ``lr-*`` columns to plot: one per optimizer.
+
+    With per-block rates (``optim.layer_decay``) LearningRateMonitor logs one ``lr-Opt/pgN`` column
+    per param group; only the fastest group (the classifier's rate) is drawn, the others are that
+    curve scaled down.
+    """
+    fastest: dict[str, str] = {}
+    for col in sorted(k for k in series if k.startswith("lr-")):
+        optimizer = col.split("/pg")[0]
+        best = fastest.get(optimizer)
+        if best is None or max(series[col].values(), default=0.0) > max(series[best].values(), default=0.0):
+            fastest[optimizer] = col
+    return sorted(fastest.values())
+
+
 def _mark_size_phases(ax, size_phases: Sequence[tuple[int, int]], final_size: int | None) -> None:
     """Shade the progressive-resizing epochs, so a val dip there reads as 'trained smaller', not a bug."""
     start = 0
@@ -284,7 +300,7 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
     """
     s = read_metrics_csv(metrics_csv)
     train_loss = s.get("train_loss_epoch") or s.get("train_loss") or {}
-    lr_cols = sorted(k for k in s if k.startswith("lr-"))
+    lr_cols = _top_lr_columns(s)
     if not (train_loss or s.get("val_loss") or s.get("train_acc") or s.get("val_acc") or lr_cols):
         return None
     with _style():
@@ -325,7 +341,9 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
             else:
                 ax.set_ylim(0, max(values) * 1.15 or 1.0)
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useOffset=False)
-        _finish_axis(ax, "Learning rate", "learning rate", drawn, legend=len(lr_cols) > 1)
+        per_group = any("/pg" in col for col in lr_cols)
+        _finish_axis(ax, "Learning rate (fastest group)" if per_group else "Learning rate", "learning rate", drawn,
+                     legend=len(lr_cols) > 1)
         fig.suptitle(title, fontsize=13, fontweight="bold")
         fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.optim._param_groups import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from plantid.config import OptimConfig
