@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 
 
 class _Section(BaseModel):
@@ -171,7 +171,7 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise PlantidError(f"recipe {name_or_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise PlantidError(f"recipe {name_or_path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise PlantidError(f"recipe {name_or_path} must be a YAML mapping of sections")
     data.setdefault("recipe", Path(name_or_path).stem)

@@ -280,13 +280,18 @@ def _top_lr_columns(series: Mapping[str, Mapping[int, float]]) -> list[str]:
 
 def _mark_size_phases(ax, size_phases: Sequence[tuple[int, int]], final_size: int | None) -> None:
     """Shade the progressive-resizing epochs, so a val dip there reads as 'trained smaller', not a bug."""
+    if not size_phases:
+        return
     start = 0
+    labels = []  # (first epoch, px) of each phase, the final size included
     for epochs, size in size_phases:
         ax.axvspan(start + 0.5, start + epochs + 0.5, color="#f1ead8", zorder=0, linewidth=0)
-        ax.text(start + 0.6, 0.02, f"{size} px", transform=ax.get_xaxis_transform(), fontsize=8, color="#8a7a4f")
+        labels.append((start, size))
         start += epochs
-    if size_phases and final_size:
-        ax.text(start + 0.6, 0.02, f"{final_size} px", transform=ax.get_xaxis_transform(), fontsize=8, color="#8a7a4f")
+    if final_size:
+        labels.append((start, final_size))
+    for first, size in labels:
+        ax.text(first + 0.6, 0.02, f"{size} px", transform=ax.get_xaxis_transform(), fontsize=8, color="#8a7a4f")
 
 
 def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Training curves",

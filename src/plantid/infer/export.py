@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("plantid")
@@ -177,7 +177,7 @@ def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = Fals
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:  # onnx raises its own ValidationError types
-            raise PlantidError(f"exported ONNX graph is invalid ({str(exc).splitlines()[0]})") from None
+            raise PlantidError(f"exported ONNX graph is invalid ({first_line(exc)})") from None
         max_diff = _compare_with_torch(wrapper, tmp, size, real)
         log.info("exported %s in %.1f s (max |p_onnx - p_torch| = %.2e)", target, time.perf_counter() - t0, max_diff)
         if quantize:
@@ -220,7 +220,7 @@ def _torch_to_onnx(wrapper: Any, size: int, path: Path) -> str:
             return f"torch.export (torch {torch.__version__})"
         except Exception as exc:  # exporter internals raise many types; the fallback is checked the same way
             log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
-                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                        first_line(exc)[:200])
             torch.onnx.export(
                 wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -413,8 +413,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
                                      op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=softmax)
                 onnx.checker.check_model(str(tmp))
             except Exception as exc:  # onnxruntime.quantization raises assorted types
-                msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise PlantidError(f"int8 quantization ({mode}) failed: {msg}; export without --quantize") from None
+                raise PlantidError(f"int8 quantization ({mode}) failed: {first_line(exc)[:200]}; export without --quantize") from None
             agreement = _agreement(fp32_path, tmp, calibration)
     info = {
         "file": int8_path.name,

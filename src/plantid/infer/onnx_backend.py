@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 
 log = logging.getLogger("plantid")
 
@@ -80,8 +80,7 @@ def make_session(model_path: str | os.PathLike, threads: int | None = None, spin
     try:
         return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlantidError(f"{model_path}: onnxruntime cannot load the model ({msg[:300]}); re-export it") from None
+        raise PlantidError(f"{model_path}: onnxruntime cannot load the model ({first_line(exc)[:300]}); re-export it") from None
 
 
 class OnnxBackend:

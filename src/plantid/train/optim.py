@@ -42,7 +42,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
     if rest:
         groups.append({"params": rest, "lr_scale": 1.0, "weight_decay": weight_decay})
-    return [g for g in groups if g["params"]]
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

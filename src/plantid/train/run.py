@@ -26,7 +26,7 @@ from plantid.config import RunConfig, dump_config, load_run_config
 from plantid.data.datamodule import PlantDataModule
 from plantid.data.scan import scan_folder, write_scan_json
 from plantid.data.split import make_split, read_manifest, write_manifest
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
@@ -51,11 +51,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (OSError, RuntimeError) as err:
             # torch reports a full disk as a RuntimeError from its zip writer; either way the
             # previous checkpoint is intact, so the run can go on from it.
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             run_dir = Path(path).parent
             then = (f"continue with: plantid train --resume {run_dir}" if (run_dir / "last.ckpt").exists()
                     else "run the same command again")
-            raise PlantidError(f"{path}: could not write the checkpoint ({reason}); free disk space "
+            raise PlantidError(f"{path}: could not write the checkpoint ({first_line(err)}); free disk space "
                                f"(or check the folder's permissions), then {then}") from err
 
 
