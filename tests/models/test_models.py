@@ -12,7 +12,7 @@ from torch import nn
 
 from plantid.config import ModelConfig, load_config
 from plantid.errors import PlantidError
-from plantid.models import Classifier, build_model, count_layers, freeze_first_layers
+from plantid.models import Classifier, Ensemble, build_model, count_layers, freeze_first_layers, members_of
 from plantid.models.classifier import SeedHead, layer_modules
 from plantid.models.factory import freeze_count
 from plantid.models.scratch import InceptionNet, SimpleCNN
@@ -98,6 +98,31 @@ def test_parameter_counts_and_gradcam_layer():
         net.eval()(torch.rand(1, 3, 64, 64))
         handle.remove()
         assert len(seen["shape"]) == 4 and seen["shape"][1] == channels
+
+
+def test_ensemble_averages_its_members_probabilities():
+    torch.manual_seed(0)
+    model = _lite0(members=3, freeze=5)
+    single = _lite0(freeze=5)
+    assert isinstance(model, Ensemble) and len(members_of(model)) == 3 and members_of(single) == [single]
+    heads = [m.backbone.get_classifier().weight for m in model.members]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])  # fresh head each
+    counts, one = model.parameter_counts(), single.parameter_counts()
+    assert counts == {key: 3 * value for key, value in one.items()}  # every member frozen alike
+    x = torch.rand(4, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        expected = torch.stack([torch.softmax(m(x), dim=1) for m in model.members]).mean(0)
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(torch.softmax(out, dim=1), expected)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(4))  # log-probabilities: softmax is a no-op
+    assert model.gradcam_layer() is model.members[0].backbone.bn2
+    torch.testing.assert_close(model.mean, single.mean)
+    # training mode reaches every member, and frozen BatchNorm stays in eval mode inside each
+    model.train()
+    for member in model.members:
+        assert member.training and not member.backbone.bn1.training
 
 
 # -- layers and freezing ---------------------------------------------------------------------

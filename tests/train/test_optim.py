@@ -78,3 +78,17 @@ def test_layer_decay_on_a_scratch_model_is_a_clear_error():
 def test_a_bad_layer_decay_is_refused_by_the_config():
     with pytest.raises(ValueError, match="layer_decay"):
         OptimConfig(layer_decay=1.5)
+
+
+def test_layer_decay_gives_each_ensemble_member_the_same_per_block_rates():
+    model = build_model(ModelConfig(name="tf_efficientnet_lite0", weights="none", freeze=30, members=2),
+                        num_classes=8, image_size=64)
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01, layer_decay=0.8))
+    in_groups = [p for g in opt.param_groups for p in g["params"]]
+    assert {id(p) for p in in_groups} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(in_groups) == len({id(p) for p in in_groups})
+    first, second = (m.backbone for m in model.members)
+    for block in (first.blocks[4][0], first.blocks[6][0]):
+        twin = second.get_submodule(next(n for n, m in first.named_modules() if m is block))
+        assert _scale_of(opt, block.conv_pw.weight) == _scale_of(opt, twin.conv_pw.weight) < 1.0
+    assert _scale_of(opt, second.classifier.weight) == 1.0

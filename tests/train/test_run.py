@@ -226,3 +226,46 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path,
     proc = _run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "best.ckpt").exists() and (run / "train_summary.json").exists()
+
+
+def test_an_ensemble_trains_every_member_and_exports_as_one_model(tmp_path: Path, tiny_folder: Path):
+    """model.members=2: both members learn, the checkpoint reloads as an Ensemble, ONNX matches torch."""
+    import lightning as L
+    import numpy as np
+
+    from plantid.config import load_config
+    from plantid.infer.checkpoint import load_trained
+    from plantid.infer.export import export_run
+    from plantid.infer.onnx_backend import OnnxBackend
+    from plantid.infer.predictor import Predictor
+    from plantid.models import Ensemble
+    from plantid.train.run import train_run
+
+    start: dict[str, torch.Tensor] = {}
+
+    class RememberStartingWeights(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            start.update({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    cfg = load_config("inception", [
+        f"data.root={tiny_folder}", "data.image_size=32", "data.batch_size=6", "data.val=0.25", "data.test=0.25",
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.progress=false", "model.members=2",
+    ])
+    result = train_run(cfg, tmp_path / "run", callbacks=[RememberStartingWeights()])
+    assert result.epochs_run == 2 and result.test_acc is not None
+    trained = load_trained(tmp_path / "run")
+    assert isinstance(trained.model, Ensemble) and len(trained.model.members) == 2
+    end = trained.model.state_dict()
+    for member in ("members.0.", "members.1."):
+        moved = [k for k in end if k.startswith(member) and end[k].is_floating_point()
+                 and not torch.equal(end[k], start[k])]
+        assert len(moved) > 10, f"{member} did not train"
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["parameters"]["total"] == trained.model.parameter_counts()["total"]
+
+    export_run(tmp_path / "run", "onnx")
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    expected = Predictor.from_run(tmp_path / "run", backend="torch").predict_arrays(images)
+    got = OnnxBackend.from_run(tmp_path / "run")(images)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)

@@ -12,6 +12,7 @@ inside it in eval mode, so their running statistics stay the pretrained ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,8 +21,8 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from plantid.errors import PlantidError
 
-__all__ = ["Classifier", "SeedHead", "count_layers", "freeze_first_layers", "layer_modules",
-           "keep_frozen_norms_eval"]
+__all__ = ["Classifier", "Ensemble", "SeedHead", "count_layers", "freeze_first_layers", "layer_modules",
+           "keep_frozen_norms_eval", "members_of"]
 
 _FROZEN_ATTR = "_plantid_frozen"
 
@@ -219,3 +220,56 @@ class Classifier(nn.Module):
         if mode:
             keep_frozen_norms_eval(self)
         return self
+
+
+class Ensemble(nn.Module):
+    """Several Classifiers trained side by side, whose softmax probabilities are averaged.
+
+    Members that differ only in their random head, dropout and augmentation draws still make
+    different mistakes on a few thousand photos, so averaging them is more accurate than any one
+    (docs/benchmarks.md). The output is the log of the mean probability: softmax of it is that
+    mean, so losses, argmax, test-time augmentation, export and serving treat it as logits.
+    Training uses `member_logits`, so each member learns from its own loss.
+    """
+
+    def __init__(self, members: Sequence[Classifier]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members (got {len(members)})")
+        first = members[0]
+        if any(m.num_classes != first.num_classes for m in members):
+            raise ValueError("ensemble members must have the same number of classes")
+        self.members = nn.ModuleList(members)
+        self.num_classes = first.num_classes
+        self.image_size = first.image_size
+        self.name = first.name
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.members[0].mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.members[0].std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float NCHW images in [0, 1] -> log of the members' mean softmax probability."""
+        log_probs = torch.stack([torch.log_softmax(m(x).float(), dim=1) for m in self.members])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+    def regularization(self) -> torch.Tensor:
+        """The members' head penalties, summed (each member's loss carries its own)."""
+        return torch.stack([m.regularization() for m in self.members]).sum()
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = [m.parameter_counts() for m in self.members]
+        return {key: sum(c[key] for c in counts) for key in counts[0]}
+
+    def gradcam_layer(self) -> nn.Module:
+        """The first member's last feature map (Grad-CAM explains the ensemble through it)."""
+        return self.members[0].gradcam_layer()
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The networks a model trains separately: an Ensemble's members, else the model itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]

@@ -9,7 +9,8 @@ from torch import nn
 
 from plantid.config import ModelConfig
 from plantid.errors import PlantidError
-from plantid.models.classifier import Classifier, SeedHead, count_layers, freeze_first_layers
+from plantid.models.classifier import (Classifier, Ensemble, SeedHead, count_layers, freeze_first_layers,
+                                      layer_modules)
 from plantid.models.scratch import InceptionNet, SimpleCNN
 from plantid.models.weights import create_backbone
 
@@ -59,16 +60,36 @@ def _small_init_classifier(layer: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier:
-    """Build the Classifier a run trains: backbone, head, freezing and memory format.
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier | Ensemble:
+    """Build the network a run trains: backbone, head, freezing and memory format.
 
     'simple_cnn' and 'inception' are the from-scratch nets (weights 'none' or 'auto', which
     means none for them); any other name is a timm model whose weights come from
     `plantid.models.weights.create_backbone`. With head='seed' the backbone returns pooled
     features and the SeedHead adds Dropout, Dense(head_hidden) ReLU (L1L2), Dense(num_classes).
+    With `members` > 1 it is an Ensemble of that many such Classifiers (fresh heads each).
     """
     if num_classes < 1:
         raise PlantidError(f"need at least one class to build a model (got {num_classes})")
+    members = [_build_classifier(cfg, num_classes, image_size) for _ in range(cfg.members)]
+    model: Classifier | Ensemble = members[0] if len(members) == 1 else Ensemble(members)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    counts = model.parameter_counts()
+    layers = layer_modules(members[0])
+    n_frozen = freeze_count(cfg.freeze, len(layers))
+    log.info(
+        "model %s%s (%s head, %d classes, %d px): %s parameters, %s trainable, %s frozen; "
+        "%d of %d backbone layers frozen%s",
+        f"{cfg.members} x " if cfg.members > 1 else "", members[0].name, cfg.head, num_classes, image_size,
+        _millions(counts["total"]), _millions(counts["trainable"]), _millions(counts["frozen"]), n_frozen,
+        len(layers), f" (through {layers[n_frozen - 1][0]})" if n_frozen else "",
+    )
+    return model
+
+
+def _build_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier:
     name = cfg.name.strip()
     seed = cfg.head == "seed"
     backbone_classes = 0 if seed else num_classes
@@ -93,15 +114,5 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifi
     n_frozen = freeze_count(cfg.freeze, layers)
     if n_frozen > layers:
         raise PlantidError(f"model.freeze={cfg.freeze:g}: {name} has only {layers} layers with weights")
-    frozen_names = freeze_first_layers(model, n_frozen)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    counts = model.parameter_counts()
-    log.info(
-        "model %s (%s head, %d classes, %d px): %s parameters, %s trainable, %s frozen; "
-        "%d of %d backbone layers frozen%s",
-        name, cfg.head, num_classes, image_size, _millions(counts["total"]), _millions(counts["trainable"]),
-        _millions(counts["frozen"]), n_frozen, layers, f" (through {frozen_names[-1]})" if frozen_names else "",
-    )
+    freeze_first_layers(model, n_frozen)
     return model

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from plantid.config import RunConfig
 from plantid.errors import PlantidError
-from plantid.models import build_model
+from plantid.models import build_model, members_of
 from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
 from plantid.train.losses import build_loss
 from plantid.train.optim import build_optimizer
@@ -72,14 +72,19 @@ class PlantClassifierModule(L.LightningModule):
         self._seed_step()
         x = resize_batch(x, train_image_size(self.cfg.train.resize_phases, self.cfg.data.image_size,
                                              self.current_epoch))
-        x = self.augment(x)
-        target: torch.Tensor = labels
-        if self.mixer is not None and x.shape[0] % 2 == 0:
-            x, target = self.mixer(x, labels)
-        logits = self.model(x)
-        loss = self.loss_fn(logits, target) + self.model.regularization()
-        self.train_acc(logits.detach(), labels)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        members = members_of(self.model)
+        loss = x.new_zeros(())
+        probs = []
+        for member in members:  # an ensemble's members each see their own augmented view
+            view, target = self.augment(x), labels
+            if self.mixer is not None and view.shape[0] % 2 == 0:
+                view, target = self.mixer(view, labels)
+            logits = member(view)
+            loss = loss + self.loss_fn(logits, target) + member.regularization()
+            probs.append(torch.softmax(logits.detach().float(), dim=1))
+        self.train_acc(torch.stack(probs).mean(0), labels)
+        self.log("train_loss", loss / len(members), on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0])
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 

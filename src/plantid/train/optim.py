@@ -17,6 +17,7 @@ from torch import nn
 
 from plantid.config import OptimConfig
 from plantid.errors import PlantidError
+from plantid.models import members_of
 
 _OPTIMIZERS = {
     "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -50,5 +51,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.layer_decay is None:
         groups: list[Any] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     else:
-        groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
+        groups = [group for member in members_of(model)
+                  for group in layer_decay_groups(member, cfg.weight_decay, cfg.layer_decay)]
     return _OPTIMIZERS[cfg.name](groups, cfg)
