@@ -276,6 +276,8 @@ def main() -> None:
                              f"data.cache_dir={work / 'plantid-cache'}"]
         if "model.weights" not in user_keys:
             plantid_overrides.append(f"model.weights={weights}")
+        if "model.members" not in user_keys:
+            plantid_overrides.append("model.members=1")  # timm's train.py trains one network
         cfg = load_config(args.recipe, plantid_overrides)
     except PlantidError as exc:
         raise SystemExit(str(exc)) from None

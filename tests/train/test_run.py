@@ -262,6 +262,7 @@ def test_an_ensemble_trains_every_member_and_exports_as_one_model(tmp_path: Path
         assert len(moved) > 10, f"{member} did not train"
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["parameters"]["total"] == trained.model.parameter_counts()["total"]
+    assert summary["model"] == "2 x inception" and summary["members"] == 2
 
     export_run(tmp_path / "run", "onnx")
     images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
