@@ -190,6 +190,27 @@ def test_epoch_order_is_reproducible_across_restarts(tiny_manifest: Path, tmp_pa
     assert list(s) == first and sorted(first) == list(range(10))
 
 
+def test_each_ensemble_member_walks_the_training_set_in_its_own_order(tiny_manifest: Path, tmp_path: Path) -> None:
+    single = _dm(tiny_manifest, tmp_path, seed=5)
+    dm = _dm(tiny_manifest, tmp_path, seed=5, members=3)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    batches = list(loader)
+    assert batches[0][0].shape == (3, 4, 16, 16, 3) and batches[0][1].shape == (3, 4)
+    images = torch.cat([b[0] for b in batches], dim=1)  # members x 18 photos
+    labels = torch.cat([b[1] for b in batches], dim=1)
+    ids = images.reshape(3, 18, -1).sum(dim=2).long()  # pixel sums tell the photos apart
+    assert ids[0].tolist() == _order(single, 2)  # member 0 keeps the sampler's order
+    for member in range(3):
+        assert sorted(ids[member].tolist()) == sorted(_order(single, 2))  # every photo once per epoch
+        dominant = images[member].float().mean(dim=(1, 2)).argmax(dim=1)
+        assert dominant.tolist() == labels[member].tolist()  # labels travel with their photos
+    assert ids[0].tolist() != ids[1].tolist() != ids[2].tolist() != ids[0].tolist()
+    again = _dm(tiny_manifest, tmp_path, seed=5, members=3).train_dataloader()  # a restarted run
+    again.sampler.set_epoch(2)
+    assert torch.equal(torch.cat([b[0] for b in again], dim=1), images)
+
+
 def test_single_image_last_batch_is_dropped(tiny_manifest: Path, tmp_path: Path) -> None:
     dm = _dm(tiny_manifest, tmp_path, batch_size=17)  # 18 train images -> 17 + 1
     sizes = [len(b[1]) for b in dm.train_dataloader()]

@@ -3,6 +3,7 @@
 Batches are ``(images, labels)``: ``images`` is a uint8 tensor of shape (B, S, S, 3), not
 normalized (augmentation and normalization run on the training device in the model code), and
 ``labels`` is int64 class indices into `PlantDataModule.classes` (the manifest's sorted labels).
+Training batches for an ensemble carry one such batch per member (M x B x ...).
 
 Speed: the dataset exposes ``__getitems__`` so the DataLoader fetches a whole batch with one
 fancy-indexing read of the memory-mapped cache instead of B single reads plus a stack.
@@ -71,6 +72,37 @@ class CachedImageDataset(Dataset):
         self.__dict__.update(state)
 
 
+class MemberViewsDataset(Dataset):
+    """The training set as seen by an ensemble of `members` networks, each in its own order.
+
+    Item i of member k is photo ``order_k[i]`` of `base`, where member 0 keeps the sampler's order
+    and every other member a fixed permutation drawn from (seed, k): composed with the sampler's
+    per-epoch shuffle, each member walks the data in its own random order, as if trained alone.
+    A batch is ``(uint8 M x B x S x S x 3, int64 M x B)``. The permutations are bijections, so
+    DDP shards of the index space stay disjoint for every member.
+    """
+
+    def __init__(self, base: CachedImageDataset, members: int, seed: int = 0):
+        self.base = base
+        n = len(base)
+        orders = [np.arange(n, dtype=np.int64)]
+        for k in range(1, members):
+            g = torch.Generator()
+            g.manual_seed(_epoch_seed(seed, -k))  # negative "epochs": never a sampler's seed
+            orders.append(torch.randperm(n, generator=g).numpy())
+        self.orders = np.stack(orders)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        views = [self.base.__getitems__(order[np.asarray(idx, dtype=np.int64)]) for order in self.orders]
+        return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
+
+
 def collate_batch(data: Any) -> Any:
     """Pass through batches already assembled by ``__getitems__``; default-collate anything else."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -115,6 +147,7 @@ class PlantDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: Path | None = None,
         seed: int = 0,
+        members: int = 1,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -126,6 +159,7 @@ class PlantDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.seed = int(seed)
+        self.members = int(members)
         self._manifest: Manifest | None = None
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -192,14 +226,17 @@ class PlantDataModule(L.LightningDataModule):
         self.setup()
         return self._datasets[split]
 
-    def dataloader_for(self, split: str, shuffle: bool = False) -> DataLoader | list:
+    def dataloader_for(self, split: str, shuffle: bool = False, members: int = 1) -> DataLoader | list:
         """A DataLoader over one split ([] when the split is empty).
 
         ``shuffle=True`` uses the training batch size and an `EpochShuffleSampler` seeded with
         ``seed``; the last batch is dropped only when it would hold a single photo (BatchNorm
         cannot train on one). Otherwise photos come in manifest order with ``eval_batch_size``.
+        ``members`` > 1 gives each ensemble member its own batch (see `MemberViewsDataset`).
         """
-        ds = self.dataset(split)
+        ds: Dataset = self.dataset(split)
+        if members > 1:
+            ds = MemberViewsDataset(ds, members, self.seed)
         n = len(ds)
         if n == 0:
             return []
@@ -223,7 +260,7 @@ class PlantDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self.dataloader_for("train", shuffle=True)
+        loader = self.dataloader_for("train", shuffle=True, members=self.members)
         if not isinstance(loader, DataLoader):
             raise PlantidError(f"{self.manifest_path}: the train split is empty; re-run `plantid split` with smaller val/test")
         return loader

@@ -2,7 +2,8 @@
 
 Batches arrive as uint8 N x H x W x 3 straight from the cache; on the device they become float
 [0, 1] N x 3 x H x W; training steps augment them and optionally CutMix/MixUp them, and all go
-through the Classifier, which normalizes internally. Lightning owns the loop, devices and precision.
+through the Classifier, which normalizes internally. An ensemble (`model.members`) trains each
+member on its own batch with its own loss. Lightning owns the loop, devices and precision.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class PlantClassifierModule(L.LightningModule):
     # -- data on the device -------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        return to_unit_float(images, channels_last=self.cfg.model.channels_last), labels
+        channels_last = self.cfg.model.channels_last
+        if images.ndim == 5:  # an ensemble's training batch: one batch per member
+            return tuple(to_unit_float(view, channels_last=channels_last) for view in images), labels.unbind(0)
+        return to_unit_float(images, channels_last=channels_last), labels
 
     def _seed_step(self) -> None:
         # Each optimizer step draws its augmentation, mixing and dropout randomness from
@@ -70,22 +74,21 @@ class PlantClassifierModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, labels = batch
         self._seed_step()
-        x = resize_batch(x, train_image_size(self.cfg.train.resize_phases, self.cfg.data.image_size,
-                                             self.current_epoch))
+        size = train_image_size(self.cfg.train.resize_phases, self.cfg.data.image_size, self.current_epoch)
         members = members_of(self.model)
-        loss = x.new_zeros(())
-        probs = []
-        for member in members:  # an ensemble's members each see their own augmented view
-            view, target = self.augment(x), labels
+        # An ensemble's members each get their own batch (PlantDataModule) and augmentation draws.
+        views, member_labels = (x, labels) if isinstance(x, tuple) else ([x] * len(members), [labels] * len(members))
+        loss = views[0].new_zeros(())
+        for member, images, y in zip(members, views, member_labels):
+            view, target = self.augment(resize_batch(images, size)), y
             if self.mixer is not None and view.shape[0] % 2 == 0:
-                view, target = self.mixer(view, labels)
+                view, target = self.mixer(view, y)
             logits = member(view)
             loss = loss + self.loss_fn(logits, target) + member.regularization()
-            probs.append(torch.softmax(logits.detach().float(), dim=1))
-        self.train_acc(torch.stack(probs).mean(0), labels)
-        self.log("train_loss", loss / len(members), on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=x.shape[0])
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+            self.train_acc(logits.detach(), y)
+        batch_size = len(member_labels[0])
+        self.log("train_loss", loss / len(members), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
 
     def _evaluate(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> None:

@@ -230,6 +230,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
         seed=cfg.train.seed,
+        members=cfg.model.members,
     )
     data.setup("fit")
     _check_labels(run_dir, data.classes)
