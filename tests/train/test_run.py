@@ -270,3 +270,22 @@ def test_an_ensemble_trains_every_member_and_exports_as_one_model(tmp_path: Path
     got = OnnxBackend.from_run(tmp_path / "run")(images)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_reloads_for_inference(tmp_path: Path, tiny_folder: Path):
+    """train.compile=true keeps parameter names, so the checkpoint loads like any other (~2 min of inductor)."""
+    from plantid.config import load_config
+    from plantid.infer.checkpoint import load_trained
+    from plantid.models import Ensemble
+    from plantid.train.run import train_run
+
+    cfg = load_config("inception", [
+        f"data.root={tiny_folder}", "data.image_size=32", "data.batch_size=6", "data.val=0.25", "data.test=0.25",
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1", "train.progress=false", "train.compile=true",
+        "model.members=2",
+    ])
+    train_run(cfg, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+    assert isinstance(load_trained(tmp_path / "run").model, Ensemble)

@@ -229,7 +229,7 @@ class Ensemble(nn.Module):
     different mistakes on a few thousand photos, so averaging them is more accurate than any one
     (docs/benchmarks.md). The output is the log of the mean probability: softmax of it is that
     mean, so losses, argmax, test-time augmentation, export and serving treat it as logits.
-    Training uses `member_logits`, so each member learns from its own loss.
+    Training calls each member itself (`members_of`), so each learns from its own loss.
     """
 
     def __init__(self, members: Sequence[Classifier]):

@@ -28,6 +28,7 @@ from plantid.data.scan import scan_folder, write_scan_json
 from plantid.data.split import make_split, read_manifest, write_manifest
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
+from plantid.models import members_of
 from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
@@ -240,7 +241,10 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     counts = module.model.parameter_counts()
     log.info("parameters: %s trainable, %s frozen", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
     if cfg.train.compile:
-        module.model = torch.compile(module.model)  # type: ignore[assignment]
+        # In place (nn.Module.compile): parameter names, and so checkpoints and load_trained, stay
+        # as without it. Per member, since an ensemble's training step calls each member itself.
+        for member in members_of(module.model):
+            member.compile()
 
     trainer = build_trainer(cfg, run_dir, callbacks)
     started = time.perf_counter()
