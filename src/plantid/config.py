@@ -53,6 +53,12 @@ class ModelConfig(_Section):
     # order, dropout and augmentation draws) and predict together by averaging their probabilities.
     members: int = Field(1, ge=1, le=16)
 
+    @property
+    def label(self) -> str:
+        """The network as logs, summaries and reports name it: 'tf_efficientnet_lite0', '2 x ...'."""
+        name = self.name.strip()
+        return f"{self.members} x {name}" if self.members > 1 else name
+
 
 class AugmentConfig(_Section):
     """Batched augmentation applied on the training device; `preset` picks the recipe."""

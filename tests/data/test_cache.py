@@ -197,6 +197,8 @@ def test_each_ensemble_member_walks_the_training_set_in_its_own_order(tiny_manif
     loader.sampler.set_epoch(2)
     batches = list(loader)
     assert batches[0][0].shape == (3, 4, 16, 16, 3) and batches[0][1].shape == (3, 4)
+    photo, label = loader.dataset[0]  # one item: that photo of every member
+    assert photo.shape == (3, 16, 16, 3) and label.shape == (3,)
     images = torch.cat([b[0] for b in batches], dim=1)  # members x 18 photos
     labels = torch.cat([b[1] for b in batches], dim=1)
     ids = images.reshape(3, 18, -1).sum(dim=2).long()  # pixel sums tell the photos apart

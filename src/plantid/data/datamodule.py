@@ -96,7 +96,9 @@ class MemberViewsDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([i])
+        """Photo i of every member: (uint8 M x S x S x 3, int64 M)."""
+        images, labels = self.__getitems__([i])
+        return images[:, 0], labels[:, 0]
 
     def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         views = [self.base.__getitems__(order[np.asarray(idx, dtype=np.int64)]) for order in self.orders]

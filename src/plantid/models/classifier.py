@@ -257,10 +257,6 @@ class Ensemble(nn.Module):
         log_probs = torch.stack([torch.log_softmax(m(x).float(), dim=1) for m in self.members])
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
-    def regularization(self) -> torch.Tensor:
-        """The members' head penalties, summed (each member's loss carries its own)."""
-        return torch.stack([m.regularization() for m in self.members]).sum()
-
     def parameter_counts(self) -> dict[str, int]:
         counts = [m.parameter_counts() for m in self.members]
         return {key: sum(c[key] for c in counts) for key in counts[0]}

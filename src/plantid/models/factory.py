@@ -9,8 +9,7 @@ from torch import nn
 
 from plantid.config import ModelConfig
 from plantid.errors import PlantidError
-from plantid.models.classifier import (Classifier, Ensemble, SeedHead, count_layers, freeze_first_layers,
-                                      layer_modules)
+from plantid.models.classifier import Classifier, Ensemble, SeedHead, count_layers, freeze_first_layers
 from plantid.models.scratch import InceptionNet, SimpleCNN
 from plantid.models.weights import create_backbone
 
@@ -71,25 +70,26 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifi
     """
     if num_classes < 1:
         raise PlantidError(f"need at least one class to build a model (got {num_classes})")
-    members = [_build_classifier(cfg, num_classes, image_size) for _ in range(cfg.members)]
+    built = [_build_classifier(cfg, num_classes, image_size) for _ in range(cfg.members)]
+    members = [member for member, _ in built]
+    frozen_names = built[0][1]
     model: Classifier | Ensemble = members[0] if len(members) == 1 else Ensemble(members)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     counts = model.parameter_counts()
-    layers = layer_modules(members[0])
-    n_frozen = freeze_count(cfg.freeze, len(layers))
     log.info(
-        "model %s%s (%s head, %d classes, %d px): %s parameters, %s trainable, %s frozen; "
+        "model %s (%s head, %d classes, %d px): %s parameters, %s trainable, %s frozen; "
         "%d of %d backbone layers frozen%s",
-        f"{cfg.members} x " if cfg.members > 1 else "", members[0].name, cfg.head, num_classes, image_size,
-        _millions(counts["total"]), _millions(counts["trainable"]), _millions(counts["frozen"]), n_frozen,
-        len(layers), f" (through {layers[n_frozen - 1][0]})" if n_frozen else "",
+        cfg.label, cfg.head, num_classes, image_size, _millions(counts["total"]), _millions(counts["trainable"]),
+        _millions(counts["frozen"]), len(frozen_names), count_layers(members[0]),
+        f" (through {frozen_names[-1]})" if frozen_names else "",
     )
     return model
 
 
-def _build_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifier:
+def _build_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> tuple[Classifier, list[str]]:
+    """One Classifier, frozen as configured, and the names of its frozen layers."""
     name = cfg.name.strip()
     seed = cfg.head == "seed"
     backbone_classes = 0 if seed else num_classes
@@ -114,5 +114,4 @@ def _build_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> Cl
     n_frozen = freeze_count(cfg.freeze, layers)
     if n_frozen > layers:
         raise PlantidError(f"model.freeze={cfg.freeze:g}: {name} has only {layers} layers with weights")
-    freeze_first_layers(model, n_frozen)
-    return model
+    return model, freeze_first_layers(model, n_frozen)

@@ -269,7 +269,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         previous = _read_summary(run_dir) if resume else {}
         write_json_atomic(run_dir / SUMMARY_FILE, {
             "recipe": cfg.recipe,
-            "model": (f"{cfg.model.members} x " if cfg.model.members > 1 else "") + cfg.model.name,
+            "model": cfg.model.label,
             "members": cfg.model.members,
             "image_size": cfg.data.image_size,
             "train_image_sizes": [train_image_size(cfg.train.resize_phases, cfg.data.image_size, e)
