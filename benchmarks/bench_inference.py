@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from plantid.fileio import write_json_atomic
     from plantid.infer.checkpoint import load_trained
-    from plantid.infer.export import INT8_FILE, _real_images, export_run, quantize_onnx
+    from plantid.infer.export import export_run
+    from plantid.infer.onnx_backend import INT8_FILE
+    from plantid.infer.onnx_export import run_photos
+    from plantid.infer.quantize import quantize_onnx
     from plantid.infer.onnx_backend import OnnxBackend
     from plantid.infer.predictor import TorchBackend
 
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             engines[f"{name}-spin"] = OnnxBackend.from_run(run, quantized=name.endswith("static"),
                                                            threads=args.threads, spinning=True)
     if not args.no_dynamic:
-        calib = _real_images(run, size, limit=16, split_order=("train",))
+        calib = run_photos(run, size, limit=16, split_order=("train",))
         dyn_path = Path(tmp.name) / "model.int8-dynamic.onnx"
         quantize_onnx(export_dir / "model.onnx", dyn_path, calib, mode="dynamic")
         engines["onnx-int8-dynamic"] = OnnxBackend(dyn_path, meta, threads=args.threads)

@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _current_umask() -> int:
+def give_usual_mode(path: str | os.PathLike) -> Path:
+    """Give a file 0666, a folder 0777, less the umask: what open() or mkdir() would have given.
+
+    mkstemp and mkdtemp, which the atomic writers use for their temporary names, create 0600
+    files and 0700 folders, so outputs renamed into place would otherwise be private.
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -30,7 +36,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
+        give_usual_mode(tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -19,8 +20,8 @@ import pytest
 from plantid.data.images import load_image, resize_pixels
 from plantid.data.split import read_manifest
 from plantid.errors import PlantidError
-from plantid.infer.export import INPUT_NAME, OUTPUT_NAME, export_run
-from plantid.infer.onnx_backend import OnnxBackend
+from plantid.infer.export import export_run
+from plantid.infer.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 from plantid.infer.predictor import Predictor
 
 PLANTID = Path(sys.executable).with_name("plantid")
@@ -117,11 +118,11 @@ def test_normalization_constants_are_widened_without_changing_the_model(run: Pat
     import onnx
     from onnx import numpy_helper
 
-    from plantid.infer.export import _widen_input_constants
+    from plantid.infer.quantize import widen_input_constants
 
     widened = tmp_path / "widened.onnx"
     shutil.copyfile(run / "export" / "model.onnx", widened)
-    assert _widen_input_constants(widened) >= 1
+    assert widen_input_constants(widened) >= 1
     shapes = {i.name: list(i.dims) for i in onnx.load(str(widened)).graph.initializer}
     assert any(dims == [1, 3, 1, 32] for dims in shapes.values())
     assert not any(dims == [1, 3, 1, 1] for dims in shapes.values())  # the originals are gone
@@ -193,8 +194,15 @@ SUBMISSION_CHECK = textwrap.dedent("""
 
 
 def test_submission_runs_without_torch_and_matches_torch(run: Path, tmp_path: Path) -> None:
-    (folder,) = export_run(run, "submission", out=tmp_path / "built")
+    old_umask = os.umask(0o022)
+    try:
+        (folder,) = export_run(run, "submission", out=tmp_path / "built")
+    finally:
+        os.umask(old_umask)
     assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "model.onnx", "model.py", "preprocessing.json"]
+    # built in a private staging folder, but handed over with the modes mkdir/open would give
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
     fresh = Path(shutil.copytree(folder, tmp_path / "elsewhere" / "submission"))
     _, photos = _photos(run, 32)
     X = np.stack([resize_pixels(p, 96) for p in photos[:12]]).astype(np.float32)  # the challenge's 96 x 96 floats

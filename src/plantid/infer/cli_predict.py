@@ -168,10 +168,7 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     if out is not None:
         if text is None:
             text = _render_table_text(build_table(rows, k, title))
-        written = write_text_atomic(out, text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(written, 0o666 & ~umask)  # atomic_path creates its files 0600
+        write_text_atomic(out, text)
         err_console.print(f"wrote {len(rows)} predictions to {out}", markup=False, highlight=False, soft_wrap=True)
     elif fmt == "table":
         if rows:

@@ -1,6 +1,6 @@
 """Prediction with the exported ONNX model and onnxruntime, without the PyTorch model code.
 
-The exported graph (see plantid.infer.export) takes uint8 N x S x S x 3 photos as returned by
+The exported graph (see plantid.infer.onnx_export) takes uint8 N x S x S x 3 photos as returned by
 `plantid.data.images.load_image` and returns softmax probabilities, so this backend only has
 to hand over the batch. One CPU session: all graph optimizations, intra-op threads = the
 physical cores this process may use (PLANTID_ORT_THREADS or `threads=` to change it), and
@@ -25,6 +25,9 @@ EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 PREPROCESSING_FILE = "preprocessing.json"
+# The exported graph's interface: uint8 photos in, softmax probabilities out.
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
 THREADS_ENV = "PLANTID_ORT_THREADS"
 
 

@@ -1,0 +1,253 @@
+"""Export a trained model to ONNX with the preprocessing inside, checked against PyTorch.
+
+The graph takes what `plantid.data.images.load_image` returns, stacked: uint8 N x S x S x 3
+(input "images", dynamic batch), and returns softmax probabilities N x K ("probabilities"). The
+uint8 -> [0, 1] conversion (`to_unit_float`), the mean/std normalization (buffers of the
+Classifier) and the softmax all live in the graph, so a consumer only decodes and resizes.
+
+Every export is checked before it is declared done: `onnx.checker`, then onnxruntime against
+PyTorch on a random batch and on real photos of the run (max probability difference 1e-4).
+Optionally an int8 model is written beside it (`plantid.infer.quantize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plantid.errors import PlantidError, first_line
+from plantid.fileio import atomic_path, write_json_atomic
+from plantid.infer.onnx_backend import INPUT_NAME, INT8_FILE, OUTPUT_NAME, PREPROCESSING_FILE, make_session
+from plantid.infer.quantize import CALIBRATION_IMAGES, quantize_onnx
+
+log = logging.getLogger("plantid")
+
+OPSET = 18  # onnxruntime >= 1.14 runs it; the submission may meet an older onnxruntime
+RESIZE = "bilinear antialias stretch to square"
+TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted for the fp32 model
+
+
+_WRAPPER_CLASS: Any = None
+
+
+def probability_model(classifier: Any) -> Any:
+    """Wrap a Classifier: uint8 N x S x S x 3 -> softmax probabilities, the exact training input path.
+
+    (A factory rather than a module-level class so that importing this module, and failing
+    early on a bad run folder, does not import PyTorch.)
+    """
+    global _WRAPPER_CLASS
+    if _WRAPPER_CLASS is None:
+        import torch
+        from torch import nn
+
+        from plantid.train.augment import to_unit_float
+
+        class ProbabilityModel(nn.Module):
+            def __init__(self, classifier: nn.Module):
+                super().__init__()
+                self.classifier = classifier
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(self.classifier(to_unit_float(images)).float(), dim=1)
+
+        _WRAPPER_CLASS = ProbabilityModel
+    return _WRAPPER_CLASS(classifier).eval()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks (exports record their models' and checkpoints')."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = False, quantization: str = "static",
+                calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
+    """Write target (model.onnx), optionally model.int8.onnx, and preprocessing.json beside it."""
+    import onnx
+
+    target = Path(target)
+    folder = target.parent
+    size = trained.image_size
+    wrapper = probability_model(trained.model)
+    real = run_photos(run_dir, size, limit=16, split_order=("test", "val", "train"))
+    t0 = time.perf_counter()
+    int8_info: dict[str, Any] | None = None
+    int8_path = folder / INT8_FILE
+    # Nothing replaces the previous export until the new fp32 model is checked and, when asked
+    # for, quantized: a failure at any step leaves the old files as they were.
+    with atomic_path(target) as tmp:
+        exporter = _torch_to_onnx(wrapper, size, tmp)
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as exc:  # onnx raises its own ValidationError types
+            raise PlantidError(f"exported ONNX graph is invalid ({first_line(exc)})") from None
+        max_diff = compare_with_torch(wrapper, tmp, size, real)
+        log.info("exported %s in %.1f s (max |p_onnx - p_torch| = %.2e)", target, time.perf_counter() - t0, max_diff)
+        if quantize:
+            calib = run_photos(run_dir, size, limit=calibration_images, split_order=("train",))
+            if quantization == "static" and len(calib) == 0:
+                raise PlantidError(
+                    f"{run_dir}: static quantization needs the run's training photos for calibration and none "
+                    "could be read (moved?); use quantization='dynamic' or restore the photos listed in split.csv"
+                )
+            int8_info = quantize_onnx(tmp, int8_path, calib, mode=quantization)
+            int8_info["sha256"] = sha256_file(int8_path)
+            int8_info["size_bytes"] = int8_path.stat().st_size
+        meta = preprocessing_metadata(trained, tmp, exporter, max_diff, int8_info, model_file=target.name)
+    written = [target]
+    if quantize:
+        written.append(int8_path)
+    elif int8_path.exists():
+        int8_path.unlink()  # an int8 model of an earlier export would silently disagree with this one
+
+    written.append(write_json_atomic(folder / PREPROCESSING_FILE, meta))
+    return written
+
+
+def _torch_to_onnx(wrapper: Any, size: int, path: Path) -> str:
+    """Export with the torch.export-based exporter; fall back to the TorchScript one if it fails."""
+    import warnings
+
+    import torch
+
+    dummy = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                wrapper, (dummy,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                external_data=False, optimize=True, verbose=False,
+            )
+            program.save(str(path), external_data=False)
+            return f"torch.export (torch {torch.__version__})"
+        except Exception as exc:  # exporter internals raise many types; the fallback is checked the same way
+            log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
+                        first_line(exc)[:200])
+            torch.onnx.export(
+                wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True,
+            )
+            return f"torchscript (torch {torch.__version__})"
+
+
+def compare_with_torch(wrapper: Any, path: Path, size: int, real: np.ndarray) -> float:
+    """Max |p_onnx - p_torch| over a random batch (batch 3, not the export's 2) and real photos."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 256, size=(3, size, size, 3), dtype=np.uint8)]
+    if len(real):
+        batches.append(real)
+    session = make_session(path)
+    worst = 0.0
+    for batch in batches:
+        with torch.no_grad():
+            expected = wrapper(torch.from_numpy(batch)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        if got.shape != expected.shape:
+            raise PlantidError(f"exported ONNX model returns shape {got.shape}, PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not np.isfinite(worst) or worst > TOLERANCE:
+        raise PlantidError(
+            f"exported ONNX model disagrees with PyTorch (max probability difference {worst:.2e} > {TOLERANCE:g}); "
+            "the model uses an operator the exporter does not reproduce"
+        )
+    return worst
+
+
+def run_photos(run_dir: Path, size: int, limit: int, split_order: tuple[str, ...]) -> np.ndarray:
+    """Up to `limit` photos of the run (uint8 N x S x S x 3), from its split.csv, preferring `split_order`."""
+    from plantid.data.images import BadImageError, load_image
+    from plantid.data.split import read_manifest
+
+    manifest_path = run_dir / "split.csv"
+    if not manifest_path.is_file() or limit <= 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    try:
+        manifest = read_manifest(manifest_path)
+    except PlantidError:
+        return np.zeros((0, size, size, 3), np.uint8)
+    rows = [r for split in split_order for r in manifest.rows_for(split)]
+    # spread over classes: round-robin by label so a short calibration set still sees every class
+    by_label: dict[str, list] = {}
+    for r in rows:
+        by_label.setdefault(r.label, []).append(r)
+    ordered = []
+    queues = list(by_label.values())
+    while queues and len(ordered) < limit * 2:
+        for q in queues:
+            if q:
+                ordered.append(q.pop(0))
+        queues = [q for q in queues if q]
+    images = []
+    for r in ordered:
+        if len(images) >= limit:
+            break
+        try:
+            images.append(load_image(r.path, size))
+        except BadImageError:
+            continue
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack(images)
+
+
+def preprocessing_metadata(trained: Any, model_path: Path, exporter: str, max_diff: float,
+                           int8: dict[str, Any] | None, model_file: str | None = None) -> dict[str, Any]:
+    """What a consumer needs to feed the model, and where it came from (preprocessing.json)."""
+    import onnx
+    import torch
+
+    from plantid import __version__ as plantid_version
+
+    mean = getattr(trained.model, "mean", None)
+    std = getattr(trained.model, "std", None)
+    ckpt = Path(trained.checkpoint)
+    opset = next((o.version for o in onnx.load(str(model_path), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), OPSET)
+    return {
+        "format": "plantid-onnx/1",
+        "model_file": model_file or model_path.name,
+        "image_size": trained.image_size,
+        "resize": RESIZE,
+        "resize_detail": "PIL Image.resize((S, S), Image.BILINEAR, reducing_gap=None) of the RGB photo "
+                         "after EXIF orientation; alpha composited on white; aspect ratio not kept",
+        "input": {"name": INPUT_NAME, "layout": "NHWC", "dtype": "uint8", "range": [0, 255],
+                  "shape": ["batch", trained.image_size, trained.image_size, 3], "channels": "RGB"},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(trained.classes)],
+                   "meaning": "softmax probabilities, columns in the order of labels"},
+        "normalization": {
+            "in_graph": True,
+            "note": "x = images / 255 (NCHW), then (x - mean) / std inside the model; for information only",
+            "mean": [float(v) for v in mean.flatten()] if isinstance(mean, torch.Tensor) else None,
+            "std": [float(v) for v in std.flatten()] if isinstance(std, torch.Tensor) else None,
+        },
+        "labels": list(trained.classes),
+        "num_classes": len(trained.classes),
+        "model_id": trained.model_id,
+        "model_name": trained.config.model.name,
+        "opset": opset,
+        "exporter": exporter,
+        "max_abs_diff_vs_torch": max_diff,
+        "sha256": sha256_file(model_path),
+        "size_bytes": model_path.stat().st_size,
+        "int8": int8,
+        "source_checkpoint": str(ckpt.resolve()),
+        "source_checkpoint_sha256": sha256_file(ckpt),
+        "source_checkpoint_size": ckpt.stat().st_size,
+        "plantid_version": plantid_version,
+        "onnxruntime_min_version": "1.14",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
