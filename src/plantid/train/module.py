@@ -8,6 +8,7 @@ member on its own batch with its own loss. Lightning owns the loop, devices and 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,7 @@ from plantid.config import RunConfig
 from plantid.errors import PlantidError
 from plantid.models import build_model, members_of
 from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
+from plantid.train.depthwise import SmallMapDepthwise
 from plantid.train.losses import build_loss
 from plantid.train.optim import build_optimizer
 from plantid.train.schedules import build_scheduler, lr_curve
@@ -83,13 +85,21 @@ class PlantClassifierModule(L.LightningModule):
             view, target = self.augment(resize_batch(images, size)), y
             if self.mixer is not None and view.shape[0] % 2 == 0:
                 view, target = self.mixer(view, y)
-            logits = member(view)
+            with self._training_forward(view):
+                logits = member(view)
             loss = loss + self.loss_fn(logits, target) + member.regularization()
             self.train_acc(logits.detach(), y)
         batch_size = len(member_labels[0])
         self.log("train_loss", loss / len(members), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _training_forward(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Where the training forward pass runs: on CPU, under SmallMapDepthwise unless turned off."""
+        t = self.cfg.train
+        if t.small_map_depthwise and images.device.type == "cpu" and not t.compile:
+            return SmallMapDepthwise()
+        return contextlib.nullcontext()
 
     def _evaluate(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> None:
         x, labels = batch
