@@ -1,4 +1,4 @@
-"""Depthwise convolution backward on CPU: PyTorch's against plantid's SmallMapDepthwise.
+"""Depthwise convolution backward on CPU: PyTorch's against plantid's small-map weight gradient.
 
     .venv/bin/python benchmarks/bench_depthwise.py [--threads 2] [--json-out FILE]
 
@@ -6,13 +6,15 @@ Part 1 times the weight gradient of single depthwise convolutions (batch 32, cha
 shapes of tf_efficientnet_lite0 and ConvNeXt) with PyTorch's convolution backward and with
 plantid's tap-by-tap sum (its time includes its forward pass), on maps smaller than, equal to and larger than the kernel. Part 2 times
 whole training steps (forward, backward, AdamW) of `cpu-default`'s model (lite0, first 30 layers
-frozen, channels-last, batch 32) with and without the mode, alternating, at the recipe's two
+frozen, channels-last, batch 32) with plain layers and after `use_small_map_depthwise`, alternating,
+at the recipe's two
 image sizes. Medians; the machine is a shared VM, so repeat before trusting a <10% difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -30,7 +32,7 @@ from plantid.config import load_config  # noqa: E402
 from plantid.fileio import write_json_atomic  # noqa: E402
 from plantid.models import build_model  # noqa: E402
 from plantid.runtime import keep_freed_memory  # noqa: E402
-from plantid.train.depthwise import DepthwiseConv2d, SmallMapDepthwise  # noqa: E402
+from plantid.train.depthwise import DepthwiseConv2d, SmallMapDepthwiseConv2d, use_small_map_depthwise  # noqa: E402
 
 SHAPES = [  # channels, kernel, map side
     (1152, 5, 4), (1152, 5, 5), (1152, 5, 6), (672, 5, 4), (1152, 3, 4), (1536, 7, 6), (1536, 7, 7),
@@ -72,39 +74,39 @@ def weight_gradients(repeats: int) -> list[dict]:
 
 
 def training_steps(sizes: list[int], repeats: int) -> list[dict]:
-    """Images/s of cpu-default's training step with and without SmallMapDepthwise."""
+    """Images/s of cpu-default's training step with PyTorch's depthwise backward and with plantid's."""
     cfg = load_config("cpu-default")
     torch.manual_seed(0)
-    model = build_model(cfg.model, num_classes=8, image_size=cfg.data.image_size).train()
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    plain = build_model(cfg.model, num_classes=8, image_size=cfg.data.image_size).train()
+    plain = plain.to(memory_format=torch.channels_last)
+    small_map = copy.deepcopy(plain)
+    use_small_map_depthwise(small_map)
+    models = {False: plain, True: small_map}
+    optimizers = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+                  for k, m in models.items()}
     rows = []
     for size in sizes:
         x = torch.rand(32, 3, size, size).contiguous(memory_format=torch.channels_last)
         labels = torch.randint(0, 8, (32,))
-        routed = 0
 
-        def step(with_mode: bool) -> None:
-            nonlocal routed
-            optimizer.zero_grad()
-            if with_mode:
-                with SmallMapDepthwise() as mode:
-                    loss = F.cross_entropy(model(x), labels)
-                routed = mode.routed
-            else:
-                loss = F.cross_entropy(model(x), labels)
-            loss.backward()
-            optimizer.step()
+        def step(ours: bool) -> None:
+            optimizers[ours].zero_grad()
+            F.cross_entropy(models[ours](x), labels).backward()
+            optimizers[ours].step()
+
+        def calls() -> int:
+            return sum(m.small_map_calls for m in small_map.modules() if isinstance(m, SmallMapDepthwiseConv2d))
 
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(2):
             step(False), step(True)
+        before = calls()
         for _ in range(repeats):  # alternate, so drifts in machine load hit both alike
-            for with_mode in (False, True):
+            for ours in (False, True):
                 start = time.perf_counter()
-                step(with_mode)
-                times[with_mode].append(time.perf_counter() - start)
-        rows.append({"image_size": size, "routed_convolutions": routed,
+                step(ours)
+                times[ours].append(time.perf_counter() - start)
+        rows.append({"image_size": size, "routed_convolutions": (calls() - before) // repeats,
                      "pytorch_images_per_s": round(32 / statistics.median(times[False]), 1),
                      "plantid_images_per_s": round(32 / statistics.median(times[True]), 1)})
     return rows
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = training_steps(args.sizes, args.repeats)
     table = Table(title="cpu-default training step (lite0, batch 32), images/s")
-    for col in ("px", "routed convs", "PyTorch", "SmallMapDepthwise", "speed-up"):
+    for col in ("px", "small-map convs per step", "PyTorch", "plantid", "speed-up"):
         table.add_column(col, justify="right")
     for r in steps:
         table.add_row(str(r["image_size"]), str(r["routed_convolutions"]), f"{r['pytorch_images_per_s']:.1f}",

@@ -8,7 +8,6 @@ member on its own batch with its own loss. Lightning owns the loop, devices and 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import lightning as L
@@ -22,7 +21,7 @@ from plantid.config import RunConfig
 from plantid.errors import PlantidError
 from plantid.models import build_model, members_of
 from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
-from plantid.train.depthwise import SmallMapDepthwise
+from plantid.train.depthwise import use_small_map_depthwise
 from plantid.train.losses import build_loss
 from plantid.train.optim import build_optimizer
 from plantid.train.schedules import build_scheduler, lr_curve
@@ -41,6 +40,8 @@ class PlantClassifierModule(L.LightningModule):
             raise PlantidError("simple_cnn's flatten layer fixes its input size to data.image_size: drop "
                                "train.resize_phases, or use a model with global pooling (inception, timm models)")
         self.model = build_model(self.cfg.model, num_classes, self.cfg.data.image_size)
+        if self.cfg.train.small_map_depthwise and not self.cfg.train.compile:
+            use_small_map_depthwise(self.model)  # CPU training only; compile traces the plain layers
         self.augment = build_augment(self.cfg.augment)
         self.loss_fn = build_loss(self.cfg.loss, class_counts)
         aug = self.cfg.augment
@@ -85,21 +86,13 @@ class PlantClassifierModule(L.LightningModule):
             view, target = self.augment(resize_batch(images, size)), y
             if self.mixer is not None and view.shape[0] % 2 == 0:
                 view, target = self.mixer(view, y)
-            with self._training_forward(view):
-                logits = member(view)
+            logits = member(view)
             loss = loss + self.loss_fn(logits, target) + member.regularization()
             self.train_acc(logits.detach(), y)
         batch_size = len(member_labels[0])
         self.log("train_loss", loss / len(members), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
-
-    def _training_forward(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
-        """Where the training forward pass runs: on CPU, under SmallMapDepthwise unless turned off."""
-        t = self.cfg.train
-        if t.small_map_depthwise and images.device.type == "cpu" and not t.compile:
-            return SmallMapDepthwise()
-        return contextlib.nullcontext()
 
     def _evaluate(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> None:
         x, labels = batch
