@@ -1,10 +1,10 @@
 """A faster CPU backward for depthwise convolutions whose kernel is larger than their feature map.
 
 PyTorch's CPU convolution backward (oneDNN) computes the weight gradient of a depthwise
-convolution 4-5x slower when the kernel is larger than the feature map than when it fits: for
+convolution 4-6x slower when the kernel is larger than the feature map than when it fits: for
 `tf_efficientnet_lite0` at 128 px the 5x5 depthwise convolutions of the last stage run on 4x4
-maps, and their weight gradients alone took ~20% of a training step (33 ms each, against 8 ms
-for the same convolution on a 5x5 map; `benchmarks/bench_depthwise.py`). ConvNeXt's 7x7
+maps, and their weight gradients alone took ~20% of a training step (33-43 ms each, against 8 ms
+for the same convolution on a 5x5 map, and 6 ms for plantid's; `benchmarks/bench_depthwise.py`). ConvNeXt's 7x7
 depthwise convolutions meet the same case on 6x6 and smaller maps.
 
 `use_small_map_depthwise(model)` makes the model's depthwise `nn.Conv2d` layers (stride 1, no
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 
 class DepthwiseConv2d(torch.autograd.Function):
     """conv2d(x, weight, bias, stride 1, padding, groups=channels) with a tap-by-tap weight gradient."""
