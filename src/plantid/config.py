@@ -126,7 +126,7 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
     compile: bool = False
     # CPU: train depthwise convolutions whose kernel exceeds their feature map with plantid's
-    # weight gradient, 5x faster there than PyTorch's (plantid.train.depthwise). Same gradients.
+    # weight gradient, 3-7x faster there than PyTorch's (plantid.train.depthwise). Same gradients.
     small_map_depthwise: bool = True
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate, test and save an EMA of the weights
     # Progressive resizing: the first epochs train at these sizes, in order; the epochs after
