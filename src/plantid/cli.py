@@ -228,6 +228,8 @@ def export(
     """
     from plantid.infer.export import export_run
 
+    _setup_logging()
+
     for path in export_run(run, export_format, out=out, quantize=quantize):
         console.print(f"wrote {path}")
 

@@ -104,6 +104,18 @@ def test_int8_model_is_quantized_and_agrees_with_fp32(run: Path) -> None:
     assert weights and all(int(np.abs(w.astype(np.int16)).max()) <= 64 for w in weights)
     assert "reduce_range" in meta["int8"]["weights"]
 
+    # both models scored on the run's labelled val photos, as an independent count gives
+    check = meta["int8"]["accuracy"]
+    val = read_manifest(run / "split.csv").rows_for("val")
+    classes = json.loads((run / "labels.json").read_text())
+    images = np.stack([load_image(r.path, 32) for r in val])
+    truth = np.array([classes.index(r.label) for r in val])
+    expected = {name: float((OnnxBackend.from_run(run, quantized=q)(images).argmax(1) == truth).mean())
+                for name, q in (("fp32", False), ("int8", True))}
+    assert check["split"] == "val" and check["images"] == len(val)
+    assert check["fp32"] == pytest.approx(expected["fp32"]) and check["int8"] == pytest.approx(expected["int8"])
+    assert check["drop_points"] == pytest.approx(100 * (expected["fp32"] - expected["int8"]), abs=0.01)
+
     fp32, q = OnnxBackend.from_run(run), OnnxBackend.from_run(run, quantized=True)
     assert q.model_id.endswith(":onnx-int8") and fp32.model_id != q.model_id
     _, images = _photos(run, 32)
@@ -240,3 +252,20 @@ def test_timm_backbone_exports_exactly(make_image_folder, tmp_path: Path) -> Non
     expected = Predictor.from_run(run, backend="torch").predict_arrays(images)
     got = OnnxBackend.from_run(run)(images)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_an_int8_model_that_lost_accuracy_at_export_is_flagged_when_loaded(run: Path, tmp_path: Path, caplog) -> None:
+    folder = Path(shutil.copytree(run / "export", tmp_path / "export"))
+    meta = json.loads((folder / "preprocessing.json").read_text())
+    meta["int8"]["accuracy"]["drop_points"] = 0.0
+    (folder / "preprocessing.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="plantid"):
+        OnnxBackend.from_run(folder, quantized=True)
+    assert not [r for r in caplog.records if "below the fp32 model" in r.getMessage()]
+    meta["int8"]["accuracy"]["drop_points"] = 2.5
+    (folder / "preprocessing.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="plantid"):
+        OnnxBackend.from_run(folder, quantized=True)
+        OnnxBackend.from_run(folder)  # the fp32 model is not flagged
+    flagged = [r.getMessage() for r in caplog.records if "below the fp32 model" in r.getMessage()]
+    assert len(flagged) == 1 and "2.5 points" in flagged[0] and "--backend onnx" in flagged[0]

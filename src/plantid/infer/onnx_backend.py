@@ -29,6 +29,9 @@ PREPROCESSING_FILE = "preprocessing.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 THREADS_ENV = "PLANTID_ORT_THREADS"
+# An int8 model scoring more than this many points below fp32 on the run's val photos (measured
+# at export, preprocessing.json "int8.accuracy") is flagged at export and whenever it is loaded.
+INT8_MAX_DROP_POINTS = 0.5
 
 
 def physical_cores() -> int:
@@ -150,6 +153,10 @@ class OnnxBackend:
         if expected_size is not None and model_path.stat().st_size != expected_size:
             raise PlantidError(f"{model_path}: does not match {meta_path.name} (interrupted export?); {export_hint}")
         _warn_if_stale(run_dir if run_dir.is_dir() else folder, meta)
+        check = entry.get("accuracy") if model_name == INT8_FILE else None
+        if isinstance(check, dict) and check.get("drop_points", 0) > INT8_MAX_DROP_POINTS:
+            log.warning("%s scored %.1f points below the fp32 model on the run's %s photos at export; "
+                        "--backend onnx keeps fp32 accuracy", model_path, check["drop_points"], check.get("split", "val"))
         return cls(model_path, meta, threads=threads, spinning=spinning)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
