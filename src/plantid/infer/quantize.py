@@ -159,11 +159,17 @@ def widen_input_constants(path: Path) -> int:
     return len(tiled)
 
 
+def _probabilities(model_path: Path, images: np.ndarray) -> np.ndarray:
+    """A model's softmax probabilities for a uint8 batch of photos, 64 photos per session call."""
+    session = make_session(model_path)
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + 64]})[0]
+                           for i in range(0, len(images), 64)])
+
+
 def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray) -> float | None:
     if not len(images):
         return None
-    a = make_session(fp32_path).run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-    b = make_session(int8_path).run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    a, b = _probabilities(fp32_path, images), _probabilities(int8_path, images)
     if not np.isfinite(b).all():
         raise PlantidError(f"{int8_path.name}: the quantized model returns non-finite probabilities")
     return float((a.argmax(1) == b.argmax(1)).mean())
@@ -171,11 +177,7 @@ def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray) -> float | 
 
 def accuracy_on(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Top-1 accuracy of the fp32 and the int8 model on labelled photos, and the drop in points."""
-    correct = {}
-    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        session = make_session(path)
-        probs = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + 64]})[0]
-                                for i in range(0, len(images), 64)])
-        correct[name] = float((probs.argmax(1) == labels).mean())
+    correct = {name: float((_probabilities(path, images).argmax(1) == labels).mean())
+               for name, path in (("fp32", fp32_path), ("int8", int8_path))}
     return {"images": int(len(images)), "fp32": correct["fp32"], "int8": correct["int8"],
             "drop_points": round(100 * (correct["fp32"] - correct["int8"]), 2)}
