@@ -3,9 +3,9 @@
 PyTorch's CPU convolution backward (oneDNN) computes the weight gradient of a depthwise
 convolution 4-6x slower when the kernel is larger than the feature map than when it fits: for
 `tf_efficientnet_lite0` at 128 px the 5x5 depthwise convolutions of the last stage run on 4x4
-maps, and their weight gradients alone took ~20% of a training step (33-43 ms each, against 8 ms
-for the same convolution on a 5x5 map, and 6 ms for plantid's; `benchmarks/bench_depthwise.py`). ConvNeXt's 7x7
-depthwise convolutions meet the same case on 6x6 and smaller maps.
+maps, and their weight gradients alone took ~20% of a training step (33-43 ms each, against
+8 ms for the same convolution on a 5x5 map, and 6 ms for plantid's; benchmarks/bench_depthwise.py).
+ConvNeXt's 7x7 depthwise convolutions meet the same case on 6x6 and smaller maps.
 
 `use_small_map_depthwise(model)` makes the model's depthwise `nn.Conv2d` layers (stride 1, no
 dilation) `SmallMapDepthwiseConv2d`, which on each call checks whether the case applies (CPU,
