@@ -116,6 +116,9 @@ class TrainConfig(_Section):
     """The loop: epochs, early stopping, hardware, precision, seeds."""
 
     epochs: int = Field(10, ge=1)
+    # Stop after this many minutes of training even if epochs remain (then test as usual); a
+    # resumed run counts the minutes it already trained.
+    max_minutes: float | None = Field(None, gt=0)
     patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 disables it
     seed: int = 0
     accelerator: str = "auto"  # auto | cpu | gpu

@@ -38,6 +38,10 @@ def test_trained_run_folder_holds_everything(trained_run: Path):
     val_epochs = [r for r in rows if r.get("val_acc")]
     assert len(val_epochs) == 2
     assert any(r.get("lr-Adam") for r in rows)
+    # Each epoch logs its training speed (24 photos an epoch); the summary gives the run's average.
+    speeds = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
+    assert len(speeds) == 2 and all(s > 0 for s in speeds)
+    assert min(speeds) - 0.1 <= summary["train_images_per_s"] <= max(speeds) + 0.1  # rounded to 0.1
     # The checkpoint is loadable without unpickling arbitrary objects.
     ckpt = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["classes"] == ["a", "b", "c"]
@@ -138,6 +142,20 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
     ref_val = [r["val_loss"] for r in _metrics(reference) if r.get("val_loss")]
     new_val = [r["val_loss"] for r in _metrics(crashed) if r.get("val_loss")]
     assert float(new_val[-1]) == pytest.approx(float(ref_val[-1]), abs=1e-6)
+
+
+def test_max_minutes_stops_a_run_early_and_still_tests_it(tmp_path: Path, tiny_folder: Path):
+    from plantid.config import load_config
+    from plantid.train.run import train_run
+
+    cfg = load_config("simple-cnn", [
+        f"data.root={tiny_folder}", "data.image_size=32", "data.batch_size=4", "data.val=0.25", "data.test=0.25",
+        f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=500", "train.max_minutes=0.001",
+        "train.progress=false",
+    ])
+    result = train_run(cfg, tmp_path / "run")
+    assert result.epochs_run < 5  # 0.06 s: a 500-epoch run stops after its first steps
+    assert result.test_acc is not None and (tmp_path / "run" / "last.ckpt").is_file()
 
 
 def test_seed_convnext_large_recipe_starts_on_cpu(tmp_path: Path, tiny_folder: Path):

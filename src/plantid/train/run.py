@@ -32,6 +32,7 @@ from plantid.models import members_of
 from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
+from plantid.train.throughput import EpochThroughput
 
 log = logging.getLogger("plantid")
 
@@ -157,6 +158,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
+        EpochThroughput(),
     ]
     if t.ema_decay > 0:
         # An exponential moving average of the weights: smoother than the last step's weights,
@@ -173,12 +175,15 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.epochs,
+        max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=resolve_precision(t.precision, t.accelerator),
-        deterministic=t.deterministic,
+        # "warn": an operation with no deterministic kernel (some CUDA backward passes) warns
+        # instead of stopping the run; Lightning's True would raise mid-training on a GPU.
+        deterministic="warn" if t.deterministic else False,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
@@ -222,6 +227,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for any float32 matmul left outside autocast
 
     data = PlantDataModule(
         manifest_path=manifest,
@@ -279,11 +286,17 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "test_acc": result.test_acc,
             "epochs_run": result.epochs_run,
             "train_seconds": round(train_seconds + previous.get("train_seconds", 0.0), 2),
+            "train_images_per_s": _images_per_second(trainer),
             "world_size": trainer.world_size,
             "best_checkpoint": checkpoint.name,
             "parameters": counts,
         })
     return result
+
+
+def _images_per_second(trainer: L.Trainer) -> float | None:
+    speed = next((c for c in trainer.callbacks if isinstance(c, EpochThroughput)), None)
+    return speed.images_per_second if speed is not None else None
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
