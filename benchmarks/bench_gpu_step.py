@@ -29,7 +29,7 @@ from plantid.train.module import PlantClassifierModule  # noqa: E402
 from plantid.train.optim import build_optimizer  # noqa: E402
 
 SETTINGS = [  # (label, deterministic, cudnn.benchmark, batch-size factor)
-    ("deterministic (plantid default)", True, False, 1),
+    ("deterministic kernels", True, False, 1),
     ("non-deterministic", False, False, 1),
     ("non-deterministic + cudnn.benchmark", False, True, 1),
     ("non-deterministic + cudnn.benchmark, 2x batch", False, True, 2),
