@@ -63,6 +63,7 @@ def test_two_cpu_ranks_see_disjoint_shards_and_match_single_process(tmp_path: Pa
     ddp, ddp_record = _train(tmp_path, data, "ddp", devices=2)
 
     assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert ddp["train_images_per_s"] > 0 and single["train_images_per_s"] > 0
     rank0 = json.loads((ddp_record / "rank0.json").read_text())
     rank1 = json.loads((ddp_record / "rank1.json").read_text())
     everything = json.loads((single_record / "rank0.json").read_text())

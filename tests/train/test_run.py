@@ -45,6 +45,7 @@ def test_trained_run_folder_holds_everything(trained_run: Path):
     # The checkpoint is loadable without unpickling arbitrary objects.
     ckpt = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["classes"] == ["a", "b", "c"]
+    assert "optimizer_states" not in ckpt  # best.ckpt is for inference: weights only
     # last.ckpt is the state after the final epoch, whether or not that epoch improved val_acc.
     last = torch.load(trained_run / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2 * 3  # 2 epochs x 3 batches of 8 out of 24 train photos

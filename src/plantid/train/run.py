@@ -152,7 +152,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
     """
     t = cfg.train
     callbacks = list(callbacks or []) + [
-        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max",
+        # best.ckpt is for inference and testing (resuming uses last.ckpt): without the optimizer's
+        # state it is a third of the size for Adam (ConvNeXt-Large: 0.8 instead of 2.2 GB).
+        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_weights_only=True,
                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
         # last.ckpt after every epoch. Lightning 2.6's save_last=True only refreshes it when the
         # monitored metric improves, which left resume starting from a stale epoch.

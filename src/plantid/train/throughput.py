@@ -22,7 +22,11 @@ def _photos_in(batch: Any) -> int:
 
 
 class EpochThroughput(L.Callback):
-    """Logs each epoch's training photos per second; `images` and `seconds` total the run's."""
+    """Logs each epoch's training photos per second; `images` and `seconds` total the run's.
+
+    Under DDP every process trains an equal shard at the same time, so the photos of one process
+    times the world size is the whole run's rate.
+    """
 
     def __init__(self) -> None:
         self.images = 0
@@ -39,7 +43,7 @@ class EpochThroughput(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)  # the epoch's last step really finished
-        self._epoch_images += _photos_in(batch)
+        self._epoch_images += _photos_in(batch) * trainer.world_size
         self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
