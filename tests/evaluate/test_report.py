@@ -125,6 +125,8 @@ def test_report_shows_the_numbers_of_eval_json(report_run: Path):
     assert "12.35%" in text and "87.65%" in text and "65.43%" in text
     assert "vflip" in text
     assert 'class="weak"' in page  # F1 0.2 is highlighted
+    speed = json.loads((report_run / "train_summary.json").read_text(encoding="utf-8"))["train_images_per_s"]
+    assert f"{speed:,.0f} photos/s" in text  # the run's training speed, from train_summary.json
     assert json.loads((report_run / "eval.json").read_text(encoding="utf-8"))["metrics"]["accuracy"] == 0.123456
 
 

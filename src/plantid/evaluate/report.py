@@ -189,12 +189,21 @@ def _key_numbers(summary: dict, result: dict | None, split_label: str, planned_e
         _card("Macro-F1", _pct(m.get("macro_f1")), "mean per-class F1"),
         _card("Best val accuracy", _pct(summary.get("best_val_acc")), "checkpoint selection"),
         _card("Epochs", str(summary.get("epochs_run", "n/a")), f"of {planned_epochs} planned" if planned_epochs else ""),
-        _card("Training time", _duration(summary.get("train_seconds")),
-              f"on {summary['world_size']} device{'s' if summary['world_size'] != 1 else ''}" if summary.get("world_size") else ""),
+        _card("Training time", _duration(summary.get("train_seconds")), _training_speed(summary)),
         _card("Parameters", f"{params['trainable']:,}" if "trainable" in params else "n/a",
               f"trainable, {params.get('frozen', 0):,} frozen" if "trainable" in params else ""),
     ]
     return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _training_speed(summary: dict[str, Any]) -> str:
+    """'on 2 devices, 412 photos/s': where the run trained and how fast its training steps went."""
+    parts = []
+    if summary.get("world_size"):
+        parts.append(f"on {summary['world_size']} device{'s' if summary['world_size'] != 1 else ''}")
+    if summary.get("train_images_per_s"):
+        parts.append(f"{summary['train_images_per_s']:,.0f} photos/s")
+    return ", ".join(parts)
 
 
 def _data_section(run_dir: Path) -> str:
