@@ -51,9 +51,11 @@ class PlantClassifierModule(L.LightningModule):
             if aug.mix_prob > 0 and (aug.mixup_alpha > 0 or aug.cutmix_alpha > 0)
             else None
         )
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Labels come from the manifest's class index, so the metrics' input checks are skipped: they
+        # call torch.unique on every update, which on a GPU waits for the step's forward to finish.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
