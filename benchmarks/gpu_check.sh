@@ -11,7 +11,8 @@
 # its own time limit, so one failing stage leaves the others. Results land in OUTDIR:
 # gpu_check.log, gpu_step.json, gpu_util.csv and runs.tar.gz (each run's config, metrics.csv,
 # train_summary.json and evaluation). PLANTID_CHECK_SET="k=v ..." adds overrides to every run
-# (e.g. tiny sizes for a dry run on a CPU).
+# (e.g. tiny sizes for a dry run on a CPU); PLANTID_CHECK_CONVNEXT_SET only to the ConvNeXt run
+# (e.g. "train.compile=true" or "data.batch_size=64" to measure those levers).
 set -u
 DATA=${1:?usage: gpu_check.sh DATA OUTDIR [SECONDS]}
 OUTDIR=${2:?usage: gpu_check.sh DATA OUTDIR [SECONDS]}
@@ -49,7 +50,8 @@ convnext() {
     > "$OUTDIR/gpu_util.csv" 2>/dev/null &
   local monitor=$!
   plantid train --data "$MANIFEST" --recipe seed-convnext-large --out "$WORK/convnext" \
-    model.weights=none train.patience=0 train.max_minutes="$minutes" train.progress=false $EXTRA
+    model.weights=none train.patience=0 train.max_minutes="$minutes" train.progress=false \
+    ${PLANTID_CHECK_CONVNEXT_SET:-} $EXTRA
   local rc=$?
   kill $monitor 2>/dev/null
   return $rc
