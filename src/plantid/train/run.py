@@ -184,8 +184,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=resolve_precision(t.precision, t.accelerator),
-        # "warn": an operation with no deterministic kernel (some CUDA backward passes) warns
-        # instead of stopping the run; Lightning's True would raise mid-training on a GPU.
+        # "warn": torch.use_deterministic_algorithms(True, warn_only=True), so an operation with no
+        # deterministic kernel (some CUDA backward passes) warns instead of stopping the run;
+        # Lightning's True would raise mid-training on a GPU.
         deterministic="warn" if t.deterministic else False,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
@@ -231,8 +232,6 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 for any float32 matmul left outside autocast
 
