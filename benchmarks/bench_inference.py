@@ -142,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from plantid.fileio import write_json_atomic
     from plantid.infer.checkpoint import load_trained
     from plantid.infer.export import export_run
-    from plantid.infer.onnx_backend import INT8_FILE
+    from plantid.infer.onnx_backend import INT8_FILE, OnnxBackend
     from plantid.infer.onnx_export import run_photos
     from plantid.infer.quantize import quantize_onnx
-    from plantid.infer.onnx_backend import OnnxBackend
     from plantid.infer.predictor import TorchBackend
 
     console = Console(width=max(120, Console().width))

@@ -218,11 +218,11 @@ def _reuse_export(trained: Any, run_dir: Path, staging: Path, quantize: bool, qu
         meta = json.loads((source / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    int8 = meta.get("int8") or {}
     if not isinstance(meta, dict) or meta.get("source_checkpoint_sha256") != sha256_file(trained.checkpoint) \
             or meta.get("image_size") != trained.image_size or meta.get("labels") != list(trained.classes) \
             or not (source / ONNX_FILE).is_file() or meta.get("sha256") != sha256_file(source / ONNX_FILE):
         return False
+    int8 = meta.get("int8") or {}
     if quantize and not (int8.get("mode") == quantization and (source / INT8_FILE).is_file()
                          and int8.get("sha256") == sha256_file(source / INT8_FILE)):
         return False
