@@ -34,6 +34,9 @@ err_console = Console(stderr=True)
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
+TTA_HELP = ("Test-time augmentation: a set (default = flips: the photo, its mirrors and half turn; report: "
+            "the report's six views; dihedral: all 8 turns and mirrors) or a comma list of views "
+            "such as hflip,rot90,rot+10,shift.")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -170,7 +173,7 @@ def recipes() -> None:
 def evaluate(
     run: RunArg,
     split: Annotated[str, typer.Option(help="test, val, or a folder of class subfolders.")] = "test",
-    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: 'default' or a comma list (hflip,vflip,rot+10,rot-10,shift).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class table, confusion matrix and error grid.
 
@@ -199,7 +202,7 @@ def predict(
     run: RunArg,
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", help="How many species to list per image.")] = 3,
-    tta: Annotated[Optional[str], typer.Option(help="Test-time augmentation: 'default' or a comma list.")] = None,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
     backend: Annotated[str, typer.Option(help="torch (checkpoint), onnx or onnx-int8 (exported with `plantid export`).")] = "torch",

@@ -68,6 +68,9 @@ class AugmentConfig(_Section):
     # Share of samples that get the shift/rotation/zoom warp. Bilinear resampling softens every
     # warped photo, so a model that only ever saw warped photos meets sharper ones in evaluation.
     warp_prob: float = Field(1.0, ge=0.0, le=1.0)
+    # Swap rows and columns of a random half of the photos: with both flips, every quarter turn
+    # and mirror (the 8 symmetries of the square) becomes equally likely. Exact, no resampling.
+    transpose: bool = False
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is mixed (CutMix or MixUp)

@@ -52,10 +52,17 @@ def test_flips_are_exact_mirrors():
     assert 10 < int(mirrored.sum()) < 54  # about half the samples are flipped
 
 
+def _symmetry_index(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample: which of the square's 8 symmetries of x[i] y[i] is, or -1 for none of them."""
+    t = x.transpose(-2, -1)
+    views = [x, x.flip(-1), x.flip(-2), x.flip((-2, -1)), t, t.flip(-1), t.flip(-2), t.flip((-2, -1))]
+    hits = torch.stack([torch.isclose(y, v, atol=1e-5).flatten(1).all(1) for v in views])  # 8 x N
+    return torch.where(hits.any(0), hits.float().argmax(0), torch.full_like(hits[0], -1, dtype=torch.long))
+
+
 def _exact_flips(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per sample: is y[i] one of the four flips of x[i] (no resampling)?"""
-    views = [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
-    return torch.stack([torch.isclose(y, v, atol=1e-5).flatten(1).all(1) for v in views]).any(0)
+    return (_symmetry_index(x, y) >= 0) & (_symmetry_index(x, y) < 4)
 
 
 def test_warp_prob_leaves_the_other_samples_sharp():
@@ -114,3 +121,26 @@ def test_resize_batch_shrinks_and_keeps_layout_and_range():
     # a flat image stays flat whatever the size
     flat = torch.full((1, 3, 48, 48), 0.25)
     assert torch.allclose(resize_batch(flat, 20), torch.full((1, 3, 20, 20), 0.25), atol=1e-6)
+
+
+def test_transpose_with_flips_gives_every_symmetry_of_the_square_exactly():
+    torch.manual_seed(2)
+    x = to_unit_float(_batch(n=160))
+    y = build_augment(AugmentConfig(preset="flip", transpose=True))(x)
+    which = _symmetry_index(x, y)
+    assert bool((which >= 0).all())  # every sample is an exact symmetry: nothing resampled
+    counts = torch.bincount(which, minlength=8)
+    assert bool((counts >= 8).all()), counts  # all eight turn up, each about 20 times
+
+    without = _symmetry_index(x, build_augment(AugmentConfig(preset="flip"))(x))
+    assert bool((without >= 0).all()) and int(without.max()) < 4  # flips alone never transpose
+
+
+def test_transpose_keeps_warped_samples_warped_and_the_rest_exact():
+    torch.manual_seed(3)
+    x = to_unit_float(_batch(n=64))
+    cfg = AugmentConfig(preset="seed", strength=1.0, warp_prob=0.5, transpose=True)
+    spec = replace(build_augment(cfg).spec, brightness=0.0, contrast=0.0, cutout_prob=0.0)
+    which = _symmetry_index(x, BatchAugment(spec)(x))
+    assert 10 < int((which >= 0).sum()) < 54  # the unwarped half, and only they, are exact
+    assert int((which >= 4).sum()) > 3  # and some of those are transposed

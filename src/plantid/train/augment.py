@@ -28,6 +28,7 @@ class AugmentSpec:
     zoom: float = 0.0  # max relative zoom in or out
     hflip: bool = False
     vflip: bool = False
+    transpose: bool = False  # swap rows and columns (with both flips: any quarter turn or mirror)
     brightness: float = 0.0  # max additive change of brightness (images in [0, 1])
     contrast: float = 0.0  # max relative change of contrast
     cutout_prob: float = 0.0  # probability that a sample gets one erased rectangle
@@ -84,7 +85,7 @@ class BatchAugment(nn.Module):
 
     def _geometric(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        if not (s.shift or s.rotate_deg or s.zoom or s.hflip or s.vflip):
+        if not (s.shift or s.rotate_deg or s.zoom or s.hflip or s.vflip or s.transpose):
             return x
         n = x.shape[0]
         angle = self._uniform(n, math.radians(s.rotate_deg), x)
@@ -102,13 +103,13 @@ class BatchAugment(nn.Module):
             angle, tx, ty = angle * warp, tx * warp, ty * warp
             scale = torch.where(warp, scale, torch.ones_like(scale))
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack(
-            [
-                torch.stack([cos * fx, -sin * fy, tx], dim=1),
-                torch.stack([sin * fx, cos * fy, ty], dim=1),
-            ],
-            dim=1,
-        ).to(x.dtype)
+        linear = torch.stack(
+            [torch.stack([cos * fx, -sin * fy], dim=1), torch.stack([sin * fx, cos * fy], dim=1)], dim=1
+        )  # N x 2 x 2, maps output grid coordinates (x, y) to input ones
+        if s.transpose:  # sample (y, x) instead of (x, y) for a random half
+            swap = torch.rand(n, device=x.device) < 0.5
+            linear = torch.where(swap.view(n, 1, 1), linear.flip(-1), linear)
+        theta = torch.cat([linear, torch.stack([tx, ty], dim=1).unsqueeze(-1)], dim=2).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -150,7 +151,8 @@ class BatchAugment(nn.Module):
 
 def build_augment(cfg: AugmentConfig) -> BatchAugment:
     """The training augmentation for a config: a named preset scaled by `strength`."""
-    return BatchAugment(replace(PRESETS[cfg.preset].scaled(cfg.strength), warp_prob=cfg.warp_prob))
+    spec = PRESETS[cfg.preset].scaled(cfg.strength)
+    return BatchAugment(replace(spec, warp_prob=cfg.warp_prob, transpose=spec.transpose or cfg.transpose))
 
 
 def train_image_size(phases: Sequence[ResizePhase], final_size: int, epoch: int) -> int:
