@@ -1,5 +1,6 @@
 """Train each CPU-runnable recipe on one stratified split of the shared plant photos and
-print a table: image size, epochs, wall time, val and test accuracy (results/train.json).
+print a table: image size, epochs, wall time, val and test accuracy, and test accuracy with
+test-time augmentation (`plantid evaluate --tta default`; results/train.json).
 
     .venv/bin/python benchmarks/bench_train.py                      # all CPU recipes
     .venv/bin/python benchmarks/bench_train.py --recipes cpu-default --set train.epochs=6
@@ -38,6 +39,15 @@ def train_once(recipe: str, manifest: Path, out: Path, overrides: list[str]) -> 
     summary["wall_seconds"] = round(wall, 1)
     summary["command"] = " ".join(["plantid", *cmd[3:]])
     return summary
+
+
+def test_acc_with_tta(run: Path, tta: str = "default") -> float:
+    """Test accuracy of a trained run with the given TTA views (`plantid evaluate --tta`)."""
+    cmd = [sys.executable, "-m", "plantid.cli", "evaluate", str(run), "--split", "test", "--tta", tta]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluating {run} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((run / "eval.json").read_text())["tta"]["metrics"]["accuracy"]
 
 
 def _sizes_label(sizes: list[int]) -> str:
@@ -79,16 +89,16 @@ def main() -> None:
             "px": _sizes_label(summary.get("train_image_sizes") or [summary["image_size"]]),
             "epochs": summary["epochs_run"], "train_seconds": summary["train_seconds"],
             "wall_seconds": summary["wall_seconds"], "val_acc": summary["best_val_acc"],
-            "test_acc": summary["test_acc"], "command": summary["command"],
+            "test_acc": summary["test_acc"], "test_acc_tta": test_acc_with_tta(run), "command": summary["command"],
         })
         print(f"{recipe}: done in {summary['wall_seconds']} s", flush=True)
 
-    header = f"{'recipe':<14} {'model':<22} {'px':>11} {'epochs':>6} {'train s':>8} {'wall s':>7} {'val acc':>8} {'test acc':>8}"
+    header = f"{'recipe':<14} {'model':<22} {'px':>11} {'epochs':>6} {'train s':>8} {'wall s':>7} {'val acc':>8} {'test acc':>8} {'test TTA':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['recipe']:<14} {r['model']:<22} {r['px']:>11} {r['epochs']:>6} {r['train_seconds']:>8.1f} "
-              f"{r['wall_seconds']:>7.1f} {r['val_acc']:>8.4f} {r['test_acc']:>8.4f}")
+              f"{r['wall_seconds']:>7.1f} {r['val_acc']:>8.4f} {r['test_acc']:>8.4f} {r['test_acc_tta']:>8.4f}")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"cpu_count": os.cpu_count(), "overrides": args.overrides, "runs": rows}
     args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
