@@ -146,9 +146,10 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Test-time augmentation used by `plantid evaluate --tta` and `predict --tta`."""
+    """What `--tta default` means for this run (`plantid evaluate`, `plantid predict`): a set's
+    name (flips, report, dihedral) or a list of views (plantid.infer.tta)."""
 
-    tta: list[str] = Field(default_factory=lambda: ["identity", "hflip", "vflip", "rot+10", "rot-10", "shift"])
+    tta: str | list[str] = "flips"
 
 
 class RunConfig(_Section):

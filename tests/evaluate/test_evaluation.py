@@ -121,6 +121,15 @@ def test_test_split_with_tta(tiny_run: Path):
     assert "with TTA" in text and "balanced accuracy" in text and "x&y" in text
 
 
+def test_default_tta_is_the_runs_eval_tta(tiny_run: Path):
+    from plantid.infer.checkpoint import load_trained
+    from plantid.infer.tta import parse_tta
+
+    configured = load_trained(tiny_run).config.eval.tta
+    result = evaluate_run(tiny_run, "val", tta="default", console=quiet())
+    assert result["tta"]["views"] == list(parse_tta(configured)) == ["identity", "hflip", "vflip", "rot180"]
+
+
 def test_val_split_writes_its_own_files_without_tta(tiny_run: Path):
     result = evaluate_run(tiny_run, "val", console=quiet())
     names = output_names("val")

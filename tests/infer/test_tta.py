@@ -30,6 +30,10 @@ def test_named_sets_and_comma_lists():
     assert parse_tta("REPORT") == ("identity", "hflip", "vflip", "rot+10", "rot-10", "shift")
     assert parse_tta("vflip, rot90") == ("identity", "vflip", "rot90")
     assert parse_tta(None) == parse_tta("none") == ()
+    # 'default' is what a run's eval.tta says: a set's name or a list of views
+    assert parse_tta("default", default="report") == VIEW_SETS["report"]
+    assert parse_tta("default", default=["rot90", "hflip"]) == ("identity", "rot90", "hflip")
+    assert parse_tta("none", default="dihedral") == ()
     for names in VIEW_SETS.values():
         assert set(names) <= set(VIEWS)
     with pytest.raises(PlantidError, match="unknown TTA view 'sideways'.*dihedral"):

@@ -182,8 +182,9 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
 
     console = console or Console()
     run_dir = Path(run_dir)
-    views = parse_tta(tta)  # validate before the (slow) model and data loading
+    parse_tta(tta)  # validate before the (slow) model and data loading
     trained = load_trained(run_dir)
+    views = parse_tta(tta, default=trained.config.eval.tta)
     classes = list(trained.classes)
     image_size = trained.image_size
     data = resolve_eval_set(run_dir, split, classes, image_size, _cache_dir(trained))

@@ -146,9 +146,10 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
         raise PlantidError(f"--top-k must be at least 1, got {top_k}")
     if out is not None and Path(out).is_dir():
         raise PlantidError(f"--out {out}: is a folder; give a file name such as predictions.{'csv' if fmt == 'table' else fmt}")
-    views = parse_tta(tta)
+    parse_tta(tta)  # a bad view name fails before the inputs are listed
     sources = expand_inputs(paths)
-    predictor = Predictor.from_run(run, backend=backend, tta=views)
+    predictor = Predictor.from_run(run, backend=backend, tta=tta)
+    views = getattr(predictor.batch_fn, "views", ())
     k = min(top_k, len(predictor.classes))
 
     predictions = predictor.predict([str(p) for p in sources], top_k=k)

@@ -77,18 +77,25 @@ class Predictor:
         self.trained = trained  # the torch model, when backend == "torch" (used by Grad-CAM)
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, backend: str = "torch", tta: tuple[str, ...] = (),
+    def from_run(cls, run_dir: str | os.PathLike, backend: str = "torch", tta: str | None = None,
                  device: str = "cpu") -> "Predictor":
-        """Load a run folder for prediction: backend 'torch' (checkpoint), 'onnx' or 'onnx-int8' (exported)."""
+        """Load a run folder for prediction: backend 'torch' (checkpoint), 'onnx' or 'onnx-int8' (exported).
+
+        `tta` is the `--tta` text (plantid.infer.tta.parse_tta; 'default' is the run's `eval.tta`).
+        """
+        from plantid.infer.tta import parse_tta
+
         run_dir = Path(run_dir)
+        wants_tta = bool(parse_tta(tta))  # a bad view name fails before the checkpoint is read
         if backend == "torch":
             from plantid.infer.checkpoint import load_trained
 
             trained = load_trained(run_dir)
-            return cls(trained.classes, trained.image_size, TorchBackend(trained, tta, device), trained.model_id,
+            views = parse_tta(tta, default=trained.config.eval.tta)
+            return cls(trained.classes, trained.image_size, TorchBackend(trained, views, device), trained.model_id,
                        "torch", trained)
         if backend in ("onnx", "onnx-int8"):
-            if tta:
+            if wants_tta:
                 raise PlantidError("TTA runs with the torch backend; drop --tta or use --backend torch")
             from plantid.infer.onnx_backend import OnnxBackend
 
