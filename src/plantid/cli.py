@@ -34,7 +34,8 @@ err_console = Console(stderr=True)
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
-TTA_HELP = ("Test-time augmentation: a set (default = flips: the photo, its mirrors and half turn; report: "
+TTA_HELP = ("Test-time augmentation: a set (default = the run's eval.tta, flips unless set: the photo, its "
+            "mirrors and half turn; report: "
             "the report's six views; dihedral: all 8 turns and mirrors) or a comma list of views "
             "such as hflip,rot90,rot+10,shift.")
 
