@@ -4,8 +4,9 @@ The report's TTA: horizontal and vertical flips, +-10 degree rotations and small
 softmax probabilities averaged (+0.4 points there). Views are named so a user can pick them, and
 a few sets are named too:
 
-* ``flips`` (the ``default`` unless a run's config sets ``eval.tta``): the photo, its two mirror images and its half turn. They move
-  pixels without resampling them and are the views training's flips already showed the model;
+* ``flips`` (the ``default`` unless a run's config sets ``eval.tta``): the photo, its two mirror
+  images and its half turn. They move pixels without resampling them and are the views
+  training's flips already showed the model;
   on six `cpu-default`-style checkpoints they gained 1.0 point of test and 1.6 of val accuracy on
   average and never lost, where the report's set (whose rotated and shifted views are softened by
   bilinear resampling) gained 0.3 and 1.1 (docs/benchmarks.md, "Test-time views").
