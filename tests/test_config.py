@@ -38,6 +38,9 @@ def test_overrides_are_parsed_as_yaml_values():
         ("data.image_size=-5", "bad value for 'data.image_size'"),
         ("loss.name=hinge", "bad value for 'loss.name'"),
         ("nonsense", "must look like section.key=value"),
+        # view names are checked when the recipe loads, not later at evaluate or predict time
+        ("eval.tta=hflip,sideways", "bad value for 'eval.tta': unknown TTA view 'sideways'"),
+        ("eval.tta=[vflip, upside]", "unknown TTA view 'upside'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):
@@ -45,6 +48,11 @@ def test_bad_overrides_name_the_key(override, expected):
         load_config("cpu-default", [override])
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+def test_eval_tta_accepts_set_names_and_view_lists():
+    assert load_config("cpu-default", ["eval.tta=report"]).eval.tta == "report"
+    assert load_config("cpu-default", ["eval.tta=[hflip, rot90]"]).eval.tta == ["hflip", "rot90"]
 
 
 def test_unknown_recipe_lists_the_shipped_ones():

@@ -147,9 +147,20 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     """What `--tta default` means for this run (`plantid evaluate`, `plantid predict`): a set's
-    name (flips, report, dihedral) or a list of views (plantid.infer.tta)."""
+    name (flips, report, dihedral) or a list of views (plantid.infer.view_names)."""
 
     tta: str | list[str] = "flips"
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, v: str | list[str]) -> str | list[str]:
+        from plantid.infer.view_names import parse_tta  # torch-free: names only
+
+        try:
+            parse_tta(v if isinstance(v, str) else ",".join(v))
+        except PlantidError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 class RunConfig(_Section):
@@ -229,7 +240,8 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise PlantidError(f"{source}: unknown setting '{where}' (check the spelling; see `plantid recipes`)") from None
-        raise PlantidError(f"{source}: bad value for '{where}': {err['msg']} (got {err.get('input')!r})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PlantidError(f"{source}: bad value for '{where}': {msg} (got {err.get('input')!r})") from None
 
 
 def load_config(recipe: str = "cpu-default", overrides: list[str] | None = None) -> RunConfig:

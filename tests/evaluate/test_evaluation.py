@@ -123,7 +123,7 @@ def test_test_split_with_tta(tiny_run: Path):
 
 def test_default_tta_is_the_runs_eval_tta(tiny_run: Path):
     from plantid.infer.checkpoint import load_trained
-    from plantid.infer.tta import parse_tta
+    from plantid.infer.view_names import parse_tta
 
     configured = load_trained(tiny_run).config.eval.tta
     result = evaluate_run(tiny_run, "val", tta="default", console=quiet())

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from plantid.errors import PlantidError
-from plantid.infer.tta import VIEW_SETS, VIEWS, parse_tta, predict_proba
+from plantid.infer.tta import VIEWS, predict_proba
+from plantid.infer.view_names import VIEW_NAMES, VIEW_SETS, parse_tta
 
 
 def _photo(n=3, size=10, seed=0) -> torch.Tensor:
@@ -34,6 +35,7 @@ def test_named_sets_and_comma_lists():
     assert parse_tta("default", default="report") == VIEW_SETS["report"]
     assert parse_tta("default", default=["rot90", "hflip"]) == ("identity", "rot90", "hflip")
     assert parse_tta("none", default="dihedral") == ()
+    assert tuple(VIEWS) == VIEW_NAMES  # every name has its operation, and no operation lacks a name
     for names in VIEW_SETS.values():
         assert set(names) <= set(VIEWS)
     with pytest.raises(PlantidError, match="unknown TTA view 'sideways'.*dihedral"):

@@ -153,7 +153,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     ``split`` is 'test', 'val' or 'train' (rows of the run's split.csv) or a folder with one
     subfolder per class (scanned; its classes must be among the run's classes, which stay the
     label space). ``tta`` is None (no TTA), 'default' or a comma list of views (see
-    `plantid.infer.tta.parse_tta`); with TTA the photos are scored both without and with it.
+    `plantid.infer.view_names.parse_tta`); with TTA the photos are scored both without and with it.
 
     Files written (atomically) into ``run_dir``:
 
@@ -178,7 +178,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     from plantid.evaluate.plots import confusion_figure, error_grid_figure, save_png
     from plantid.infer.checkpoint import load_trained
     from plantid.infer.predictor import Predictor, TorchBackend
-    from plantid.infer.tta import parse_tta
+    from plantid.infer.view_names import parse_tta
 
     console = console or Console()
     run_dir = Path(run_dir)

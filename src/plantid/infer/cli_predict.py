@@ -135,7 +135,7 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     name ends in .csv/.json).
     """
     from plantid.infer.predictor import Predictor
-    from plantid.infer.tta import parse_tta
+    from plantid.infer.view_names import parse_tta
 
     console = console or Console()
     err_console = err_console or Console(stderr=True)

@@ -81,9 +81,9 @@ class Predictor:
                  device: str = "cpu") -> "Predictor":
         """Load a run folder for prediction: backend 'torch' (checkpoint), 'onnx' or 'onnx-int8' (exported).
 
-        `tta` is the `--tta` text (plantid.infer.tta.parse_tta; 'default' is the run's `eval.tta`).
+        `tta` is the `--tta` text (plantid.infer.view_names.parse_tta; 'default' is the run's `eval.tta`).
         """
-        from plantid.infer.tta import parse_tta
+        from plantid.infer.view_names import parse_tta
 
         run_dir = Path(run_dir)
         wants_tta = bool(parse_tta(tta))  # a bad view name fails before the checkpoint is read

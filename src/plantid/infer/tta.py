@@ -18,20 +18,12 @@ a few sets are named too:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from plantid.errors import PlantidError
-
-View = Callable[[torch.Tensor], torch.Tensor]
-VIEW_SETS: dict[str, tuple[str, ...]] = {
-    "flips": ("identity", "hflip", "vflip", "rot180"),
-    "report": ("identity", "hflip", "vflip", "rot+10", "rot-10", "shift"),
-    "dihedral": ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"),
-}
-DEFAULT_SET = "flips"
+View = Callable[[torch.Tensor], torch.Tensor]  # one per name in plantid.infer.view_names.VIEW_NAMES
 
 
 def _affine(x: torch.Tensor, angle_deg: float = 0.0, tx: float = 0.0, ty: float = 0.0) -> torch.Tensor:
@@ -55,25 +47,6 @@ VIEWS: dict[str, View] = {
     "shift": lambda x: _affine(x, tx=0.1, ty=0.1),  # 5% of the side right and down
     "shift-": lambda x: _affine(x, tx=-0.1, ty=-0.1),
 }
-
-
-def parse_tta(spec: str | None, default: Sequence[str] | str = DEFAULT_SET) -> tuple[str, ...]:
-    """A set's name ('flips', 'report', 'dihedral') -> its views; 'hflip,rot+10' -> those views plus
-    identity; None/''/'none' -> no TTA; 'default' -> `default` (a run's `eval.tta`: a set's name or
-    a list of views), so a recipe can choose the views that match its training augmentation."""
-    if not spec or spec.lower() in ("none", "off"):
-        return ()
-    key = spec.lower()
-    if key == "default":
-        return parse_tta(default if isinstance(default, str) else ",".join(default)) or ("identity",)
-    if key in VIEW_SETS:
-        return VIEW_SETS[key]
-    names = tuple(dict.fromkeys(["identity", *[s.strip() for s in spec.split(",") if s.strip()]]))
-    unknown = [n for n in names if n not in VIEWS]
-    if unknown:
-        raise PlantidError(f"unknown TTA view {unknown[0]!r}: use default, one of the sets {', '.join(VIEW_SETS)} "
-                           f"or a comma list of {', '.join(VIEWS)}")
-    return names
 
 
 @torch.no_grad()
