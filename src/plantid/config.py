@@ -157,7 +157,7 @@ class EvalConfig(_Section):
         from plantid.infer.view_names import parse_tta  # torch-free: names only
 
         try:
-            parse_tta(v if isinstance(v, str) else ",".join(v))
+            parse_tta("default", default=v)  # what `--tta default` will do with it
         except PlantidError as exc:
             raise ValueError(str(exc)) from None
         return v
