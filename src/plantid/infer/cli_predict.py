@@ -149,7 +149,6 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     parse_tta(tta)  # a bad view name fails before the inputs are listed
     sources = expand_inputs(paths)
     predictor = Predictor.from_run(run, backend=backend, tta=tta)
-    views = getattr(predictor.batch_fn, "views", ())
     k = min(top_k, len(predictor.classes))
 
     predictions = predictor.predict([str(p) for p in sources], top_k=k)
@@ -164,6 +163,7 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     if out is not None and fmt == "table":
         suffix = Path(out).suffix.lower()
         file_fmt = {".csv": "csv", ".json": "json"}.get(suffix, "table")
+    views = predictor.views
     title = f"{predictor.model_id} ({predictor.backend}{', TTA ' + str(len(views)) + ' views' if views else ''})"
     text = {"csv": format_csv, "json": format_json}.get(file_fmt, lambda r: None)(rows)
     if out is not None:

@@ -76,6 +76,11 @@ class Predictor:
         self.backend = backend
         self.trained = trained  # the torch model, when backend == "torch" (used by Grad-CAM)
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The TTA views each photo's probabilities average over; empty means the photo alone."""
+        return self.batch_fn.views if isinstance(self.batch_fn, TorchBackend) else ()
+
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, backend: str = "torch", tta: str | None = None,
                  device: str = "cpu") -> "Predictor":
