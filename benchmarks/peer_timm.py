@@ -1,10 +1,10 @@
 """plantid vs timm's own train.py: the same split, backbone, weights, image size and epoch budget.
 
 Runs `plantid train` and PyTorch Image Models' reference `train.py` (+ `validate.py` for the
-test split), from /work/shared/peers/timm, one after the other in one invocation, and prints a
-table of wall time, training images per second of wall time, val and test accuracy
-(results/peer_timm.json), then a Markdown copy of the table and the command line for
-docs/benchmarks.md.
+test split), from a checkout of timm's repository (`--timm-dir`; default ../shared/peers/timm,
+beside this repository), one after the other in one invocation, and prints a table of wall time,
+training images per second of wall time, val and test accuracy (results/peer_timm.json), then a
+Markdown copy of the table and the command line for docs/benchmarks.md.
 
     .venv/bin/python benchmarks/peer_timm.py                                 # cpu-default, full data
     .venv/bin/python benchmarks/peer_timm.py --epochs 4 --image-size 96
