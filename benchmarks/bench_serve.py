@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plantid.serve.launch import free_port, running_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/support
+from tests.support.launch import free_port, running_server  # noqa: E402  (test support, not the package)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
 PLANTID = Path(sys.executable).with_name("plantid")

@@ -11,12 +11,17 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pytest
 from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # test support code (tests/support/) imports as `tests.support.*`
+    sys.path.insert(0, str(REPO_ROOT))
 
 PALETTE = [
     (220, 40, 40),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from plantid.serve.launch import ServerStartError, running_server
+from tests.support.launch import ServerStartError, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parents[2]

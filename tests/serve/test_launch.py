@@ -1,4 +1,4 @@
-"""`plantid.serve.launch`: the subprocess server helper shared by the browser test and bench_serve."""
+"""`tests/support/launch.py`: the subprocess server helper shared by the browser test and bench_serve."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plantid.serve.launch import ServerStartError, free_port, running_server
+from tests.support.launch import ServerStartError, free_port, running_server
 
 
 def test_free_port_is_bindable_on_loopback() -> None:

@@ -1,5 +1,9 @@
 """Start `plantid serve` in a subprocess on a loopback port, for tests and benchmarks.
 
+Test support, not part of the installed package: tests import it as ``tests.support.launch``
+(tests/conftest.py puts the repository root on sys.path) and benchmarks/bench_serve.py does the
+same with its own sys.path entry.
+
     with running_server(run_dir, backend="onnx", timeout=90) as base_url:
         httpx.get(base_url + "/api/model")
 
