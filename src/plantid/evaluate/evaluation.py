@@ -8,7 +8,6 @@ TTA views, so both sets of numbers sit side by side.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ import numpy as np
 
 from plantid.errors import PlantidError
 from plantid.fileio import write_json_atomic
+from plantid.runfolder import MANIFEST_SPLITS, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
 
-MANIFEST_SPLITS = ("train", "val", "test")
 WORST_LIMIT = 24
 
 
@@ -37,21 +36,6 @@ class EvalSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unusable photos
 
 
-def output_names(split_name: str, folder: bool = False) -> dict[str, str]:
-    """File names written for an evaluation: plain for the test split, suffixed otherwise.
-
-    'test' -> eval.json, confusion_matrix.png, errors.png; 'val' -> eval_val.json,
-    confusion_matrix_val.png, errors_val.png; a folder 'new photos' -> eval_new_photos.json ...
-    (a folder named like a split, e.g. 'test', gets '_folder' appended: eval_test_folder.json).
-    """
-    if split_name == "test" and not folder:
-        return {"json": "eval.json", "confusion": "confusion_matrix.png", "errors": "errors.png"}
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", split_name).strip("._-") or "folder"
-    if folder and tag in MANIFEST_SPLITS:
-        tag += "_folder"
-    return {"json": f"eval_{tag}.json", "confusion": f"confusion_matrix_{tag}.png", "errors": f"errors_{tag}.png"}
-
-
 def _cache_dir(trained) -> Path:
     from plantid.data.cache import default_cache_dir
 
@@ -63,11 +47,11 @@ def _manifest_set(run_dir: Path, split: str, classes: list[str], image_size: int
     from plantid.data.cache import build_cache
     from plantid.data.split import read_manifest
 
-    manifest = read_manifest(run_dir / "split.csv")
+    manifest = read_manifest(RunFolder(run_dir).manifest)
     unknown = sorted(set(manifest.classes) - set(classes))
     if unknown:
         raise PlantidError(
-            f"{run_dir / 'split.csv'}: labels {unknown} are not classes of the model ({classes}); "
+            f"{RunFolder(run_dir).manifest}: labels {unknown} are not classes of the model ({classes}); "
             "the split does not belong to this checkpoint"
         )
     rows = [(i, r) for i, r in enumerate(manifest.rows) if r.split == split]
@@ -224,7 +208,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
         with_tta = classification_metrics(probabilities[1], data.labels, classes)
         result["tta"] = {"views": list(views), **with_tta}
 
-    names = output_names(data.name, folder=data.folder)
+    names = evaluation_files(data.name, folder=data.folder)
     n_errors = int(len(data.labels) - np.trace(np.asarray(base["confusion"])))
     where = f"folder {data.name}" if data.folder else f"{data.name} split"
     save_png(confusion_figure(base["confusion"], classes, title=f"Confusion matrix: {where} ({len(data.paths)} images)"),

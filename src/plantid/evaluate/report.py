@@ -17,10 +17,10 @@ from typing import Any
 
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
 
-REPORT_FILE = "report.html"
 WEAK_F1 = 0.5  # a class is "weak" below this F1 ...
 WEAK_GAP = 0.10  # ... or this far below the macro-F1
 
@@ -128,7 +128,7 @@ def _img(png: bytes, alt: str, caption: str | None = None) -> str:
 
 
 def _is_stale(eval_path: Path, run_dir: Path, result: dict) -> bool:
-    ckpt = run_dir / str(result.get("checkpoint", "best.ckpt"))
+    ckpt = run_dir / str(result.get("checkpoint", BEST_CHECKPOINT))
     try:
         return ckpt.stat().st_mtime > eval_path.stat().st_mtime
     except OSError:
@@ -142,14 +142,15 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     from rich.console import Console
 
     from plantid.data.split import read_manifest
-    from plantid.evaluate.evaluation import evaluate_run, output_names
+    from plantid.evaluate.evaluation import evaluate_run
 
-    current = _read_json(run_dir / "eval.json")
+    run = RunFolder(run_dir)
+    current = _read_json(run.eval)
     valid = isinstance(current, dict) and "metrics" in current
-    if valid and not _is_stale(run_dir / "eval.json", run_dir, current):
+    if valid and not _is_stale(run.eval, run_dir, current):
         return current, None
     try:
-        sizes = read_manifest(run_dir / "split.csv").split_sizes()
+        sizes = read_manifest(run.manifest).split_sizes()
     except PlantidError:
         if valid:
             return current, "eval.json is older than the checkpoint and split.csv is unreadable: re-evaluation skipped."
@@ -158,7 +159,7 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     if split is None:
         return None, "The run has neither a test nor a validation split, so there is nothing to evaluate."
     note = None if split == "test" else "There is no test split: these numbers are on the validation split."
-    path = run_dir / output_names(split)["json"]
+    path = run_dir / evaluation_files(split)["json"]
     result = current if split == "test" else _read_json(path)
     if isinstance(result, dict) and "metrics" in result and not _is_stale(path, run_dir, result):
         return result, note
@@ -211,7 +212,7 @@ def _data_section(run_dir: Path) -> str:
     from plantid.evaluate.plots import class_distribution_figure, png_bytes
 
     try:
-        manifest = read_manifest(run_dir / "split.csv")
+        manifest = read_manifest(RunFolder(run_dir).manifest)
     except PlantidError as exc:
         return f'<p class="empty">No data summary: {e(exc)}</p>'
     counts = {s: manifest.class_counts(s) for s in SPLITS}
@@ -226,7 +227,7 @@ def _data_section(run_dir: Path) -> str:
     rows.append(f'<tr class="total"><td>total ({len(manifest.classes)} classes)</td>{total}<td>{sum(sizes.values()):,}</td></tr>')
     parts.append(f'<table class="narrow"><thead><tr><th>class</th>{head}<th>total</th></tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')
-    scan = _read_json(run_dir / "scan.json")
+    scan = _read_json(RunFolder(run_dir).scan)
     if isinstance(scan, dict):
         bad = scan.get("num_bad", 0) or 0
         dups = len(scan.get("duplicate_groups") or [])
@@ -298,7 +299,7 @@ def _config_section(run_dir: Path) -> str:
     import yaml
 
     try:
-        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+        text = RunFolder(run_dir).config.read_text(encoding="utf-8")
     except OSError:
         return '<p class="empty">No config.yaml in the run folder.</p>'
     try:
@@ -327,17 +328,17 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     from plantid.evaluate.plots import confusion_figure, error_grid_figure, png_bytes, training_curves_figure
 
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = _read_json(RunFolder(run_dir).summary) or {}
     try:
         from plantid.config import load_run_config
 
-        config = load_run_config(run_dir / "config.yaml")
+        config = load_run_config(RunFolder(run_dir).config)
     except PlantidError:
         config = None
     config_model = summary.get("model") or (config.model.name if config else "unknown model")
     planned_epochs = config.train.epochs if config else None
     name = run_dir.resolve().name
-    trained_at = _when(run_dir / "train_summary.json") or _when(run_dir / "best.ckpt") or "unknown date"
+    trained_at = _when(RunFolder(run_dir).summary) or _when(RunFolder(run_dir).best_checkpoint) or "unknown date"
     split_label = "Validation" if result is not None and result.get("split") == "val" else "Test"
 
     nav = [("summary", "Summary"), ("data", "Data"), ("training", "Training"), ("evaluation", "Evaluation"),
@@ -365,7 +366,7 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     out.append(f'<section id="data"><h2>Data</h2>{_data_section(run_dir)}</section>')
 
     phases = [(p.epochs, p.image_size) for p in config.train.resize_phases] if config else []
-    curves = training_curves_figure(run_dir / "metrics.csv", size_phases=phases,
+    curves = training_curves_figure(RunFolder(run_dir).metrics, size_phases=phases,
                                     final_size=config.data.image_size if config else None)
     out.append('<section id="training"><h2>Training</h2>')
     if curves is not None:
@@ -419,4 +420,4 @@ def build_report(run_dir: Path, console=None) -> Path:
     if not run_dir.is_dir():
         raise PlantidError(f"{run_dir}: no such run folder; train one with `plantid train --data DATA --out {run_dir}`")
     result, note = load_or_run_evaluation(run_dir, console=console)
-    return write_text_atomic(run_dir / REPORT_FILE, render_report(run_dir, result, note))
+    return write_text_atomic(RunFolder(run_dir).report, render_report(run_dir, result, note))

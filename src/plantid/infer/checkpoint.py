@@ -10,6 +10,7 @@ import torch
 from plantid.config import RunConfig
 from plantid.errors import PlantidError
 from plantid.models import Classifier, build_model
+from plantid.runfolder import find_checkpoint
 
 MODEL_PREFIX = "model."
 
@@ -31,19 +32,6 @@ class TrainedModel:
     def model_id(self) -> str:
         """A short human id: run folder name, backbone and checkpoint name."""
         return f"{self.checkpoint.parent.name}:{self.config.model.name}:{self.checkpoint.stem}"
-
-
-def find_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint to use for a run folder (best.ckpt, else last.ckpt), or a clear error."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file() and run_dir.suffix == ".ckpt":
-        return run_dir
-    if not run_dir.is_dir():
-        raise PlantidError(f"{run_dir}: no such run folder; train one with `plantid train --data DATA --out {run_dir}`")
-    for name in ("best.ckpt", "last.ckpt"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise PlantidError(f"{run_dir}: no best.ckpt or last.ckpt; is training finished? (resume with `plantid train --resume {run_dir}`)")
 
 
 def load_trained(run_dir: Path) -> TrainedModel:

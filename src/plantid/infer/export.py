@@ -10,28 +10,12 @@ import os
 from pathlib import Path
 
 from plantid.errors import PlantidError
-from plantid.infer.onnx_backend import EXPORT_DIR, ONNX_FILE
 from plantid.infer.onnx_export import export_onnx
 from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
-from plantid.infer.submission import SUBMISSION_DIR, export_submission
+from plantid.infer.submission import export_submission
+from plantid.runfolder import EXPORT_DIR, ONNX_FILE, SUBMISSION_DIR, check_run_folder
 
 FORMATS = ("onnx", "submission")
-
-
-def check_run_folder(run_dir: Path) -> None:
-    """Fail fast (before importing PyTorch) on a missing run folder or one without a checkpoint."""
-    if run_dir.is_file() and run_dir.suffix == ".ckpt":
-        return
-    if not run_dir.is_dir():
-        raise PlantidError(f"{run_dir}: no such run folder; train one with `plantid train --data DATA --out {run_dir}`")
-    if not any((run_dir / name).is_file() for name in ("best.ckpt", "last.ckpt")):
-        if not (run_dir / "config.yaml").is_file():
-            raise PlantidError(f"{run_dir}: not a plantid run folder (no config.yaml, no checkpoint); "
-                               "pass the --out folder of `plantid train`")
-        raise PlantidError(
-            f"{run_dir}: no best.ckpt or last.ckpt to export; finish training first "
-            f"(`plantid train --resume {run_dir}`)"
-        )
 
 
 def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None = None, quantize: bool = False,

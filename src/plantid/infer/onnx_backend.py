@@ -18,13 +18,10 @@ from typing import Any
 import numpy as np
 
 from plantid.errors import PlantidError, first_line
+from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE
 
 log = logging.getLogger("plantid")
 
-EXPORT_DIR = "export"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-PREPROCESSING_FILE = "preprocessing.json"
 # The exported graph's interface: uint8 photos in, softmax probabilities out.
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"

@@ -24,13 +24,12 @@ from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic
 from plantid.infer.onnx_backend import (
     INPUT_NAME,
-    INT8_FILE,
     INT8_MAX_DROP_POINTS,
     OUTPUT_NAME,
-    PREPROCESSING_FILE,
     make_session,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES, accuracy_on, quantize_onnx
+from plantid.runfolder import INT8_FILE, PREPROCESSING_FILE, RunFolder
 
 log = logging.getLogger("plantid")
 
@@ -187,7 +186,7 @@ def labelled_run_photos(run_dir: Path, size: int, limit: int,
     from plantid.data.split import read_manifest
 
     none = (np.zeros((0, size, size, 3), np.uint8), [])
-    manifest_path = run_dir / "split.csv"
+    manifest_path = RunFolder(run_dir).manifest
     if not manifest_path.is_file() or limit <= 0:
         return none
     try:

@@ -22,7 +22,6 @@ import numpy as np
 
 from plantid.errors import PlantidError
 from plantid.fileio import give_usual_mode, write_json_atomic, write_text_atomic
-from plantid.infer.onnx_backend import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE
 from plantid.infer.onnx_export import (
     TOLERANCE,
     compare_with_torch,
@@ -32,10 +31,10 @@ from plantid.infer.onnx_export import (
     sha256_file,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES
+from plantid.runfolder import INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, RunFolder
 
 log = logging.getLogger("plantid")
 
-SUBMISSION_DIR = "submission"
 SUBMISSION_SIZE = 96  # the course challenge feeds 96 x 96 x 3 images
 
 
@@ -213,7 +212,7 @@ def _reuse_export(trained: Any, run_dir: Path, staging: Path, quantize: bool, qu
 
     Saves a second trip through the exporter (seconds to minutes); anything doubtful re-exports.
     """
-    source = run_dir / EXPORT_DIR
+    source = RunFolder(run_dir).export_dir
     try:
         meta = json.loads((source / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

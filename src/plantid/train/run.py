@@ -30,17 +30,13 @@ from plantid.data.split import make_split, read_manifest, write_manifest
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.models import members_of
+from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
 from plantid.train.throughput import EpochThroughput
 
 log = logging.getLogger("plantid")
-
-CONFIG_FILE = "config.yaml"
-MANIFEST_FILE = "split.csv"
-LABELS_FILE = "labels.json"
-SUMMARY_FILE = "train_summary.json"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -79,7 +75,7 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
     Uses `data.manifest` when given; otherwise scans `data.root` and splits it
     deterministically with `data.split_seed`.
     """
-    target = run_dir / MANIFEST_FILE
+    target = RunFolder(run_dir).manifest
     if cfg.data.manifest is not None:
         source = Path(cfg.data.manifest)
         if not source.is_file():
@@ -92,7 +88,7 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
     if cfg.data.root is None:
         raise PlantidError("no data: pass --data PATH (an image folder with one subfolder per class)")
     report = scan_folder(Path(cfg.data.root))
-    write_scan_json(report, run_dir / "scan.json")
+    write_scan_json(report, RunFolder(run_dir).scan)
     for bad in report.bad:
         log.warning("skipping %s: %s", bad.path, bad.reason)
     rows = make_split(report, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
@@ -101,7 +97,7 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def _check_labels(run_dir: Path, classes: list[str]) -> None:
-    labels_path = run_dir / LABELS_FILE
+    labels_path = RunFolder(run_dir).labels
     if labels_path.exists():
         saved = json.loads(labels_path.read_text(encoding="utf-8"))
         if saved != classes:
@@ -213,20 +209,21 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     """
     quiet_lightning()
     run_dir = Path(run_dir)
-    last = run_dir / "last.ckpt"
+    run = RunFolder(run_dir)
+    last = run.last_checkpoint
     if resume:
         if not last.exists():
             raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt); start it with `plantid train --out {run_dir}`")
-        cfg = load_run_config(run_dir / CONFIG_FILE)
-        manifest = run_dir / MANIFEST_FILE
+        cfg = load_run_config(run.config)
+        manifest = run.manifest
     else:
         if cfg is None:
             raise PlantidError("no config given: pass a recipe, or resume=True to continue a run")
-        if last.exists() or (run_dir / "best.ckpt").exists():
+        if run.has_checkpoint():
             raise PlantidError(f"{run_dir} already holds a trained run: pass --resume to continue it, or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest = prepare_manifest(cfg, run_dir)
-        write_text_atomic(run_dir / CONFIG_FILE, dump_config(cfg))
+        write_text_atomic(run.config, dump_config(cfg))
 
     keep_freed_memory()
     if cfg.train.threads:
@@ -247,7 +244,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     )
     data.setup("fit")
     _check_labels(run_dir, data.classes)
-    write_json_atomic(run_dir / LABELS_FILE, data.classes)
+    write_json_atomic(run.labels, data.classes)
 
     module = PlantClassifierModule(cfg.model_dump(mode="json"), data.classes, data.class_counts)
     counts = module.model.parameter_counts()
@@ -263,7 +260,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - started
 
-    checkpoint = _best_checkpoint(trainer, run_dir)
+    checkpoint = run.checkpoint() or last
     test_acc = None
     if data.split_size("test"):
         results = trainer.test(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
@@ -279,7 +276,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     )
     if trainer.is_global_zero:
         previous = _read_summary(run_dir) if resume else {}
-        write_json_atomic(run_dir / SUMMARY_FILE, {
+        write_json_atomic(run.summary, {
             "recipe": cfg.recipe,
             "model": cfg.model.label,
             "members": cfg.model.members,
@@ -305,13 +302,5 @@ def _images_per_second(trainer: L.Trainer) -> float | None:
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / SUMMARY_FILE
+    path = RunFolder(run_dir).summary
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def _best_checkpoint(trainer: L.Trainer, run_dir: Path) -> Path:
-    best = run_dir / "best.ckpt"
-    if best.exists():
-        return best
-    return run_dir / "last.ckpt"
-

@@ -1,0 +1,137 @@
+"""Reading one uploaded photo safely: the multipart body under a byte limit, and the 4xx answers.
+
+Content-Length is checked before reading, and the body is counted while it streams in, so a
+client that lies about its size is cut off at the limit; a decoder's complaint becomes a status
+code and a sentence for the page.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD = 16 * 1024
+ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+# Declared part types we let through to the decoder (it has the last word on what is an image).
+NEUTRAL_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/x-octet-stream"})
+
+
+@dataclass
+class Upload:
+    data: bytes
+    content_type: str
+    filename: str | None
+    fields: dict[str, str]
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
+
+
+def int_or_reject(text: str, status: int, message: str) -> int:
+    """`int(text)`, or an HTTPException(status, message) when `text` is not an integer."""
+    try:
+        return int(text)
+    except ValueError:
+        raise HTTPException(status, message) from None
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"upload too large: the limit is {_mb(limit)} per photo; choose a smaller photo")
+
+
+async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
+    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data":
+        shown = media_type or "no content type"
+        raise HTTPException(
+            415, f"expected multipart/form-data with the photo in a field named 'file', got {shown}"
+        )
+    body_limit = limit + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        declared_size = int_or_reject(declared, 400, f"invalid Content-Length header '{declared}'")
+        if declared_size > body_limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > body_limit:  # a client that lied about (or omitted) its Content-Length
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form_request = Request(request.scope, replay)
+    try:
+        form = await form_request.form(max_files=4, max_fields=16)
+    except HTTPException:
+        raise
+    except StarletteHTTPException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+    except Exception as exc:  # the multipart parser's own errors
+        raise HTTPException(400, f"malformed multipart body: {exc}") from None
+    try:
+        item = form.get("file")
+        if item is None:
+            raise HTTPException(422, "no file: send the photo as multipart/form-data in a field named 'file'")
+        if not isinstance(item, UploadFile):
+            raise HTTPException(422, "the 'file' field must be a file upload, not a text value")
+        part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
+        if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
+            raise HTTPException(415, f"the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
+        data = await item.read()
+        if len(data) > limit:
+            raise _too_large(limit)
+        fields = {}
+        for name in extra_fields:
+            value = form.get(name)
+            if isinstance(value, str) and value.strip():
+                fields[name] = value.strip()
+        return Upload(data=data, content_type=part_type, filename=item.filename, fields=fields)
+    finally:
+        await form.close()
+
+
+def bad_image_error(exc_reason: str) -> HTTPException:
+    """Map a BadImageError reason to a status code and a sentence for the page."""
+    reason = exc_reason.strip()
+    lowered = reason.lower()
+    if lowered.startswith("empty"):
+        return HTTPException(400, f"empty file (0 bytes): choose a {ACCEPTED_FORMATS} photo")
+    if lowered.startswith("not an image"):
+        return HTTPException(415, f"not an image (unrecognised format): choose a {ACCEPTED_FORMATS} photo")
+    if "too large" in lowered:
+        return HTTPException(413, f"image too large to decode safely ({reason})")
+    return HTTPException(400, f"could not read the photo: {reason}")
+
+
+def displayed_size(data: bytes) -> dict[str, int]:
+    """Width and height as displayed (EXIF rotation applied), read from the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # already decoded successfully by the predictor; be defensive anyway
+        return {"width": 0, "height": 0}
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return {"width": int(width), "height": int(height)}
