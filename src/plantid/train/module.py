@@ -20,11 +20,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from plantid.config import RunConfig
 from plantid.errors import PlantidError
 from plantid.models import build_model, members_of
-from plantid.train.augment import build_augment, resize_batch, to_unit_float, train_image_size
+from plantid.data.tensors import to_unit_float
+from plantid.train.augment import build_augment, resize_batch, train_image_size
 from plantid.train.depthwise import use_small_map_depthwise
 from plantid.train.losses import build_loss
 from plantid.train.optim import build_optimizer
-from plantid.train.schedules import build_scheduler, lr_curve
+from plantid.train.schedules import build_scheduler
 
 
 class PlantClassifierModule(L.LightningModule):
@@ -116,5 +117,5 @@ class PlantClassifierModule(L.LightningModule):
         optimizer = build_optimizer(self.model, opt_cfg)
         epochs = self.trainer.max_epochs or self.cfg.train.epochs
         steps_per_epoch = max(1, int(np.ceil(self.trainer.estimated_stepping_batches / max(1, epochs))))
-        scheduler = build_scheduler(optimizer, lr_curve(opt_cfg, epochs, steps_per_epoch))
+        scheduler = build_scheduler(optimizer, opt_cfg, epochs, steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

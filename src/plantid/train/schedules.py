@@ -1,87 +1,74 @@
-"""Learning-rate schedules as pure functions of the optimizer step.
+"""Learning-rate schedules as torch.optim.lr_scheduler objects, stepped once per optimizer step.
 
-`lr_curve` returns lr(step) so the schedule can be tested point by point and plotted; the
-LightningModule wraps it in a LambdaLR stepped every batch. The seed's schedule is a list of
-triangular cyclical phases (Smith's CLR, as the Keras CyclicLR callback the report used).
+- constant and cosine: an optional linear warm-up (LinearLR, from lr/warmup to lr) followed by
+  ConstantLR or CosineAnnealingLR (down to 0 at the last step), joined by SequentialLR;
+- onecycle: torch's OneCycleLR (cosine, 30% warm-up from lr/25, down to lr/25/1e4), without its
+  momentum cycling;
+- cyclic: the seed report's phased cyclical LR (Smith's triangular CLR, as the Keras CyclicLR
+  callback the report used): one CyclicLR per phase, each restarting its own triangle, joined by
+  SequentialLR. Steps past the last phase keep following the last phase.
+
+Every param group's rates are scaled by its `lr_scale` (layer-wise decay, `plantid.train.optim`).
+`lr_curve` replays a schedule on a throwaway parameter, to test it point by point and plot it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from itertools import accumulate
 
 import torch
+from torch.optim.lr_scheduler import (ConstantLR, CosineAnnealingLR, CyclicLR, LinearLR, LRScheduler,
+                                      OneCycleLR, SequentialLR)
 
-from plantid.config import LRPhase, OptimConfig
-
-LRCurve = Callable[[int], float]
-
-
-def triangular_lr(step: int, min_lr: float, max_lr: float, step_size: float) -> float:
-    """Triangular cyclical LR: rises min->max over `step_size` steps, falls back, repeats."""
-    cycle = math.floor(1 + step / (2 * step_size))
-    x = abs(step / step_size - 2 * cycle + 1)
-    return min_lr + (max_lr - min_lr) * max(0.0, 1.0 - x)
+from plantid.config import OptimConfig
 
 
-def phased_cyclic_curve(phases: Sequence[LRPhase], steps_per_epoch: int) -> LRCurve:
-    """The seed's phased cyclical LR: each phase restarts its own triangular cycle.
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
+                    steps_per_epoch: int) -> LRScheduler:
+    """The configured per-step schedule over `epochs` epochs of `steps_per_epoch` optimizer steps.
 
-    Steps past the last phase keep following the last phase.
+    Each param group peaks at optim.lr (cyclic: its phases' rates) times the group's `lr_scale`.
     """
-    if not phases:
-        raise ValueError("a cyclic schedule needs at least one phase")
-    starts = []
-    total = 0
-    for phase in phases:
-        starts.append(total)
-        total += phase.epochs * steps_per_epoch
-
-    def curve(step: int) -> float:
-        index = max(i for i, start in enumerate(starts) if step >= start) if step >= 0 else 0
-        phase = phases[index]
-        return triangular_lr(step - starts[index], phase.min_lr, phase.max_lr, phase.step_epochs * steps_per_epoch)
-
-    return curve
-
-
-def lr_curve(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> LRCurve:
-    """lr(step) for the configured schedule over `epochs` epochs of `steps_per_epoch` steps."""
     steps_per_epoch = max(1, steps_per_epoch)
     total = max(1, epochs * steps_per_epoch)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    base = cfg.lr
+    scales = [float(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
+    for group, scale in zip(optimizer.param_groups, scales):
+        group["lr"] = cfg.lr * scale
+        group.pop("initial_lr", None)  # schedulers take their base rates from a fresh group["lr"]
 
     if cfg.schedule == "cyclic":
-        return phased_cyclic_curve(cfg.phases, steps_per_epoch)
+        if not cfg.phases:
+            raise ValueError("optim.schedule=cyclic needs at least one entry in optim.phases")
+        cycles = [CyclicLR(optimizer, base_lr=[phase.min_lr * s for s in scales],
+                           max_lr=[phase.max_lr * s for s in scales],
+                           step_size_up=phase.step_epochs * steps_per_epoch, mode="triangular",
+                           cycle_momentum=False)
+                  for phase in cfg.phases]
+        starts = list(accumulate(phase.epochs * steps_per_epoch for phase in cfg.phases[:-1]))
+        return SequentialLR(optimizer, cycles, milestones=starts) if starts else cycles[0]
     if cfg.schedule == "onecycle":
-        # torch.optim.lr_scheduler.OneCycleLR's cosine policy: 30% warm-up from lr/25, then down to lr/1e4.
-        peak = max(1, int(0.3 * total))
+        return OneCycleLR(optimizer, max_lr=[cfg.lr * s for s in scales], total_steps=total, pct_start=0.3,
+                          anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4, cycle_momentum=False)
 
-        def onecycle(step: int) -> float:
-            if step < peak:
-                t = step / peak
-                start = base / 25
-                return start + (base - start) * (1 - math.cos(math.pi * t)) / 2
-            t = min(1.0, (step - peak) / max(1, total - peak))
-            end = base / 25 / 1e4
-            return end + (base - end) * (1 + math.cos(math.pi * t)) / 2
-
-        return onecycle
-
-    def warmed(step: int, after: Callable[[int], float]) -> float:
-        if step < warmup:
-            return base * (step + 1) / warmup
-        return after(step - warmup)
-
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "cosine":
-        span = max(1, total - warmup)
-        return lambda step: warmed(step, lambda s: base * 0.5 * (1 + math.cos(math.pi * min(1.0, s / span))))
-    return lambda step: warmed(step, lambda s: base)
+        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=0.0)
+    else:
+        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup <= 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, curve: LRCurve) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR that sets each param group's LR to curve(step) x its `lr_scale` (default 1)."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] = float(group.get("lr_scale", 1.0))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=curve)
+def lr_curve(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate at each of the run's optimizer steps (a group with `lr_scale` 1)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, epochs, steps_per_epoch)
+    values = []
+    for _ in range(max(1, epochs * max(1, steps_per_epoch))):
+        values.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()  # no gradient: moves nothing, but keeps torch's step-order check quiet
+        scheduler.step()
+    return values
