@@ -19,13 +19,54 @@ def _scale_of(optimizer, param):
     return next(g["lr_scale"] for g in optimizer.param_groups if any(p is param for p in g["params"]))
 
 
-def test_without_layer_decay_one_group_holds_every_trainable_parameter():
+def _decay_of(optimizer, param):
+    return next(g["weight_decay"] for g in optimizer.param_groups if any(p is param for p in g["params"]))
+
+
+def test_without_layer_decay_biases_and_norms_are_not_decayed_as_in_timm():
     model = _lite0()
     opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01))
-    assert len(opt.param_groups) == 1
-    params = opt.param_groups[0]["params"]
+    assert isinstance(opt, torch.optim.AdamW)
+    params = [p for g in opt.param_groups for p in g["params"]]
     assert {id(p) for p in params} == {id(p) for p in model.parameters() if p.requires_grad}
-    assert opt.param_groups[0]["weight_decay"] == 0.01
+    assert len(params) == len({id(p) for p in params})  # frozen layers left out, no parameter twice
+    bb = model.backbone
+    assert _decay_of(opt, bb.classifier.weight) == _decay_of(opt, bb.conv_head.weight) == 0.01
+    assert _decay_of(opt, bb.classifier.bias) == _decay_of(opt, bb.bn2.weight) == _decay_of(opt, bb.bn2.bias) == 0.0
+    assert all(g["lr"] == 1e-3 for g in opt.param_groups)
+
+
+def test_one_adamw_step_on_zero_gradients_shrinks_only_the_decayed_weights():
+    model = _lite0()
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=0.1, weight_decay=0.5))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for p in before:
+        model.get_parameter(p).grad = torch.zeros_like(before[p])
+    opt.step()
+    for name, old in before.items():
+        new = model.get_parameter(name).detach()
+        factor = 1.0 if old.ndim <= 1 else 1 - 0.1 * 0.5  # decoupled decay: p -= lr * wd * p
+        torch.testing.assert_close(new, old * factor, msg=name)
+
+
+def test_a_backbones_no_weight_decay_names_are_honoured():
+    model = build_model(ModelConfig(name="test_vit", weights="none", freeze=0), num_classes=3, image_size=32)
+    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05))
+    assert _decay_of(opt, model.backbone.pos_embed) == _decay_of(opt, model.backbone.cls_token) == 0.0
+    assert _decay_of(opt, model.backbone.blocks[0].attn.qkv.weight) == 0.05
+    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05, layer_decay=0.9))
+    assert _decay_of(opt, model.backbone.pos_embed) == 0.0
+    assert _decay_of(opt, model.backbone.blocks[0].attn.qkv.weight) == 0.05
+
+
+@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_optimizers_by_name_keep_their_settings(name, cls):
+    opt = build_optimizer(_lite0(), OptimConfig(name=name, lr=3e-3, weight_decay=1e-4))
+    assert type(opt) is cls
+    assert {g["lr"] for g in opt.param_groups} == {3e-3}
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 1e-4}
+    if name == "sgd":
+        assert all(g["momentum"] == 0.9 and g["nesterov"] for g in opt.param_groups)
 
 
 def test_layer_decay_scales_each_block_below_the_next_and_skips_frozen_layers():
@@ -54,18 +95,20 @@ def test_scheduler_applies_each_groups_scale_to_the_curve():
     cfg = OptimConfig(name="adam", lr=1e-2, schedule="cosine", layer_decay=0.5)
     opt = build_optimizer(model, cfg)
     curve = lr_curve(cfg, epochs=2, steps_per_epoch=3)
-    sched = build_scheduler(opt, curve)
-    for step in range(4):
+    sched = build_scheduler(opt, cfg, epochs=2, steps_per_epoch=3)
+    assert len({g["lr_scale"] for g in opt.param_groups}) > 3
+    for step in range(6):
         for group in opt.param_groups:
-            assert group["lr"] == pytest.approx(curve(step) * group["lr_scale"])
+            assert group["lr"] == pytest.approx(curve[step] * group["lr_scale"])
         opt.step()
         sched.step()
 
 
 def test_the_seed_head_trains_at_the_full_rate():
     model = _lite0(head="seed")
-    opt = build_optimizer(model, OptimConfig(layer_decay=0.7))
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.01, layer_decay=0.7))
     assert all(_scale_of(opt, p) == 1.0 for p in model.head.parameters())
+    assert _decay_of(opt, model.head.fc.weight) == 0.01 and _decay_of(opt, model.head.fc.bias) == 0.0
     assert _scale_of(opt, model.backbone.blocks[5][0].conv_pw.weight) < 1.0
 
 
