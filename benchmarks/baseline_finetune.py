@@ -125,7 +125,8 @@ def main() -> None:
     started = time.perf_counter()
     train_set = Photos(splits["train"], args.size, train_tf)
     loaders = {
-        "train": DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+        "train": DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                            drop_last=len(train_set) > args.batch_size,
                             generator=torch.Generator().manual_seed(args.seed)),
         "val": DataLoader(Photos(splits["val"], args.size, eval_tf), batch_size=128),
         "test": DataLoader(Photos(splits["test"], args.size, eval_tf), batch_size=128),

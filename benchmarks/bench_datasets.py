@@ -1,0 +1,225 @@
+"""plantid's default against a plain fine-tune on every shared data set, over several split seeds.
+
+For each data set in ../shared/datasets/ (relative to the repo root) and each split seed, on the
+same stratified split (`plantid split --seed S`, 15% val, 15% test):
+
+* cpu-default: `plantid train --data split.csv --recipe cpu-default`, then
+  `plantid evaluate RUN --split val --tta default` and `--split test --tta default`: val and test
+  accuracy without and with the run's default views, and the training seconds;
+* baseline: `benchmarks/baseline_finetune.py split.csv` (the same backbone and weights, plain
+  PyTorch + timm): val and test accuracy and the training seconds.
+
+It prints a table (mean and spread over the seeds that ran) and writes
+benchmarks/results/datasets.json atomically after every cell. Runs are resumable: a (data set,
+seed, method) cell already in the JSON is skipped, a training that was interrupted continues from
+its last.ckpt, and run folders live under --work (default runs/bench/<data set>/seed<S>/).
+
+    .venv/bin/python benchmarks/bench_datasets.py                                   # everything
+    .venv/bin/python benchmarks/bench_datasets.py --datasets oxford17-flowers --seeds 0 --only baseline
+    .venv/bin/python benchmarks/bench_datasets.py --table                           # print the JSON's table
+
+Selection hygiene: defaults are chosen on the val columns; the test columns are read to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+RESULTS = REPO / "benchmarks" / "results" / "datasets.json"
+BASELINE = REPO / "benchmarks" / "baseline_finetune.py"
+METHODS = ("cpu-default", "baseline")
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def plantid(*args: str, log: Path) -> None:
+    """Run one `plantid` command with its output appended to `log`; exit with the log's tail on failure."""
+    cmd = [sys.executable, "-m", "plantid.cli", *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("$ plantid " + " ".join(args) + "\n")
+        fh.flush()
+        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
+    if code != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"plantid {' '.join(args)} failed (exit {code}); last lines of {log}:\n{tail}")
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit, so each cell says which code produced it."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return proc.stdout.strip() or None
+
+
+def split_for(data: Path, seed: int, cell_dir: Path) -> Path:
+    """The split.csv of `data` for split seed `seed` (made once with `plantid split`)."""
+    manifest = cell_dir / "split.csv"
+    if not manifest.is_file():
+        plantid("split", str(data), "--out", str(cell_dir), "--seed", str(seed), log=cell_dir / "split.log")
+    return manifest
+
+
+def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str]) -> dict:
+    """Train (or resume, or reuse) cpu-default on `manifest`, evaluate val and test with the default views."""
+    run = cell_dir / "cpu-default"
+    log = cell_dir / "cpu-default.log"
+    if not (run / "train_summary.json").is_file():
+        if (run / "last.ckpt").is_file():
+            plantid("train", "--resume", str(run), log=log)
+        else:
+            plantid("train", "--data", str(manifest), "--recipe", "cpu-default", "--out", str(run),
+                    "train.progress=false", *overrides, log=log)
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    scores = {}
+    for split, name in (("val", "eval_val.json"), ("test", "eval.json")):
+        plantid("evaluate", str(run), "--split", split, "--tta", "default", log=log)
+        result = json.loads((run / name).read_text(encoding="utf-8"))
+        scores[f"{split}_acc"] = result["metrics"]["accuracy"]
+        scores[f"{split}_acc_views"] = result["tta"]["metrics"]["accuracy"] if result["tta"] else None
+    return {
+        **scores,
+        "train_seconds": summary["train_seconds"],
+        "epochs": summary["epochs_run"],
+        "image_size": summary["image_size"],
+        "train_image_sizes": summary.get("train_image_sizes"),
+        "run": str(run),
+        "overrides": overrides,
+    }
+
+
+def run_baseline(manifest: Path, cell_dir: Path, extra: list[str]) -> dict:
+    """Run baseline_finetune.py on `manifest` (or reuse its baseline.json)."""
+    out = cell_dir / "baseline.json"
+    if not out.is_file():
+        log = cell_dir / "baseline.log"
+        with open(log, "a", encoding="utf-8") as fh:
+            code = subprocess.run([sys.executable, str(BASELINE), str(manifest), "--out", str(out), *extra],
+                                  stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
+        if code != 0:
+            raise SystemExit(f"baseline on {manifest} failed (exit {code}); see {log}")
+    result = json.loads(out.read_text(encoding="utf-8"))
+    return {
+        "val_acc": result["val_acc"],
+        "test_acc": result["test_acc"],
+        "val_acc_views": None,
+        "test_acc_views": None,
+        "train_seconds": result["train_seconds"],
+        "epochs": result["epochs"],
+        "image_size": result["image_size"],
+        "run": str(out),
+        "overrides": extra,
+    }
+
+
+def load_results(path: Path) -> dict:
+    """The results JSON so far ({"cells": [...]}), or an empty one."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"cells": []}
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    """Per (data set, method): seeds, and mean / sample std / min / max of every score."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for cell in cells:
+        groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
+    rows = []
+    for (dataset, method), group in sorted(groups.items()):
+        row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
+        for key in ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "train_seconds"):
+            values = [c[key] for c in group if c.get(key) is not None]
+            if values:
+                row[key] = {"mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            "min": min(values), "max": max(values)}
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the summary: mean ± std in percent (seconds for time)."""
+
+    def cell(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+        if not stat:
+            return "-"
+        return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+    lines = ["| data set | method | seeds | val % | val % (views) | test % | test % (views) | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['method']} | {','.join(map(str, r['seeds']))} | {cell(r.get('val_acc'))} | "
+                     f"{cell(r.get('val_acc_views'))} | {cell(r.get('test_acc'))} | {cell(r.get('test_acc_views'))} | "
+                     f"{cell(r.get('train_seconds'), 1.0, 0)} |")
+    return "\n".join(lines)
+
+
+def save(results: dict, path: Path) -> None:
+    """Write the results with their summary, atomically."""
+    from plantid.fileio import write_json_atomic
+
+    results["summary"] = summarize(results["cells"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, results)
+
+
+def main() -> None:
+    """Run the missing cells, one after the other, and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--root", type=Path, default=DATASETS, help="folder of data sets (default ../shared/datasets)")
+    ap.add_argument("--datasets", nargs="+", help="folder names under --root (default: all)")
+    ap.add_argument("--only", choices=METHODS, help="run one method only")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="cpu-default overrides (key=value)")
+    ap.add_argument("--baseline-args", default="", help="extra baseline_finetune.py arguments, e.g. '--epochs 8'")
+    ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
+    args = ap.parse_args()
+
+    results = load_results(args.out)
+    if args.table:
+        print(table(summarize(results["cells"])))
+        return
+    names = args.datasets or sorted(p.name for p in args.root.iterdir() if p.is_dir())
+    methods = [args.only] if args.only else list(METHODS)
+    done = {(c["dataset"], c["seed"], c["method"]) for c in results["cells"]}
+    for name in names:
+        data = args.root / name
+        if not data.is_dir():
+            raise SystemExit(f"no data set {data}")
+        for seed in args.seeds:
+            for method in methods:
+                if (name, seed, method) in done:
+                    print(f"skip {name} seed {seed} {method}: already in {args.out}")
+                    continue
+                cell_dir = args.work / name / f"seed{seed}"
+                manifest = split_for(data, seed, cell_dir)
+                print(f"run {name} seed {seed} {method} ...", flush=True)
+                started = time.perf_counter()
+                if method == "cpu-default":
+                    scores = run_cpu_default(manifest, cell_dir, args.overrides)
+                else:
+                    scores = run_baseline(manifest, cell_dir, args.baseline_args.split())
+                cell = {"dataset": name, "seed": seed, "method": method, **scores,
+                        "commit": git_commit(), "wall_seconds": round(time.perf_counter() - started, 1),
+                        "cpu_count": os.cpu_count()}
+                results["cells"].append(cell)
+                save(results, args.out)
+                print(f"  val {cell['val_acc']:.4f}  test {cell['test_acc']:.4f}  "
+                      f"train {cell['train_seconds']:.0f} s", flush=True)
+    command = "python benchmarks/bench_datasets.py " + " ".join(sys.argv[1:])
+    results.setdefault("commands", []).append(command)
+    save(results, args.out)
+    print(table(summarize(results["cells"])))
+
+
+if __name__ == "__main__":
+    main()
