@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from plantid.config import load_config  # noqa: E402
-from plantid.train.augment import to_unit_float  # noqa: E402
+from plantid.data.tensors import to_unit_float  # noqa: E402
 from plantid.train.module import PlantClassifierModule  # noqa: E402
 from plantid.train.optim import build_optimizer  # noqa: E402
 

@@ -145,22 +145,50 @@ class TrainConfig(_Section):
     progress: bool = True
 
 
+# The vocabulary of test-time views (data only: plantid.infer.tta maps each name to the tensor
+# operation that makes the view, plantid.infer.view_names parses `--tta` text into names).
+VIEW_NAMES: tuple[str, ...] = (
+    "identity", "hflip", "vflip", "rot180",  # exact: no pixel is resampled
+    "transpose", "rot90", "rot270", "antitranspose",  # exact quarter turns and diagonal mirrors
+    "rot+10", "rot-10", "shift", "shift-",  # resampled bilinearly
+)
+VIEW_SETS: dict[str, tuple[str, ...]] = {
+    "flips": ("identity", "hflip", "vflip", "rot180"),
+    "report": ("identity", "hflip", "vflip", "rot+10", "rot-10", "shift"),
+    "dihedral": ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"),
+}
+DEFAULT_VIEW_SET = "flips"
+
+
 class EvalConfig(_Section):
     """What `--tta default` means for this run (`plantid evaluate`, `plantid predict`): a set's
-    name (flips, report, dihedral) or a list of views (plantid.infer.view_names)."""
+    name (flips, report, dihedral), 'none', or a list of views (VIEW_NAMES)."""
 
-    tta: str | list[str] = "flips"
+    tta: str | list[str] = DEFAULT_VIEW_SET
 
     @field_validator("tta")
     @classmethod
     def _known_views(cls, v: str | list[str]) -> str | list[str]:
-        from plantid.infer.view_names import parse_tta  # torch-free: names only
-
-        try:
-            parse_tta("default", default=v)  # what `--tta default` will do with it
-        except PlantidError as exc:
-            raise ValueError(str(exc)) from None
+        if isinstance(v, str) and v.strip().lower() in ("", "none", "off", *VIEW_SETS):
+            return v
+        names = [n.strip() for n in (v.split(",") if isinstance(v, str) else v) if n.strip()]
+        unknown = [n for n in names if n not in VIEW_NAMES]
+        if unknown:
+            raise ValueError(f"unknown TTA view {unknown[0]!r}: use one of the sets {', '.join(VIEW_SETS)} "
+                             f"or a list of {', '.join(VIEW_NAMES)}")
         return v
+
+
+class TrustConfig(_Section):
+    """What `plantid train` (and `plantid trust RUN`) fit after training to judge predictions
+    (plantid.trust): the out-of-distribution detector and the share of known photos it keeps."""
+
+    detector: Literal["knn", "mahalanobis", "energy", "maxlogit", "msp"] = "knn"
+    k: int = Field(1, ge=1)  # the k-th nearest training photo (knn)
+    # Share of the validation photos the threshold keeps as known; the rest of the world above it
+    # is answered "unknown".
+    keep: float = Field(0.95, gt=0.0, lt=1.0)
+    enabled: bool = True  # fit at the end of `plantid train`
 
 
 class RunConfig(_Section):
@@ -174,6 +202,7 @@ class RunConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
 
     @field_validator("recipe")
     @classmethod

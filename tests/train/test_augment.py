@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from plantid.config import AugmentConfig
-from plantid.train.augment import PRESETS, AugmentSpec, BatchAugment, build_augment, to_unit_float
+from plantid.data.tensors import to_unit_float
+from plantid.train.augment import PRESETS, AugmentSpec, BatchAugment, build_augment
 
 
 def _batch(n=8, size=32, seed=0):

@@ -5,6 +5,11 @@ The graph takes what `plantid.data.images.load_image` returns, stacked: uint8 N 
 uint8 -> [0, 1] conversion (`to_unit_float`), the mean/std normalization (buffers of the
 Classifier) and the softmax all live in the graph, so a consumer only decodes and resizes.
 
+When the run has trust files (plantid.trust), the graph also carries them: "probabilities" are
+then the temperature-calibrated ones and a second output, "ood_score" (N), is the run's
+out-of-distribution score; preprocessing.json's "trust" holds the threshold above which a photo
+is unknown, so onnxruntime answers exactly as the PyTorch Predictor does.
+
 Every export is checked before it is declared done: `onnx.checker`, then onnxruntime against
 PyTorch on a random batch and on real photos of the run (max probability difference 1e-4).
 Optionally an int8 model is written beside it (`plantid.infer.quantize`).
@@ -26,6 +31,7 @@ from plantid.infer.onnx_backend import (
     INPUT_NAME,
     INT8_MAX_DROP_POINTS,
     OUTPUT_NAME,
+    SCORE_NAME,
     make_session,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES, accuracy_on, quantize_onnx
@@ -42,9 +48,10 @@ VAL_CHECK_IMAGES = 1000  # val photos on which the int8 model's accuracy is comp
 _WRAPPER_CLASS: Any = None
 
 
-def probability_model(classifier: Any) -> Any:
+def probability_model(classifier: Any, trust_head: Any = None) -> Any:
     """Wrap a Classifier: uint8 N x S x S x 3 -> softmax probabilities, the exact training input path.
 
+    With `trust_head` (plantid.trust.ood.TrustHead) it returns (calibrated probabilities, OOD score).
     (A factory rather than a module-level class so that importing this module, and failing
     early on a bad run folder, does not import PyTorch.)
     """
@@ -53,18 +60,23 @@ def probability_model(classifier: Any) -> Any:
         import torch
         from torch import nn
 
-        from plantid.train.augment import to_unit_float
+        from plantid.data.tensors import to_unit_float
 
         class ProbabilityModel(nn.Module):
-            def __init__(self, classifier: nn.Module):
+            def __init__(self, classifier: nn.Module, trust_head: nn.Module | None = None):
                 super().__init__()
                 self.classifier = classifier
+                self.trust_head = trust_head
 
-            def forward(self, images: torch.Tensor) -> torch.Tensor:
-                return torch.softmax(self.classifier(to_unit_float(images)).float(), dim=1)
+            def forward(self, images: torch.Tensor) -> Any:
+                x = to_unit_float(images)
+                if self.trust_head is None:
+                    return torch.softmax(self.classifier(x).float(), dim=1)
+                features, logits = self.classifier.features_and_logits(x)
+                return self.trust_head(features, logits)
 
         _WRAPPER_CLASS = ProbabilityModel
-    return _WRAPPER_CLASS(classifier).eval()
+    return _WRAPPER_CLASS(classifier, trust_head).eval()
 
 
 def sha256_file(path: Path) -> str:
@@ -78,13 +90,23 @@ def sha256_file(path: Path) -> str:
 
 def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = False, quantization: str = "static",
                 calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
-    """Write target (model.onnx), optionally model.int8.onnx, and preprocessing.json beside it."""
+    """Write target (model.onnx), optionally model.int8.onnx, and preprocessing.json beside it.
+
+    The run's trust files, when it has them, go into the graph (calibrated probabilities and an
+    "ood_score" output) and their threshold into preprocessing.json.
+    """
     import onnx
+
+    from plantid.trust.store import load_trust
 
     target = Path(target)
     folder = target.parent
     size = trained.image_size
-    wrapper = probability_model(trained.model)
+    trust = load_trust(trained.checkpoint.parent, trained.checkpoint, trained.classes)
+    if trust is None:
+        log.warning("%s has no trust files: the export will not flag photos of other things as unknown "
+                    "(run `plantid trust %s` first)", trained.checkpoint.parent, trained.checkpoint.parent)
+    wrapper = probability_model(trained.model, trust.head() if trust is not None else None)
     real = run_photos(run_dir, size, limit=16, split_order=("test", "val", "train"))
     t0 = time.perf_counter()
     int8_info: dict[str, Any] | None = None
@@ -111,6 +133,12 @@ def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = Fals
             int8_info["sha256"] = sha256_file(int8_path)
             int8_info["size_bytes"] = int8_path.stat().st_size
         meta = preprocessing_metadata(trained, tmp, exporter, max_diff, int8_info, model_file=target.name)
+        meta["trust"] = trust.summary() if trust is not None else None
+        if trust is not None:
+            meta["outputs"] = [OUTPUT_NAME, SCORE_NAME]
+            meta["output"]["meaning"] = "softmax(logits / trust.temperature): calibrated probabilities, columns in the order of labels"
+            meta["ood_score"] = {"name": SCORE_NAME, "dtype": "float32", "shape": ["batch"],
+                                 "meaning": "higher = less like the training photos; unknown when above trust.threshold"}
     written = [target]
     if quantize:
         written.append(int8_path)
@@ -128,12 +156,15 @@ def _torch_to_onnx(wrapper: Any, size: int, path: Path) -> str:
     import torch
 
     dummy = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    scored = getattr(wrapper, "trust_head", None) is not None
+    output_names = [OUTPUT_NAME, SCORE_NAME] if scored else [OUTPUT_NAME]
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
                 wrapper, (dummy,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+                output_names=output_names, dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
                 external_data=False, optimize=True, verbose=False,
             )
             program.save(str(path), external_data=False)
@@ -143,14 +174,18 @@ def _torch_to_onnx(wrapper: Any, size: int, path: Path) -> str:
                         first_line(exc)[:200])
             torch.onnx.export(
                 wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=output_names, dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
             return f"torchscript (torch {torch.__version__})"
 
 
 def compare_with_torch(wrapper: Any, path: Path, size: int, real: np.ndarray) -> float:
-    """Max |p_onnx - p_torch| over a random batch (batch 3, not the export's 2) and real photos."""
+    """Max |p_onnx - p_torch| over a random batch (batch 3, not the export's 2) and real photos.
+
+    A wrapper with a trust head also has its OOD scores compared, relative to their size
+    (|s_onnx - s_torch| / max(1, |s_torch|)), with the same tolerance.
+    """
     import torch
 
     rng = np.random.default_rng(1)
@@ -159,13 +194,23 @@ def compare_with_torch(wrapper: Any, path: Path, size: int, real: np.ndarray) ->
         batches.append(real)
     session = make_session(path)
     worst = 0.0
+    names = [o.name for o in session.get_outputs()]
     for batch in batches:
         with torch.no_grad():
-            expected = wrapper(torch.from_numpy(batch)).numpy()
+            out = wrapper(torch.from_numpy(batch))
+        expected, expected_score = (out[0].numpy(), out[1].numpy()) if isinstance(out, tuple) else (out.numpy(), None)
+        if (expected_score is not None) != (SCORE_NAME in names):
+            raise PlantidError(f"{path}: {'lacks' if expected_score is not None else 'has'} the {SCORE_NAME} output "
+                               "the run's trust files call for; export it again")
         got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         if got.shape != expected.shape:
             raise PlantidError(f"exported ONNX model returns shape {got.shape}, PyTorch {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
+        if expected_score is not None:
+            score = session.run([SCORE_NAME], {INPUT_NAME: batch})[0]
+            if score.shape != expected_score.shape:
+                raise PlantidError(f"exported ONNX model returns scores of shape {score.shape}, PyTorch {expected_score.shape}")
+            worst = max(worst, float((np.abs(score - expected_score) / np.maximum(1.0, np.abs(expected_score))).max()))
     if not np.isfinite(worst) or worst > TOLERANCE:
         raise PlantidError(
             f"exported ONNX model disagrees with PyTorch (max probability difference {worst:.2e} > {TOLERANCE:g}); "

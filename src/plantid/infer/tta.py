@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-View = Callable[[torch.Tensor], torch.Tensor]  # one per name in plantid.infer.view_names.VIEW_NAMES
+View = Callable[[torch.Tensor], torch.Tensor]  # one per name in plantid.config.VIEW_NAMES
 
 
 def _affine(x: torch.Tensor, angle_deg: float = 0.0, tx: float = 0.0, ty: float = 0.0) -> torch.Tensor:

@@ -1,23 +1,14 @@
-"""Test-time view names and named sets, without torch: the config validates `eval.tta` with these
-when it loads, and `plantid.infer.tta` maps each name to the tensor operation that makes the view."""
+"""`--tta` text -> test-time view names, without torch. The names and named sets are the settings'
+vocabulary (plantid.config); `plantid.infer.tta` maps each name to the tensor operation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from plantid.config import DEFAULT_VIEW_SET, VIEW_NAMES, VIEW_SETS
 from plantid.errors import PlantidError
 
-VIEW_NAMES: tuple[str, ...] = (
-    "identity", "hflip", "vflip", "rot180",  # exact: no pixel is resampled
-    "transpose", "rot90", "rot270", "antitranspose",  # exact quarter turns and diagonal mirrors
-    "rot+10", "rot-10", "shift", "shift-",  # resampled bilinearly
-)
-VIEW_SETS: dict[str, tuple[str, ...]] = {
-    "flips": ("identity", "hflip", "vflip", "rot180"),
-    "report": ("identity", "hflip", "vflip", "rot+10", "rot-10", "shift"),
-    "dihedral": ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose"),
-}
-DEFAULT_SET = "flips"
+DEFAULT_SET = DEFAULT_VIEW_SET
 
 
 def parse_tta(spec: str | None, default: Sequence[str] | str = DEFAULT_SET) -> tuple[str, ...]:

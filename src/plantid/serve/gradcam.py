@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from plantid.errors import PlantidError
-from plantid.train.augment import to_unit_float
+from plantid.data.tensors import to_unit_float
 
 __all__ = ["GradCam", "GradCamResult", "overlay_heatmap", "colorize", "encode_png"]
 

@@ -178,9 +178,3 @@ def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     shrink = size < min(x.shape[-2:])
     # interpolate keeps a channels_last batch channels_last
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=shrink, align_corners=False).clamp_(0.0, 1.0)
-
-
-def to_unit_float(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 N x H x W x 3 batch -> float N x 3 x H x W in [0, 1] (the model's input)."""
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
