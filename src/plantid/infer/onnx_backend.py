@@ -22,9 +22,11 @@ from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FI
 
 log = logging.getLogger("plantid")
 
-# The exported graph's interface: uint8 photos in, softmax probabilities out.
+# The exported graph's interface: uint8 photos in, softmax probabilities out (and, for a run with
+# trust files, the out-of-distribution score of each photo).
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+SCORE_NAME = "ood_score"
 THREADS_ENV = "PLANTID_ORT_THREADS"
 # An int8 model scoring more than this many points below fp32 on the run's val photos (measured
 # at export, preprocessing.json "int8.accuracy") is flagged at export and whenever it is loaded.
@@ -104,7 +106,12 @@ class OnnxBackend:
         self.session = make_session(self.model_path, self.threads, spinning=spinning)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
+        names = [o.name for o in outputs]
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in names else outputs[0].name
+        outputs = [o for o in outputs if o.name == self.output_name]
+        trust = preprocessing.get("trust")
+        # the threshold is only meaningful with the scores of the graph it was exported with
+        self.trust: dict[str, Any] | None = trust if isinstance(trust, dict) and SCORE_NAME in names else None
         shape = list(inputs[0].shape)
         if len(shape) != 4 or shape[1:] != [self.image_size, self.image_size, 3] or inputs[0].type != "tensor(uint8)":
             raise PlantidError(
@@ -165,6 +172,18 @@ class OnnxBackend:
             return np.zeros((0, len(self.classes)), np.float32)
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
         return np.asarray(out, dtype=np.float32)
+
+    def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities N x K, OOD scores N or None when exported without trust) in one run."""
+        if self.trust is None or len(images) == 0:
+            return self(images), (None if self.trust is None else np.zeros(0, np.float32))
+        self(images[:0])  # shape and dtype check
+        probs, scores = self.session.run([self.output_name, SCORE_NAME], {self.input_name: np.ascontiguousarray(images)})
+        return np.asarray(probs, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+
+    def trust_summary(self) -> dict[str, Any] | None:
+        """The trust settings exported with the model (detector, temperature, threshold, keep), or None."""
+        return self.trust
 
 
 def _warn_if_stale(run_dir: Path, meta: dict[str, Any]) -> None:

@@ -186,6 +186,26 @@ class Classifier(nn.Module):
         """Float NCHW images in [0, 1] (not normalized) -> logits (N, num_classes)."""
         return self.head(self.backbone(self.normalize(x)))
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float NCHW images in [0, 1] -> (penultimate features N x D, logits N x K) in one pass.
+
+        The features are what the last dense layer reads: the backbone's pooled features for the
+        linear head (timm's `forward_head(pre_logits=True)`), the hidden ReLU layer for the seed
+        head. Out-of-distribution scores are computed from them (plantid.trust); the logits equal
+        `forward(x)`.
+        """
+        z = self.normalize(x)
+        if isinstance(self.head, SeedHead):
+            pooled = self.backbone(z)
+            hidden = self.head.act(self.head.fc1(self.head.drop(pooled)))
+            return hidden, self.head.fc(hidden)
+        bb = self.backbone
+        if not (callable(getattr(bb, "forward_head", None)) and callable(getattr(bb, "forward_features", None))):
+            raise PlantidError(f"{self.name} has no forward_features/forward_head: its features cannot be read")
+        features = bb.forward_head(bb.forward_features(z), pre_logits=True)
+        classifier = bb.get_classifier()
+        return features, self.head(classifier(features))
+
     def regularization(self) -> torch.Tensor:
         """The head's weight penalty (seed head L1L2), a zero tensor when there is none."""
         fn = getattr(self.head, "regularization", None)
@@ -256,6 +276,13 @@ class Ensemble(nn.Module):
         """Float NCHW images in [0, 1] -> log of the members' mean softmax probability."""
         log_probs = torch.stack([torch.log_softmax(m(x).float(), dim=1) for m in self.members])
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the members' penultimate features side by side, the ensemble's logits = `forward(x)`)."""
+        pairs = [m.features_and_logits(x) for m in self.members]
+        log_probs = torch.stack([torch.log_softmax(logits.float(), dim=1) for _, logits in pairs])
+        logits = torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+        return torch.cat([f for f, _ in pairs], dim=1), logits
 
     def parameter_counts(self) -> dict[str, int]:
         counts = [m.parameter_counts() for m in self.members]

@@ -1,0 +1,64 @@
+"""Numbers that say how far a run's trust can be trusted: AUROC of the OOD score, shares kept and
+rejected at the run's threshold, calibration error and the reliability diagram's bins.
+
+Pure functions on arrays, JSON-ready results (floats rounded to 6 decimals).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+DECIMALS = 6
+BINS = 15
+
+
+def _r(x: float) -> float:
+    return round(float(x), DECIMALS)
+
+
+def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
+    """Probability that a foreign photo scores higher than a known one (ties count half): AUROC.
+
+    Computed by torchmetrics on the scores' ranks scaled to [0, 1] (it would squash raw scores
+    outside [0, 1] through a sigmoid, tying all large ones). None when either side is empty.
+    """
+    from scipy.stats import rankdata
+    from torchmetrics.functional.classification import binary_auroc
+
+    if len(in_scores) == 0 or len(out_scores) == 0:
+        return None
+    scores = np.concatenate([np.asarray(in_scores, np.float64), np.asarray(out_scores, np.float64)])
+    ranks = torch.from_numpy(rankdata(scores) / len(scores))
+    target = torch.cat([torch.zeros(len(in_scores)), torch.ones(len(out_scores))]).long()
+    return _r(binary_auroc(ranks, target))
+
+
+def share_above(scores: np.ndarray, threshold: float) -> float | None:
+    """Share of scores above the threshold (answered unknown); None for no scores."""
+    scores = np.asarray(scores)
+    return None if len(scores) == 0 else _r(np.mean(scores > threshold))
+
+
+def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict[str, Any]:
+    """Expected calibration error (torchmetrics, L1, equal-width bins) and the reliability diagram's bins:
+    per bin its mean confidence, accuracy and photo count."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probs = torch.from_numpy(np.asarray(probabilities, np.float32))
+    target = torch.from_numpy(np.asarray(labels, np.int64))
+    ece = multiclass_calibration_error(probs, target, num_classes=probs.shape[1], n_bins=bins, norm="l1")
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == target).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    index = torch.bucketize(confidence.double(), edges[1:-1], right=True)  # torchmetrics' right-closed bins
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        n = int(mask.sum())
+        rows.append({"low": _r(edges[b]), "high": _r(edges[b + 1]), "count": n,
+                     "confidence": _r(confidence[mask].double().mean()) if n else None,
+                     "accuracy": _r(correct[mask].mean()) if n else None})
+    return {"ece": _r(ece), "bins": rows}

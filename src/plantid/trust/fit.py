@@ -1,0 +1,109 @@
+"""Fit a run's trust after training, on its TRAIN and VAL photos only (the test split stays unseen):
+
+1. penultimate features and logits of the train and val photos (one pass each, no TTA);
+2. the OOD detector on the training features (`trust.detector`, plantid.trust.ood);
+3. the temperature on the validation logits (plantid.trust.calibration);
+4. the threshold: the smallest score that keeps `trust.keep` (default 95%) of the val photos;
+5. RUN/trust.json + RUN/trust.safetensors, written atomically (plantid.trust.store).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plantid.config import TrustConfig
+from plantid.errors import PlantidError
+from plantid.trust.calibration import expected_calibration_error, fit_temperature, nll
+from plantid.trust.features import features_and_logits, manifest_pixels
+from plantid.trust.ood import fit_detector
+from plantid.trust.store import FittedTrust, save_trust
+
+log = logging.getLogger("plantid")
+
+
+def detector_settings(cfg: TrustConfig) -> dict[str, Any]:
+    """The settings a detector is built with (saved beside its tensors)."""
+    return {"k": cfg.k} if cfg.detector == "knn" else {}
+
+
+def choose_threshold(scores: np.ndarray, keep: float) -> float:
+    """The smallest score t with at least `keep` of `scores` at or below it (those photos are kept)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if len(s) == 0:
+        raise PlantidError("no validation photos to choose the unknown-photo threshold on; split with val > 0")
+    return float(s[min(len(s) - 1, max(0, math.ceil(keep * len(s)) - 1))])
+
+
+def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.ndarray, train_labels: np.ndarray,
+                      val_features: np.ndarray, val_logits: np.ndarray, val_labels: np.ndarray) -> FittedTrust:
+    """Detector on train features, temperature and threshold on val: a FittedTrust (nothing written)."""
+    if len(train_features) == 0:
+        raise PlantidError("the run has no training photos to fit the OOD detector on")
+    settings = detector_settings(cfg)
+    detector = fit_detector(cfg.detector, torch.from_numpy(train_features), torch.from_numpy(train_labels), **settings)
+    vf, vz, vy = torch.from_numpy(val_features), torch.from_numpy(val_logits), torch.from_numpy(val_labels)
+    temperature = fit_temperature(vz, vy)
+    with torch.no_grad():
+        scores = detector(vf, vz).double().numpy()
+    threshold = choose_threshold(scores, cfg.keep)
+    measured = {
+        "train_photos": int(len(train_features)),
+        "val_photos": int(len(val_features)),
+        "val_kept": round(float(np.mean(scores <= threshold)), 6),
+        "val_nll": [round(nll(vz, vy), 6), round(nll(vz, vy, temperature), 6)],
+        "val_ece": [round(expected_calibration_error(torch.softmax(vz, 1), vy), 6),
+                    round(expected_calibration_error(torch.softmax(vz / temperature, 1), vy), 6)],
+    }
+    return FittedTrust(detector=cfg.detector, settings=settings, tensors=detector.state(), temperature=temperature,
+                       threshold=threshold, keep=cfg.keep, classes=list(classes), measured=measured)
+
+
+def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str = "cpu") -> tuple[FittedTrust, list[Path]]:
+    """Fit and write a run's trust files (RUN/trust.json, RUN/trust.safetensors); return them and their paths.
+
+    `cfg` defaults to the run's own `trust` settings (config.yaml).
+    """
+    from plantid.infer.checkpoint import load_trained
+    from plantid.infer.predictor import TorchBackend
+
+    trained = load_trained(Path(run_dir))
+    folder = trained.checkpoint.parent
+    cfg = cfg or trained.config.trust
+    pixels, rows, labels = manifest_pixels(folder, trained)
+    if len(rows["val"]) == 0:
+        raise PlantidError(f"{folder}: the val split is empty; trust is fitted on validation photos (split with val > 0)")
+    backend = TorchBackend(trained, (), device)
+    batch = trained.config.data.eval_batch_size
+    train_f, _ = features_and_logits(backend, pixels, rows["train"], batch)
+    val_f, val_z = features_and_logits(backend, pixels, rows["val"], batch)
+    trust = fit_from_features(cfg, trained.classes, train_f, labels["train"], val_f, val_z, labels["val"])
+    written = save_trust(folder, trust, trained.checkpoint)
+    m = trust.measured
+    log.info("trust: %s detector, threshold %.4g keeps %.1f%% of %d val photos; temperature %.3f "
+             "(val ECE %.2f%% -> %.2f%%)", trust.detector, trust.threshold, 100 * m["val_kept"], m["val_photos"],
+             trust.temperature, 100 * m["val_ece"][0], 100 * m["val_ece"][1])
+    return trust, written
+
+
+def fit_after_training(run_dir: str | Path, device: str = "cpu") -> FittedTrust | None:
+    """`plantid train`'s last step: fit the run's trust unless its config says `trust.enabled: false`.
+
+    A failure here (say, an empty val split) is logged as one line and leaves the trained run usable.
+    """
+    from plantid.config import load_run_config
+
+    config_path = Path(run_dir) / "config.yaml"
+    if config_path.is_file() and not load_run_config(config_path).trust.enabled:
+        return None
+    try:
+        return fit_trust(run_dir, device=device)[0]
+    except PlantidError as exc:
+        log.warning("trust not fitted: %s (the run predicts without the unknown check; fix and run "
+                    "`plantid trust %s`)", exc, run_dir)
+        return None

@@ -1,0 +1,176 @@
+"""Out-of-distribution scores: how unlike the training photos a photo's features and logits are.
+
+Each detector is a small `nn.Module` whose state is plain tensors (buffers), so it is saved as
+safetensors, runs beside the classifier in PyTorch and is exported inside the ONNX graph. All of
+them map (features N x D, logits N x K) to a score N where HIGHER means LESS like the training
+photos; a photo is "unknown" when its score is above the run's threshold.
+
+* ``knn``: distance of the L2-normalised penultimate features to their k-th nearest training
+  photo (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors").
+* ``mahalanobis``: smallest Mahalanobis distance of the features to a class mean, with one
+  covariance shared by the classes (Lee et al. 2018), shrunk towards a scaled identity.
+* ``energy``: -logsumexp(logits) (Liu et al. 2020); ``maxlogit``: -max logit; ``msp``: -max
+  softmax probability. They need no fitting.
+
+`DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
+benchmarks/bench_ood.py measures them against each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from plantid.errors import PlantidError
+
+__all__ = ["DETECTORS", "Energy", "KNNDistance", "Mahalanobis", "MaxLogit", "MaxSoftmax", "TrustHead",
+           "build_detector", "fit_detector"]
+
+
+class KNNDistance(nn.Module):
+    """Euclidean distance of the unit-length features to the k-th nearest unit-length training feature."""
+
+    def __init__(self, bank: torch.Tensor, k: int = 1):
+        super().__init__()
+        if bank.ndim != 2 or len(bank) == 0:
+            raise PlantidError("the k-NN detector needs a non-empty N x D bank of training features")
+        self.k = int(max(1, min(k, len(bank))))
+        self.register_buffer("bank", bank.float())
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, k: int = 1) -> KNNDistance:
+        """Keep the L2-normalised training features as the bank."""
+        return cls(nn.functional.normalize(features.float(), dim=1), k=k)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(features.float(), dim=1)
+        similarity = z @ self.bank.T
+        kth = torch.topk(similarity, self.k, dim=1).values[:, -1]
+        return torch.sqrt(torch.clamp(2.0 - 2.0 * kth, min=0.0))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank}
+
+
+class Mahalanobis(nn.Module):
+    """min over classes of (f - mu_c)^T P (f - mu_c), P the inverse of the shared, shrunk covariance.
+
+    Stored whitened: `whiten` W with W^T W = P and the whitened class means W mu_c, so the
+    distance is a plain squared Euclidean one, ||W f - W mu_c||^2, computed as a difference (no
+    |a|^2 - 2ab + |b|^2 expansion, which loses float32 precision).
+    """
+
+    def __init__(self, means: torch.Tensor, whiten: torch.Tensor):
+        super().__init__()
+        self.register_buffer("whiten", whiten.float())  # D' x D
+        self.register_buffer("means", means.float())  # K x D', whitened class means
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 0.1) -> Mahalanobis:
+        """Class means and the pooled within-class covariance, (1 - s) C + s tr(C)/D I, whitened."""
+        f = features.double()
+        classes = torch.unique(labels)
+        means = torch.stack([f[labels == c].mean(dim=0) for c in classes])
+        full = torch.zeros(int(labels.max()) + 1, f.shape[1], dtype=torch.float64)
+        full[classes] = means
+        centred = f - full[labels]
+        cov = centred.T @ centred / max(1, len(f) - len(classes))
+        d = cov.shape[0]
+        cov = (1.0 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
+        eigenvalues, vectors = torch.linalg.eigh(cov)
+        whiten = (vectors / eigenvalues.clamp(min=1e-12).sqrt()).T  # W = L^-1/2 V^T: W^T W = C^-1
+        whitened = full @ whiten.T
+        # classes without training photos get an unreachable mean
+        missing = torch.ones(len(full), dtype=torch.bool)
+        missing[classes] = False
+        whitened[missing] = 1e6
+        return cls(whitened, whiten)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        g = features.float() @ self.whiten.T
+        return (g.unsqueeze(1) - self.means.unsqueeze(0)).square().sum(dim=2).min(dim=1).values
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"means": self.means, "whiten": self.whiten}
+
+
+class Energy(nn.Module):
+    """-logsumexp of the logits: low energy (high score) means no class claims the photo strongly."""
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return -torch.logsumexp(logits.float(), dim=1)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class MaxLogit(nn.Module):
+    """-max logit (Hendrycks et al. 2022)."""
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return -logits.float().max(dim=1).values
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class MaxSoftmax(nn.Module):
+    """-max softmax probability (the baseline the issue showed failing: noise at 78.9%)."""
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return -torch.softmax(logits.float(), dim=1).max(dim=1).values
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def _fit_plain(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    return lambda features, labels, **_: cls()
+
+
+# name -> (fit(features, labels, **settings), load(state tensors, **settings))
+DETECTORS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
+    "knn": (lambda f, y, k=1, **_: KNNDistance.fit(f, y, k=k), lambda s, k=1, **_: KNNDistance(s["bank"], k=k)),
+    "mahalanobis": (lambda f, y, shrinkage=0.1, **_: Mahalanobis.fit(f, y, shrinkage=shrinkage),
+                    lambda s, **_: Mahalanobis(s["means"], s["whiten"])),
+    "energy": (_fit_plain(Energy), lambda s, **_: Energy()),
+    "maxlogit": (_fit_plain(MaxLogit), lambda s, **_: MaxLogit()),
+    "msp": (_fit_plain(MaxSoftmax), lambda s, **_: MaxSoftmax()),
+}
+
+
+def _known(name: str) -> str:
+    if name not in DETECTORS:
+        raise PlantidError(f"unknown OOD detector '{name}': use one of {', '.join(DETECTORS)}")
+    return name
+
+
+def fit_detector(name: str, features: torch.Tensor, labels: torch.Tensor, **settings) -> nn.Module:
+    """Fit detector `name` on training features (N x D) and labels (N); settings such as k=..."""
+    return DETECTORS[_known(name)][0](features, labels, **settings)
+
+
+def build_detector(name: str, state: dict[str, torch.Tensor], **settings) -> nn.Module:
+    """Rebuild a fitted detector from its saved tensors (see each detector's `state()`)."""
+    try:
+        return DETECTORS[_known(name)][1](state, **settings)
+    except KeyError as exc:
+        raise PlantidError(f"the saved '{name}' detector lacks its tensor {exc}; refit with `plantid trust RUN`") from None
+
+
+class TrustHead(nn.Module):
+    """(features, logits) -> (calibrated probabilities softmax(logits / T), OOD score).
+
+    Runs after `Classifier.features_and_logits` in PyTorch and inside the exported ONNX graph.
+    """
+
+    def __init__(self, detector: nn.Module, temperature: float = 1.0):
+        super().__init__()
+        self.detector = detector
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=1)
+        return probabilities, self.detector(features, logits)

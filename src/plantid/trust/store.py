@@ -1,0 +1,133 @@
+"""A run's trust files: trust.json (settings, threshold, temperature, measurements) and
+trust.safetensors (the detector's tensors). No pickles; both written atomically.
+
+The JSON records the checkpoint the trust was fitted for (name, size, SHA-256) and the SHA-256 of
+the tensors file, so a retrained or resumed run, or a half-copied folder, is never judged with a
+detector fitted for other weights: `load_trust` then returns None with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plantid.errors import PlantidError
+from plantid.fileio import atomic_path, write_json_atomic
+
+log = logging.getLogger("plantid")
+
+TRUST_JSON = "trust.json"
+TRUST_TENSORS = "trust.safetensors"
+FORMAT = "plantid-trust/1"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FittedTrust:
+    """Everything fitted after training: detector name, settings and tensors, temperature, threshold."""
+
+    detector: str
+    settings: dict[str, Any]  # e.g. {"k": 1}
+    tensors: dict[str, torch.Tensor]
+    temperature: float
+    threshold: float  # OOD score above it -> unknown
+    keep: float  # the share of validation photos the threshold was chosen to keep
+    classes: list[str]
+    measured: dict[str, Any] = field(default_factory=dict)  # validation numbers at fitting time
+
+    def head(self):
+        """The TrustHead (detector + temperature) as an nn.Module in eval mode."""
+        from plantid.trust.ood import TrustHead, build_detector
+
+        return TrustHead(build_detector(self.detector, self.tensors, **self.settings), self.temperature).eval()
+
+    def summary(self) -> dict[str, Any]:
+        """What predictors and exports publish about it (JSON-ready, no tensors)."""
+        return {"detector": self.detector, **self.settings, "temperature": self.temperature,
+                "threshold": self.threshold, "keep": self.keep}
+
+
+def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path]:
+    """Write RUN/trust.safetensors, then RUN/trust.json naming it and the checkpoint; return both paths."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    tensors_path, json_path = run_dir / TRUST_TENSORS, run_dir / TRUST_JSON
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in trust.tensors.items()}
+    if not tensors:
+        tensors = {"_empty": torch.zeros(0)}  # safetensors files need at least one entry
+    with atomic_path(tensors_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "detector": trust.detector})
+    checkpoint = Path(checkpoint)
+    meta = {
+        "format": FORMAT,
+        **trust.summary(),
+        "settings": trust.settings,
+        "classes": trust.classes,
+        "measured": trust.measured,
+        "tensors_file": TRUST_TENSORS,
+        "tensors_sha256": sha256_file(tensors_path),
+        "checkpoint": checkpoint.name,
+        "checkpoint_size": checkpoint.stat().st_size,
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "score": "higher = less like the training photos; unknown when score > threshold",
+    }
+    write_json_atomic(json_path, meta)
+    return [tensors_path, json_path]
+
+
+def read_trust_json(run_dir: Path) -> dict[str, Any] | None:
+    """RUN/trust.json as a dict, or None when the run has none (an older run)."""
+    path = Path(run_dir) / TRUST_JSON
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PlantidError(f"{path}: not a {FORMAT} file; refit it with `plantid trust {run_dir}`")
+    return meta
+
+
+def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTrust | None:
+    """The run's fitted trust, or None (with a one-line warning) when missing or fitted for other weights."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    meta = read_trust_json(run_dir)
+    if meta is None:
+        return None
+    checkpoint = Path(checkpoint)
+    fix = f"refit with `plantid trust {run_dir}`"
+    if (meta.get("checkpoint_size") != checkpoint.stat().st_size
+            or meta.get("checkpoint_sha256") != sha256_file(checkpoint)):
+        log.warning("%s was fitted for another %s (retrained or resumed since); predictions are not checked "
+                    "for unknown photos: %s", run_dir / TRUST_JSON, checkpoint.name, fix)
+        return None
+    if list(meta.get("classes") or []) != list(classes):
+        raise PlantidError(f"{run_dir / TRUST_JSON}: its classes differ from the model's; {fix}")
+    tensors_path = run_dir / TRUST_TENSORS
+    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.get("tensors_sha256"):
+        raise PlantidError(f"{tensors_path}: missing or not the file {TRUST_JSON} names; {fix}")
+    try:
+        tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
+        return FittedTrust(detector=str(meta["detector"]), settings=dict(meta.get("settings") or {}), tensors=tensors,
+                           temperature=float(meta["temperature"]), threshold=float(meta["threshold"]),
+                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}))
+    except (KeyError, TypeError, ValueError):
+        raise PlantidError(f"{run_dir / TRUST_JSON}: incomplete; {fix}") from None
