@@ -40,8 +40,15 @@ log = logging.getLogger("plantid")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that writes to a temporary file and renames it into place,
-    so a run killed while saving never leaves a truncated best.ckpt or last.ckpt."""
+    """Lightning's checkpoint I/O (loading unchanged) with the two things its save lacks.
+
+    - The temporary file lies beside the checkpoint and is renamed onto it (`fileio.atomic_path`),
+      an atomic rename wherever the run folder is. Lightning's `_atomic_save` writes its temporary
+      in the system temp folder and `shutil.move`s it: when that folder is on another filesystem
+      (a tmpfs /tmp) the move copies into best.ckpt in place, so a run killed mid-copy leaves a
+      truncated checkpoint; it also holds the whole checkpoint once more in memory first.
+    - A write that fails (full disk, permissions) is a one-line PlantidError saying how to go on.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         try:
