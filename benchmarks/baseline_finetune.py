@@ -40,7 +40,7 @@ DEFAULT_WEIGHTS = Path.home() / ".cache" / "plantid" / f"{MODEL}.timm.safetensor
 def make_weights_file(path: Path) -> Path:
     """Write the lite0 ImageNet weights timm-keyed to `path` (once; the only plantid call here)."""
     if not path.is_file():
-        from plantid.models.weights import save_timm_state_dict
+        from plantid.models.backbone import save_timm_state_dict
 
         path.parent.mkdir(parents=True, exist_ok=True)
         save_timm_state_dict(path, MODEL, weights="lite-package")

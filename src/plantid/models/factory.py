@@ -11,7 +11,7 @@ from plantid.config import ModelConfig
 from plantid.errors import PlantidError
 from plantid.models.classifier import Classifier, Ensemble, SeedHead, count_layers, freeze_first_layers
 from plantid.models.scratch import InceptionNet, SimpleCNN
-from plantid.models.weights import create_backbone
+from plantid.models.backbone import create_backbone
 
 log = logging.getLogger("plantid")
 
@@ -64,7 +64,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> Classifi
 
     'simple_cnn' and 'inception' are the from-scratch nets (weights 'none' or 'auto', which
     means none for them); any other name is a timm model whose weights come from
-    `plantid.models.weights.create_backbone`. With head='seed' the backbone returns pooled
+    `plantid.models.backbone.create_backbone`. With head='seed' the backbone returns pooled
     features and the SeedHead adds Dropout, Dense(head_hidden) ReLU (L1L2), Dense(num_classes).
     With `members` > 1 it is an Ensemble of that many such Classifiers (fresh heads each).
     """
