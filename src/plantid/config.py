@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plantid.errors import PlantidError, first_line
 
@@ -29,7 +29,8 @@ class DataConfig(_Section):
     val: float = Field(0.15, ge=0.0, lt=1.0)
     test: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
-    image_size: int = Field(224, ge=8, le=1024)
+    # 'auto': from the train photos' resolution when the run starts (plantid.train.plan)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = 224
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -118,7 +119,11 @@ class ResizePhase(_Section):
 class TrainConfig(_Section):
     """The loop: epochs, early stopping, hardware, precision, seeds."""
 
-    epochs: int = Field(10, ge=1)
+    # 'auto': as many as fit train.budget_minutes, planned from a throughput probe at the start
+    # (plantid.train.plan); the run's config.yaml records the number it chose.
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = 10
+    budget_minutes: float | None = Field(None, gt=0)  # the time 'auto' epochs plan for
+    planned: str | None = None  # how plantid.train.plan resolved the 'auto' settings (a note)
     # Stop after this many minutes of training even if epochs remain (then test as usual); a
     # resumed run counts the minutes it already trained.
     max_minutes: float | None = Field(None, gt=0)
@@ -137,12 +142,20 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate, test and save an EMA of the weights
     # Progressive resizing: the first epochs train at these sizes, in order; the epochs after
     # them, validation and test use data.image_size.
-    resize_phases: list[ResizePhase] = Field(default_factory=list)
+    # 'auto': two thirds of the epochs at two thirds of the final size (plantid.train.plan).
+    resize_phases: list[ResizePhase] | Literal["auto"] = Field(default_factory=list)
     deterministic: bool = True
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = Field(10, ge=1)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _budget_for_auto_epochs(self) -> "TrainConfig":
+        if self.epochs == "auto" and self.budget_minutes is None:
+            raise ValueError("train.epochs=auto plans from a time budget: set train.budget_minutes too "
+                             "(e.g. train.budget_minutes=10) or give a number of epochs")
+        return self
 
 
 # The vocabulary of test-time views (data only: plantid.infer.tta maps each name to the tensor
@@ -266,7 +279,8 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        # drop pydantic's union branch tags ('constrained-int', "literal['auto']") from the path
+        where = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier())
         if err["type"] == "extra_forbidden":
             raise PlantidError(f"{source}: unknown setting '{where}' (check the spelling; see `plantid recipes`)") from None
         msg = err["msg"].removeprefix("Value error, ")

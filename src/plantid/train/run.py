@@ -34,6 +34,7 @@ from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
+from plantid.train.plan import plan_run
 from plantid.train.throughput import EpochThroughput
 
 log = logging.getLogger("plantid")
@@ -230,6 +231,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             raise PlantidError(f"{run_dir} already holds a trained run: pass --resume to continue it, or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest = prepare_manifest(cfg, run_dir)
+        # 'auto' sizes and epochs become numbers here, so config.yaml says what the run trained with
+        cfg = plan_run(cfg, read_manifest(manifest))
         write_text_atomic(run.config, dump_config(cfg))
 
     keep_freed_memory()

@@ -1,0 +1,235 @@
+"""Adaptive defaults: a run's image sizes from its photos, and its epochs from a time budget.
+
+A recipe may leave three settings to the data and the machine (cpu-default does):
+
+* ``data.image_size: auto`` -> the final size from the train photos' own resolution (the median
+  short side of a sample of them, read from the file headers): `size_for_photos`;
+* ``train.resize_phases: auto`` -> progressive resizing: the first two thirds of the epochs at
+  two thirds of the final size (rounded to 32 px), when the final size is at least 160 px;
+* ``train.epochs: auto`` with ``train.budget_minutes`` -> as many epochs (up to `MAX_EPOCHS`) as
+  a short throughput probe says fit into the budget, counting validation; when even `MIN_EPOCHS`
+  do not fit (many photos, a slow machine) each epoch trains on a random share of the photos
+  (``train.limit_train_batches``), so the run still ends inside the budget.
+
+`plan_run` resolves every 'auto' into a plain number before the run's config.yaml is written, and
+notes how in ``train.planned``, so a run folder records what it trained with and reproduces
+without a new probe. A setting given explicitly (``train.epochs=12``, ``data.image_size=160``)
+is never changed. Every constant here was chosen on validation accuracy (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from plantid.config import ResizePhase, RunConfig
+from plantid.data.split import Manifest
+
+log = logging.getLogger("plantid")
+
+# The final image size by the photos' median short side: (smallest short side, size). 96-px
+# leaves train best upsampled to 192 px (docs/benchmarks.md); see there for larger photos.
+SIZE_BY_RESOLUTION: tuple[tuple[int, int], ...] = ((0, 192),)
+PHASE_SHARE = 2 / 3  # of the epochs (and of the final size) spent in the small first phase
+MIN_PHASED_SIZE = 160  # below this final size, no progressive resizing
+MAX_EPOCHS = 9  # leaves: 10 and 11 epochs did not beat 9 (docs/benchmarks.md)
+MIN_EPOCHS = 3  # fewer passes are taken as shares of the photos per epoch instead
+BUDGET_SHARE = 0.8  # of the budget the plan fills: the probe skips data loading, augmentation and logging
+SAMPLE_PHOTOS = 200  # photos whose headers give the resolution
+
+
+@dataclass
+class Speed:
+    """Measured training and evaluation speed, photos per second."""
+
+    train: dict[int, float]  # by image size
+    evaluate: float  # at the final size
+    seconds: float  # how long the probe took
+
+
+def round_size(size: float, step: int = 32) -> int:
+    """`size` rounded to a multiple of `step` (never below `step`)."""
+    return max(step, int(round(size / step)) * step)
+
+
+def photo_short_side(paths: list[str], sample: int = SAMPLE_PHOTOS) -> int | None:
+    """The median short side, in pixels, of an evenly spaced sample of `paths` (headers only)."""
+    if not paths:
+        return None
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue  # a bad photo is the scan's business; the others still measure
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
+def size_for_photos(short_side: int | None) -> int:
+    """The final image size for photos whose median short side is `short_side` pixels."""
+    chosen = SIZE_BY_RESOLUTION[0][1]
+    for smallest, size in SIZE_BY_RESOLUTION:
+        if short_side is not None and short_side >= smallest:
+            chosen = size
+    return chosen
+
+
+def phases_for(epochs: int, final_size: int) -> list[ResizePhase]:
+    """Progressive resizing for `epochs` epochs ending at `final_size`: the first two thirds of the
+    epochs at two thirds of the size, or none for small sizes and runs under three epochs."""
+    small = round_size(final_size * PHASE_SHARE)
+    if final_size < MIN_PHASED_SIZE or epochs < 3 or small >= final_size:
+        return []
+    return [ResizePhase(epochs=max(1, round(epochs * PHASE_SHARE)), image_size=small)]
+
+
+def epoch_seconds(size: int, n_train: int, n_val: int, speed: Speed, share: float = 1.0) -> float:
+    """Estimated seconds of one epoch: training on `share` of the photos at `size`, then validation."""
+    return share * n_train / speed.train[size] + n_val / speed.evaluate
+
+
+def plan_epochs(budget_s: float, final_size: int, n_train: int, n_val: int, speed: Speed,
+                max_epochs: int = MAX_EPOCHS) -> tuple[int, list[ResizePhase], float]:
+    """The most epochs (up to `max_epochs`) whose estimated time fits `budget_s`, their phases,
+    and the share of the photos each epoch trains on (1.0 unless `MIN_EPOCHS` do not fit whole)."""
+
+    def cost(epochs: int, share: float = 1.0) -> float:
+        phases = phases_for(epochs, final_size)
+        small = sum(p.epochs for p in phases)
+        seconds = sum(epoch_seconds(p.image_size, n_train, n_val, speed, share) for p in phases for _ in range(p.epochs))
+        return seconds + (epochs - small) * epoch_seconds(final_size, n_train, n_val, speed, share)
+
+    for epochs in range(max_epochs, MIN_EPOCHS - 1, -1):
+        if cost(epochs) <= budget_s:
+            return epochs, phases_for(epochs, final_size), 1.0
+    epochs = min(MIN_EPOCHS, max_epochs)
+    validation = epochs * n_val / speed.evaluate
+    training = cost(epochs) - validation  # at share 1.0
+    share = max(0.01, min(1.0, (budget_s - validation) / training)) if training > 0 else 1.0
+    return epochs, phases_for(epochs, final_size), round(share, 4)
+
+
+def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: list[int], steps: int = 3) -> Speed:
+    """Photos per second of a few real training steps (forward, backward, optimizer) at each size,
+    and of evaluation at the last size, on a throwaway copy of the run's model and device."""
+    from plantid.train.module import PlantClassifierModule
+    from plantid.train.optim import build_optimizer
+
+    started = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    probe_cfg = cfg.model_copy(deep=True)
+    probe_cfg.train = probe_cfg.train.model_copy(update={"epochs": 1, "resize_phases": []})
+    probe_cfg.data = probe_cfg.data.model_copy(update={"image_size": sizes[-1]})
+    module = PlantClassifierModule(probe_cfg.model_dump(mode="json"), classes, counts)
+    gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    model = copy.deepcopy(module.model).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    memory = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    batch = cfg.data.batch_size
+    labels = torch.arange(batch, device=device) % len(classes)
+
+    def timed(fn, size: int, n: int) -> float:
+        x = torch.rand(n, 3, size, size, device=device).contiguous(memory_format=memory)
+        fn(x)  # warm-up: allocations, kernel choice
+        if gpu:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn(x)
+        if gpu:
+            torch.cuda.synchronize(device)
+        return steps * n / (time.perf_counter() - t0)
+
+    def train_step(x: torch.Tensor) -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), labels[: len(x)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def eval_step(x: torch.Tensor) -> None:
+        model(x)
+
+    model.train()
+    train = {size: timed(train_step, size, batch) for size in sorted(set(sizes))}
+    model.eval()
+    evaluate = timed(eval_step, sizes[-1], min(cfg.data.eval_batch_size, 2 * batch))
+    devices = cfg.train.devices if isinstance(cfg.train.devices, int) and cfg.train.devices > 0 else 1
+    scale = devices * cfg.train.num_nodes  # DDP: every process trains its own shard at this speed
+    return Speed(train={s: r * scale for s, r in train.items()}, evaluate=evaluate * scale,
+                 seconds=time.perf_counter() - started)
+
+
+def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
+    """`cfg` with every 'auto' setting resolved for these photos on this machine, the plan logged
+    and noted in ``train.planned``; a config without 'auto' comes back unchanged."""
+    auto_size = cfg.data.image_size == "auto"
+    auto_phases = cfg.train.resize_phases == "auto"
+    auto_epochs = cfg.train.epochs == "auto"
+    if not (auto_size or auto_phases or auto_epochs):
+        return cfg
+    notes = []
+    train_rows = manifest.rows_for("train")
+    final = cfg.data.image_size
+    if auto_size:
+        side = photo_short_side([r.path for r in train_rows])
+        final = size_for_photos(side)
+        notes.append(f"image size {final} px for photos of median short side {side} px")
+    epochs = cfg.train.epochs
+    limit = cfg.train.limit_train_batches
+    phases = cfg.train.resize_phases
+    if auto_epochs:
+        assert cfg.train.budget_minutes is not None  # the config validates this
+        n_train, n_val = len(train_rows), len(manifest.rows_for("val"))
+        sizes = sorted({p.image_size for p in phases_for(MAX_EPOCHS, final)} | {final}) if auto_phases \
+            else sorted({min(p.image_size, final) for p in phases} | {final})
+        counts = [manifest.class_counts("train")[c] for c in manifest.classes]
+        speed = probe_speed(cfg, manifest.classes, counts, sizes)
+        budget = cfg.train.budget_minutes * 60 * BUDGET_SHARE - speed.seconds
+        if auto_phases:
+            epochs, phases, share = plan_epochs(budget, final, n_train, n_val, speed)
+        else:
+            epochs, share = _epochs_for_phases(budget, final, phases, n_train, n_val, speed)
+        if share < 1.0 and limit == 1.0:
+            limit = share
+        rates = ", ".join(f"{speed.train[s]:.1f} at {s} px" for s in sorted(speed.train))
+        notes.append(f"budget {cfg.train.budget_minutes:g} min: probe {speed.seconds:.0f} s measured training "
+                     f"{rates} and validation {speed.evaluate:.1f} photos/s; {n_train} train and {n_val} val photos "
+                     f"-> {epochs} epochs" + (f" on {share:.0%} of the photos each" if share < 1.0 else ""))
+    elif auto_phases:
+        phases = phases_for(epochs, final)
+    plan = ", ".join(f"{p.epochs} at {p.image_size} px" for p in phases)
+    rest = epochs - sum(p.epochs for p in phases)
+    plan = f"{plan + ', ' if plan else ''}{rest} at {final} px"
+    notes.append(f"plan: {plan}")
+    log.info("plan: %s", "; ".join(notes))
+    data = cfg.data.model_copy(update={"image_size": final})
+    train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
+                                         "planned": "; ".join(notes)})
+    return cfg.model_copy(update={"data": data, "train": train})
+
+
+def _epochs_for_phases(budget_s: float, final: int, phases: list[ResizePhase], n_train: int, n_val: int,
+                       speed: Speed) -> tuple[int, float]:
+    """Epochs that fit the budget when the recipe fixes its phases (the epochs after them run at
+    the final size): at least the phases' own epochs plus one, at most `MAX_EPOCHS`."""
+    phased = [(p.epochs, min(p.image_size, final)) for p in phases]
+    fixed = sum(e * epoch_seconds(s, n_train, n_val, speed) for e, s in phased)
+    first = sum(e for e, _ in phased)
+    per_final = epoch_seconds(final, n_train, n_val, speed)
+    epochs = first + max(1, math.floor((budget_s - fixed) / per_final)) if budget_s > fixed else first + 1
+    epochs = min(epochs, max(MAX_EPOCHS, first + 1))
+    total = fixed + (epochs - first) * per_final
+    share = 1.0 if total <= budget_s else max(0.01, round(budget_s / total, 4))
+    return epochs, share
+

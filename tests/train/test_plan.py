@@ -1,0 +1,119 @@
+"""plantid.train.plan: sizes from the photos, epochs from a time budget, resolved into config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from plantid.config import ResizePhase, load_config
+from plantid.data.split import read_manifest
+from plantid.errors import PlantidError
+from plantid.train.plan import (
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    SIZE_BY_RESOLUTION,
+    Speed,
+    epoch_seconds,
+    phases_for,
+    photo_short_side,
+    plan_epochs,
+    plan_run,
+    size_for_photos,
+)
+
+AUTO = ["data.image_size=auto", "train.resize_phases=auto", "train.epochs=auto", "train.budget_minutes=10"]
+
+
+def _estimate(epochs: int, phases: list[ResizePhase], final: int, n_train: int, n_val: int, speed: Speed,
+              share: float) -> float:
+    small = [p.image_size for p in phases for _ in range(p.epochs)]
+    sizes = small + [final] * (epochs - len(small))
+    return sum(epoch_seconds(s, n_train, n_val, speed, share) for s in sizes)
+
+
+def test_photo_short_side_reads_the_median_of_the_headers(tmp_path: Path) -> None:
+    paths = []
+    for i, (w, h) in enumerate([(300, 200), (500, 375), (96, 96), (640, 480), (375, 500)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (w, h), (i * 40, 90, 30)).save(path)
+        paths.append(str(path))
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    assert photo_short_side(paths + [str(tmp_path / "bad.jpg")]) == 375  # 96 200 375 375 480; bad skipped
+    assert photo_short_side([]) is None
+
+
+def test_size_for_photos_follows_the_resolution_table() -> None:
+    assert size_for_photos(None) == SIZE_BY_RESOLUTION[0][1]
+    assert size_for_photos(96) == 192  # the leaves' measured plan: 96 px photos upsampled to 192
+    for smallest, size in SIZE_BY_RESOLUTION:
+        assert size_for_photos(smallest) == size
+    sizes = [size_for_photos(s) for s in range(0, 2000, 16)]
+    assert sizes == sorted(sizes)  # larger photos never get a smaller size
+
+
+def test_phases_take_two_thirds_of_epochs_and_size() -> None:
+    assert phases_for(9, 192) == [ResizePhase(epochs=6, image_size=128)]  # today's cpu-default
+    assert phases_for(9, 224) == [ResizePhase(epochs=6, image_size=160)]
+    assert phases_for(3, 192) == [ResizePhase(epochs=2, image_size=128)]
+    assert phases_for(2, 192) == [] and phases_for(9, 128) == [] and phases_for(9, 32) == []
+
+
+def test_plan_epochs_fills_the_budget_and_never_exceeds_it() -> None:
+    speed = Speed(train={128: 76.9, 192: 38.4}, evaluate=150.0, seconds=8.0)  # 2 cores, measured
+    # 2,081 leaf photos in 10 minutes: the whole default (9 epochs, 6 at 128 px)
+    epochs, phases, share = plan_epochs(480, 192, 2081, 446, speed)
+    assert (epochs, phases, share) == (MAX_EPOCHS, [ResizePhase(epochs=6, image_size=128)], 1.0)
+    # a third of the time: fewer epochs, each on every photo, inside the budget
+    epochs, phases, share = plan_epochs(160, 192, 2081, 446, speed)
+    assert MIN_EPOCHS <= epochs < MAX_EPOCHS and share == 1.0
+    assert _estimate(epochs, phases, 192, 2081, 446, speed, share) <= 160
+    assert _estimate(epochs + 1, phases_for(epochs + 1, 192), 192, 2081, 446, speed, 1.0) > 160  # the most that fit
+    # 30,000 photos: three epochs on a share of the photos each, still inside the budget
+    epochs, phases, share = plan_epochs(480, 192, 30000, 4500, speed)
+    assert epochs == MIN_EPOCHS and 0.0 < share < 1.0
+    assert _estimate(epochs, phases, 192, 30000, 4500, speed, share) == pytest.approx(480, rel=0.02)
+
+
+def test_auto_epochs_need_a_budget() -> None:
+    with pytest.raises(PlantidError, match="budget_minutes"):
+        load_config("cpu-default", ["train.epochs=auto", "train.budget_minutes=null"])
+
+
+def test_plan_run_resolves_auto_with_a_real_probe(tiny_manifest: Path) -> None:
+    manifest = read_manifest(tiny_manifest)
+    cfg = load_config("cpu-default", [*AUTO, "data.batch_size=4", "data.eval_batch_size=4", "train.threads=1"])
+    planned = plan_run(cfg, manifest)
+    assert planned.data.image_size == size_for_photos(32)  # the fixture's photos are 32 px
+    assert isinstance(planned.train.epochs, int) and MIN_EPOCHS <= planned.train.epochs <= MAX_EPOCHS
+    assert planned.train.resize_phases == phases_for(planned.train.epochs, planned.data.image_size)
+    assert "budget 10 min" in planned.train.planned and "photos/s" in planned.train.planned
+    assert plan_run(planned, manifest) is planned  # nothing left to plan: unchanged, no probe
+
+
+def test_explicit_settings_win_over_the_plan(tiny_manifest: Path) -> None:
+    manifest = read_manifest(tiny_manifest)
+    cfg = load_config("cpu-default", [*AUTO, "train.epochs=4", "data.image_size=160"])
+    planned = plan_run(cfg, manifest)
+    assert planned.train.epochs == 4 and planned.data.image_size == 160
+    assert planned.train.resize_phases == [ResizePhase(epochs=3, image_size=96)]
+    assert "budget" not in planned.train.planned  # no probe for explicit epochs
+
+
+def test_train_run_records_the_plan_in_config_yaml(tiny_manifest: Path, tmp_path: Path) -> None:
+    """A budgeted run writes numbers, not 'auto', into config.yaml and trains the planned epochs."""
+    from plantid.train.run import train_run
+
+    cfg = load_config("cpu-default", [
+        f"data.manifest={tiny_manifest}", "data.image_size=32", "train.resize_phases=auto", "train.epochs=auto",
+        "train.budget_minutes=0.5", "data.batch_size=8", "data.eval_batch_size=8", "train.threads=1",
+        "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
+    ])
+    result = train_run(cfg, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert isinstance(saved["train"]["epochs"], int) and saved["data"]["image_size"] == 32
+    assert saved["train"]["resize_phases"] == []  # 32 px is too small for a first phase
+    assert "budget 0.5 min" in saved["train"]["planned"]
+    assert result.epochs_run == saved["train"]["epochs"]
