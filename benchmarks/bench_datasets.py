@@ -211,11 +211,13 @@ def main() -> None:
                 cell = {"dataset": name, "seed": seed, "method": method, **scores,
                         "commit": git_commit(), "wall_seconds": round(time.perf_counter() - started, 1),
                         "cpu_count": os.cpu_count()}
+                results = load_results(args.out)  # another invocation may have added cells meanwhile
                 results["cells"].append(cell)
                 save(results, args.out)
                 print(f"  val {cell['val_acc']:.4f}  test {cell['test_acc']:.4f}  "
                       f"train {cell['train_seconds']:.0f} s", flush=True)
     command = "python benchmarks/bench_datasets.py " + " ".join(sys.argv[1:])
+    results = load_results(args.out)
     results.setdefault("commands", []).append(command)
     save(results, args.out)
     print(table(summarize(results["cells"])))
