@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -13,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from rich.console import Console
 
+from plantid.evaluate.evaluation import evaluate_run
+from plantid.data.explore import class_distribution_figure
 from plantid.evaluate.plots import (
-    class_distribution_figure,
     error_grid_figure,
     read_metrics_csv,
     save_png,
@@ -23,21 +24,15 @@ from plantid.evaluate.plots import (
 )
 from plantid.evaluate.report import _duration, build_report, weak_classes
 
-
-def _load_helpers():
-    spec = importlib.util.spec_from_file_location("plantid_eval_test_helpers", Path(__file__).with_name("test_evaluation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ODD = '<b>x&y "q"'  # a class name that must be escaped in HTML
 
 
-helpers = _load_helpers()
-ODD = helpers.CLASSES[2]  # '<b>x&y "q"'
-
-
-@pytest.fixture(scope="module")
-def report_run(tmp_path_factory) -> Path:
-    return helpers.shared_tiny_run(tmp_path_factory, "reportrun")
+@pytest.fixture
+def report_run(copy_run: Path, tiny_classes: list[str]) -> Path:
+    """A private copy of the session's tiny run, whose labels include `ODD`, never evaluated."""
+    assert ODD in tiny_classes
+    (copy_run / "eval.json").unlink(missing_ok=True)
+    return copy_run
 
 
 class PageParser(HTMLParser):
@@ -88,7 +83,7 @@ def assert_self_contained(page: str) -> PageParser:
 
 
 def test_report_runs_the_evaluation_when_eval_json_is_missing(report_run: Path):
-    (report_run / "eval.json").unlink(missing_ok=True)
+    assert not (report_run / "eval.json").exists()
     path = build_report(report_run)
     assert path == report_run / "report.html" and path.is_file()
     result = json.loads((report_run / "eval.json").read_text(encoding="utf-8"))
@@ -108,8 +103,7 @@ def test_report_runs_the_evaluation_when_eval_json_is_missing(report_run: Path):
 
 
 def test_report_shows_the_numbers_of_eval_json(report_run: Path):
-    if not (report_run / "eval.json").exists():
-        build_report(report_run)
+    evaluate_run(report_run, "test", console=Console(file=io.StringIO()))
     result = json.loads((report_run / "eval.json").read_text(encoding="utf-8"))
     # A doctored evaluation with distinctive numbers and a TTA section; newer than the checkpoint.
     result["metrics"]["accuracy"] = 0.123456

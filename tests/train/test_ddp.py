@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import hashlib, json, os, sys
@@ -57,6 +59,7 @@ def _train(tmp_path: Path, data: Path, name: str, devices: int) -> tuple[dict, P
     return json.loads((out / "train_summary.json").read_text()), record
 
 
+@pytest.mark.slow  # two trainings, one of them two processes
 def test_two_cpu_ranks_see_disjoint_shards_and_match_single_process(tmp_path: Path, make_image_folder):
     data = make_image_folder(tmp_path / "photos", per_class=16)
     single, single_record = _train(tmp_path, data, "single", devices=1)
