@@ -16,6 +16,7 @@ and prints the per-class table in the terminal. Figures are drawn with matplotli
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +75,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _class_distribution(classes: list[str], items: list[_Item], by_split: bool, title: str, path: Path) -> Path:
+def class_distribution_figure(counts: Mapping[str | None, Mapping[str, int]], title: str = "Photos per class",
+                              classes: Sequence[str] | None = None):
+    """The class-distribution chart, drawn the same way by `plantid explore` and the run report:
+    one bar per class with its count, stacked by split when `counts` is {split: {class: n}}
+    ({None: {class: n}} for an unsplit folder), rare classes (under half the median) marked, so
+    an imbalance like the leaf set's two small species is seen at a glance."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    totals = Counter(i.label for i in items)
-    counts = np.array([totals.get(c, 0) for c in classes])
-    median = float(np.median(counts)) if len(counts) else 0.0
-    rare = counts < 0.5 * median
+    if classes is None:
+        classes = list(dict.fromkeys(c for per in counts.values() for c in per))
+    splits = [s for s in SPLITS if s in counts]
+    by_split = bool(splits)
+    counts_arr = np.array([sum(per.get(c, 0) for per in counts.values()) for c in classes])
+    median = float(np.median(counts_arr)) if len(counts_arr) else 0.0
+    rare = counts_arr < 0.5 * median
     width = max(6.0, 0.6 * len(classes) + 2.0)
     fig = Figure(figsize=(min(width, 40.0), 4.8))
     ax = fig.add_subplot(1, 1, 1)
@@ -89,25 +98,24 @@ def _class_distribution(classes: list[str], items: list[_Item], by_split: bool, 
     handles = []
     if by_split:
         bottom = np.zeros(len(classes))
-        for s in SPLITS:
-            per = Counter(i.label for i in items if i.split == s)
-            vals = np.array([per.get(c, 0) for c in classes])
+        for s in splits:
+            vals = np.array([counts[s].get(c, 0) for c in classes])
             ax.bar(x, vals, bottom=bottom, color=SPLIT_COLOURS[s], label=s, edgecolor="white", linewidth=0.5)
             bottom += vals
             handles.append(Patch(color=SPLIT_COLOURS[s], label=f"{s} ({int(vals.sum())})"))
         for xi, is_rare in zip(x, rare):
             if is_rare:
-                ax.bar(xi, counts[xi], fill=False, edgecolor=RARE_COLOUR, linewidth=2.0, hatch="//")
+                ax.bar(xi, counts_arr[xi], fill=False, edgecolor=RARE_COLOUR, linewidth=2.0, hatch="//")
     else:
-        ax.bar(x, counts, color=[RARE_COLOUR if r else NORMAL_COLOUR for r in rare])
+        ax.bar(x, counts_arr, color=[RARE_COLOUR if r else NORMAL_COLOUR for r in rare])
         handles.append(Patch(color=NORMAL_COLOUR, label="class"))
     if rare.any():
         handles.append(
             Patch(facecolor="none" if by_split else RARE_COLOUR, edgecolor=RARE_COLOUR, hatch="//" if by_split else None,
                   label=f"rare (< half the median, {median / 2:.0f})")
         )
-    top = max(int(counts.max()) if len(counts) else 1, 1)
-    for xi, n in zip(x, counts):
+    top = max(int(counts_arr.max()) if len(counts_arr) else 1, 1)
+    for xi, n in zip(x, counts_arr):
         ax.text(xi, n + top * 0.01, str(int(n)), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, top * 1.12)
     ax.set_xticks(x)
@@ -116,7 +124,15 @@ def _class_distribution(classes: list[str], items: list[_Item], by_split: bool, 
     ax.set_ylabel("number of photos")
     ax.set_title(title)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, path)
+    return fig
+
+
+def _class_distribution(classes: list[str], items: list[_Item], by_split: bool, title: str, path: Path) -> Path:
+    if by_split:
+        counts = {s: Counter(i.label for i in items if i.split == s) for s in SPLITS}
+    else:
+        counts = {None: Counter(i.label for i in items)}
+    return _save(class_distribution_figure(counts, title, classes), path)
 
 
 def _pick(paths: list[str], k: int) -> list[str]:

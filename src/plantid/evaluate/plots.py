@@ -21,10 +21,10 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
+from plantid.data.explore import SPLIT_COLOURS
 from plantid.fileio import write_bytes_atomic
 
 DPI = 110
-SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 STYLE = {
     "text.parse_math": False,
     "font.size": 10,
@@ -367,46 +367,3 @@ def _finish_axis(ax, title: str, ylabel: str, drawn: bool, legend: bool = True) 
         ax.set_yticks([])
     elif legend:
         ax.legend(frameon=False)
-
-
-# ---- class distribution ----------------------------------------------------------------------------
-
-
-def class_distribution_figure(counts: Mapping[str, Mapping[str, int]], title: str = "Images per class and split") -> Figure:
-    """Horizontal stacked bars: one bar per class, one segment per split, total at the end.
-
-    `counts` is {split: {class: n}} (e.g. from Manifest.class_counts(split) for each split).
-    """
-    splits = [s for s in counts if any(counts[s].values())] or list(counts)
-    classes: list[str] = []
-    for s in counts:
-        for c in counts[s]:
-            if c not in classes:
-                classes.append(c)
-    k = len(classes)
-    with _style():
-        fig = Figure(figsize=(9.0, max(2.2, 0.34 * k + 1.3)), dpi=DPI)
-        ax = fig.subplots()
-        y = np.arange(k)
-        left = np.zeros(k)
-        for s in splits:
-            vals = np.array([counts[s].get(c, 0) for c in classes], dtype=float)
-            ax.barh(y, vals, left=left, color=SPLIT_COLOURS.get(s, "#999999"), label=f"{s} ({int(vals.sum())})",
-                    height=0.7, edgecolor="white", linewidth=0.6)
-            left += vals
-        top = float(left.max(initial=0))
-        for i, total in enumerate(left):
-            ax.text(total + top * 0.01, i, f"{int(total)}", va="center", fontsize=8.5, color="#333333")
-        ax.set_yticks(y)
-        ax.set_yticklabels([short_label(c, 28) for c in classes])
-        ax.invert_yaxis()
-        ax.set_xlim(0, top * 1.1 if top else 1)
-        ax.set_xlabel("images")
-        ax.set_title(title)
-        ax.grid(True, axis="x", color="#e5e5e5", linewidth=0.8)
-        ax.set_axisbelow(True)
-        if splits:
-            ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=len(splits), fontsize=9)
-            ax.set_title(title, pad=26)
-        fig.tight_layout()
-    return fig
