@@ -50,18 +50,30 @@ def _setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def _near_dup_option(distance: Optional[int]) -> dict[str, int]:
+    """scan_folder's near_duplicate_distance when --near-dup-distance was given (else its default)."""
+    return {} if distance is None else {"near_duplicate_distance": distance}
+
+
 @app.command()
 def scan(
     data: DataArg,
     out: Annotated[Optional[Path], typer.Option(help="Where to write scan.json (default: ./scan.json).")] = Path("scan.json"),
+    near_dup_distance: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
+            "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off."
+        ),
+    ] = None,
 ) -> None:
-    """Check every photo: decode it fully, list bad files with the reason, report duplicates.
+    """Check every photo: decode it fully, list bad files with the reason, report duplicates and near duplicates.
 
     Example: plantid scan photos/ --out runs/scan.json
     """
     from plantid.data.scan import print_scan_table, scan_folder, write_scan_json
 
-    report = scan_folder(data, progress=True)
+    report = scan_folder(data, progress=True, **_near_dup_option(near_dup_distance))
     print_scan_table(report, console)
     if out is not None:
         write_scan_json(report, out)
@@ -76,6 +88,13 @@ def split(
     test: Annotated[float, typer.Option(help="Fraction of each class for test.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Split seed: same data + seed = byte-identical manifest.")] = 0,
     materialize: Annotated[Optional[str], typer.Option(help="Also write train/val/test/<class>/ folders: copy or link.")] = None,
+    near_dup_distance: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
+            "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off."
+        ),
+    ] = None,
 ) -> None:
     """Deterministic stratified train/val/test split, written as a split.csv manifest.
 
@@ -86,13 +105,15 @@ def split(
 
     if materialize not in (None, "copy", "link"):
         raise PlantidError(f"--materialize must be copy or link, not '{materialize}'")
-    report = scan_folder(data, progress=True)
+    report = scan_folder(data, progress=True, **_near_dup_option(near_dup_distance))
     rows = make_split(report, val=val, test=test, seed=seed)
     manifest = write_manifest(rows, out / "split.csv")
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.split] = counts.get(row.split, 0) + 1
     console.print(f"wrote {manifest}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report.near_duplicate_groups and not report.presplit:
+        console.print(f"kept each of {len(report.near_duplicate_groups)} near-duplicate group(s) on one side")
     if materialize:
         write_layout(rows, out, mode=materialize)
         console.print(f"wrote the train/val/test folders under {out} ({materialize})")

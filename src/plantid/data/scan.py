@@ -13,6 +13,12 @@ unreadable) is listed in ``report.bad`` with the reason instead. Hidden files an
 (dot-files, ``Thumbs.db``, ``desktop.ini``, ``__MACOSX``/``@eaDir`` folders) are skipped silently. Files with another extension
 (``notes.txt``), files lying directly in ``root`` or a split folder, broken symlinks and symlinked
 folders already visited (loops) are listed in ``report.bad`` too, with a reason, and excluded.
+
+Duplicates: byte-identical files (same sha256) are listed in ``report.duplicate_groups``; near
+duplicates (the same photo resized, re-encoded, brightened or slightly re-cropped) are found from a
+perceptual hash of the pixels already decoded (`plantid.data.near_duplicates`, default distance
+``NEAR_DUPLICATE_DISTANCE`` bits) and listed in ``report.near_duplicate_groups``. The split keeps
+every group of either kind on one side.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from plantid.data.images import BadImageError, decode_image, is_hidden, is_image_name
+from plantid.data.near_duplicates import NEAR_DUPLICATE_DISTANCE, group_near_duplicates, perceptual_hash
 from plantid.errors import PlantidError
 from plantid.fileio import write_json_atomic
 
@@ -58,6 +65,8 @@ class ScanEntry:
     mode: str  # PIL mode as stored in the file (RGB, L, P, RGBA, CMYK, I;16 ...)
     notes: list[str] = field(default_factory=list)
     given_split: str | None = None  # 'train' | 'val' | 'test' for an already split root
+    phash: str = ""  # 64-bit perceptual hash, 16 hex digits ("" in scan.json files written before it existed)
+    mean_rgb: list[int] = field(default_factory=list)  # mean colour [r, g, b], the near-duplicate colour gate
 
 
 @dataclass
@@ -76,6 +85,10 @@ class ScanReport:
     bad: list[BadFile]
     duplicate_groups: list[list[str]]  # relpaths of byte-identical files, one list per content
     conflicts: list[list[str]]  # duplicate groups whose files sit in different classes
+    # relpaths of photos within `near_duplicate_distance` phash bits of each other (groups holding at
+    # least two different files; purely byte-identical groups are in `duplicate_groups` only)
+    near_duplicate_groups: list[list[str]] = field(default_factory=list)
+    near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE
 
     @property
     def presplit(self) -> bool:
@@ -98,8 +111,10 @@ class ScanReport:
                 bad=[BadFile(**b) for b in data["bad"]],
                 duplicate_groups=[list(g) for g in data["duplicate_groups"]],
                 conflicts=[list(g) for g in data["conflicts"]],
+                near_duplicate_groups=[list(g) for g in data.get("near_duplicate_groups", [])],
+                near_duplicate_distance=int(data.get("near_duplicate_distance", NEAR_DUPLICATE_DISTANCE)),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise PlantidError(f"not a plantid scan report ({exc}); re-run `plantid scan`") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +129,8 @@ class ScanReport:
             "bad": [asdict(b) for b in self.bad],
             "duplicate_groups": [list(g) for g in self.duplicate_groups],
             "conflicts": [list(g) for g in self.conflicts],
+            "near_duplicate_distance": self.near_duplicate_distance,
+            "near_duplicate_groups": [list(g) for g in self.near_duplicate_groups],
         }
 
 
@@ -266,7 +283,7 @@ def _collect(root: Path) -> tuple[list[str], list[_Candidate], list[BadFile]]:
 
 
 def _inspect(cand: _Candidate) -> ScanEntry | BadFile:
-    """Read, hash and fully decode one file."""
+    """Read, hash and fully decode one file; the perceptual hash is taken from the decoded pixels."""
     try:
         size = cand.path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -279,6 +296,7 @@ def _inspect(cand: _Candidate) -> ScanEntry | BadFile:
     except BadImageError as exc:
         return BadFile(str(cand.path), exc.reason)
     h, w = decoded.pixels.shape[:2]
+    phash, mean_rgb = perceptual_hash(decoded.pixels)
     return ScanEntry(
         path=str(cand.path),
         relpath=cand.relpath,
@@ -289,6 +307,8 @@ def _inspect(cand: _Candidate) -> ScanEntry | BadFile:
         mode=decoded.original_mode,
         notes=list(decoded.notes),
         given_split=cand.given_split,
+        phash=phash,
+        mean_rgb=mean_rgb,
     )
 
 
@@ -314,12 +334,17 @@ def _run_threaded(func, items: list, *, progress: bool, description: str) -> lis
         return out
 
 
-def scan_folder(root: Path, *, progress: bool = False) -> ScanReport:
+def scan_folder(
+    root: Path, *, progress: bool = False, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE
+) -> ScanReport:
     """Scan an image folder (one subfolder per class, or train/val/test/<class>) without modifying it.
 
+    ``near_duplicate_distance`` is the largest perceptual-hash distance (bits of 64) at which two
+    photos count as the same photo (see `plantid.data.near_duplicates`); negative turns it off.
     Raises PlantidError when the folder is missing, is not a folder, has no class folders, has a
     class without a single usable photo, or has only one class.
     """
+    check_near_duplicate_distance(near_duplicate_distance)
     root = Path(root).expanduser()
     if not root.exists():
         raise PlantidError(f"{root}: folder not found; pass the folder that holds one subfolder per class")
@@ -360,7 +385,36 @@ def scan_folder(root: Path, *, progress: bool = False) -> ScanReport:
         sorted(x.relpath for x in g) for g in by_hash.values() if len(g) > 1 and len({x.label for x in g}) > 1
     )
     return ScanReport(
-        root=root, classes=classes, entries=entries, bad=bad, duplicate_groups=groups, conflicts=conflicts
+        root=root,
+        classes=classes,
+        entries=entries,
+        bad=bad,
+        duplicate_groups=groups,
+        conflicts=conflicts,
+        near_duplicate_groups=find_near_duplicate_groups(entries, near_duplicate_distance),
+        near_duplicate_distance=near_duplicate_distance,
+    )
+
+
+def check_near_duplicate_distance(distance: int) -> None:
+    """PlantidError unless `distance` is a usable phash distance (negative = off, at most 64 bits)."""
+    if distance > 64:
+        raise PlantidError(
+            f"near-duplicate distance {distance} is over 64, the hash's length, so every photo would match; "
+            f"use 0..64 (default {NEAR_DUPLICATE_DISTANCE}) or a negative value to turn it off"
+        )
+
+
+def find_near_duplicate_groups(entries: list[ScanEntry], max_distance: int) -> list[list[str]]:
+    """Relpaths grouped by perceptual-hash distance, leaving out groups whose files are all byte-identical.
+
+    Byte-identical copies of a photo already form a `duplicate_groups` entry; repeating them here
+    would count them twice. A group that mixes identical copies with a near copy is kept whole.
+    """
+    hashed = [e for e in entries if e.phash and len(e.mean_rgb) == 3]  # older scan.json files have neither
+    groups = group_near_duplicates([e.phash for e in hashed], max_distance, [e.mean_rgb for e in hashed])
+    return sorted(
+        sorted(hashed[i].relpath for i in g) for g in groups if len({hashed[i].sha256 for i in g}) > 1
     )
 
 
@@ -470,6 +524,22 @@ def print_scan_table(report: ScanReport, console=None, *, max_rows: int = 30) ->
         )
         for g in report.duplicate_groups[: max_rows // 3]:
             console.print("  " + escape(", ".join(g)))
+    if report.near_duplicate_groups:
+        n_files = sum(len(g) for g in report.near_duplicate_groups)
+        labels = {e.relpath: e.label for e in report.entries}
+        mixed = sum(1 for g in report.near_duplicate_groups if len({labels.get(p) for p in g}) > 1)
+        mixed_text = f", {mixed} of them across classes (check those labels)" if mixed else ""
+        console.print(
+            f"[yellow]{len(report.near_duplicate_groups)} group(s) of near-duplicate photos ({n_files} files, "
+            f"perceptual-hash distance <= {report.near_duplicate_distance}){mixed_text}; "
+            "the split keeps each group on one side.[/yellow]"
+        )
+        for g in report.near_duplicate_groups[: max_rows // 3]:
+            console.print("  " + escape(", ".join(g)))
+        if len(report.near_duplicate_groups) > max_rows // 3:
+            console.print(f"  ... and {len(report.near_duplicate_groups) - max_rows // 3} more group(s), see scan.json")
+    elif report.near_duplicate_distance >= 0 and any(e.phash for e in report.entries):
+        console.print(f"No near-duplicate photos (perceptual-hash distance <= {report.near_duplicate_distance}).")
     if report.conflicts:
         console.print(
             f"[bold red]{len(report.conflicts)} label conflict(s): identical files in different classes "

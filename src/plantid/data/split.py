@@ -11,8 +11,11 @@ How the split is chosen (when the folder is not already split):
   is train, at least one image), so each class is within one image of its target proportions;
 * byte-identical files (same sha256) form one unit that always lands on a single split, even when
   the copies sit in different classes (a label conflict), so no photo leaks from train to test;
-* units are ordered by ``sha256(seed, content hash)``, larger duplicate groups first, and each goes
-  to the split whose remaining quota (summed over its files' classes) is largest.
+* so do the scan's near-duplicate groups (the same photo resized, re-encoded or re-cropped): a
+  group and every byte-identical copy of its members are merged into one unit;
+* units are ordered by ``sha256(seed, content hash)`` (the smallest content hash of a merged unit),
+  larger units first, and each goes to the split whose remaining quota (summed over its files'
+  classes) is largest. Without near duplicates this is exactly the split of earlier versions.
 """
 
 from __future__ import annotations
@@ -71,9 +74,7 @@ def make_split(report: ScanReport, val: float = 0.15, test: float = 0.15, seed: 
         rows = [ManifestRow(e.path, e.label, e.given_split or "train", e.sha256) for e in report.entries]
         return _sorted_rows(rows)
 
-    units: dict[str, list[ScanEntry]] = defaultdict(list)
-    for e in report.entries:
-        units[e.sha256].append(e)
+    units = _units(report)
     counts = Counter(e.label for e in report.entries)
     deficit = {label: _targets(n, val, test) for label, n in counts.items()}
 
@@ -87,6 +88,30 @@ def make_split(report: ScanReport, val: float = 0.15, test: float = 0.15, seed: 
             deficit[e.label][best] -= 1
             rows.append(ManifestRow(e.path, e.label, best, e.sha256))
     return _sorted_rows(rows)
+
+
+def _units(report: ScanReport) -> dict[str, list[ScanEntry]]:
+    """Photos that must share a split, keyed by their smallest sha256: identical files + near-duplicate groups."""
+    by_sha: dict[str, list[ScanEntry]] = defaultdict(list)
+    for e in report.entries:
+        by_sha[e.sha256].append(e)
+    sha_of = {e.relpath: e.sha256 for e in report.entries}
+    parent = {sha: sha for sha in by_sha}
+
+    def find(sha: str) -> str:
+        while parent[sha] != sha:
+            parent[sha] = parent[parent[sha]]
+            sha = parent[sha]
+        return sha
+
+    for group in report.near_duplicate_groups:
+        roots = sorted({find(sha_of[p]) for p in group if p in sha_of})
+        for r in roots[1:]:
+            parent[r] = roots[0]
+    units: dict[str, list[ScanEntry]] = defaultdict(list)
+    for sha, members in by_sha.items():
+        units[find(sha)].extend(members)
+    return units
 
 
 def _sorted_rows(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
