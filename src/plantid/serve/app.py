@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from plantid.data.images import BadImageError
@@ -72,7 +73,9 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         raise PlantidError(f"top_k must be at least 1, got {top_k}")
     settings = ServeSettings(run_dir=Path(run_dir), max_upload_bytes=int(max_upload_bytes), top_k=int(top_k))
 
-    app = FastAPI(
+    # FastAPIOffline is FastAPI with /docs and /redoc served from packaged assets: the stock pages
+    # load Swagger UI from a CDN, so they were blank on an offline machine.
+    app = FastAPIOffline(
         title="plantid",
         summary="Identify a plant species from a photo.",
         description=f"Model `{predictor.model_id}` ({predictor.backend} backend). "
