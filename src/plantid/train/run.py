@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import time
 import warnings
@@ -222,6 +223,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     if resume:
         if not last.exists():
             raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt); start it with `plantid train --out {run_dir}`")
+        _check_resumable(last)
         cfg = load_run_config(run.config)
         manifest = run.manifest
     else:
@@ -304,6 +306,33 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "parameters": counts,
         })
     return result
+
+
+def _check_resumable(last: Path) -> None:
+    """Refuse, before anything in the run folder is touched, a last.ckpt that cannot be resumed:
+    truncated, corrupt, pickling Python objects (read with weights_only=True only), or not a
+    Lightning training checkpoint. Lightning would otherwise fail half-way, after its loggers
+    had already rewritten metrics.csv."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error says it all
+            try:
+                ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                ckpt = torch.load(last, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+    except Exception as exc:  # noqa: BLE001 - every reason is answered the same way
+        unsafe = isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower()
+        why = "it holds pickled Python objects, not only tensors" if unsafe else "it is truncated or corrupt"
+        raise PlantidError(
+            f"{last}: cannot resume: {why}; nothing was changed. Train again into a new folder "
+            f"(`plantid train --data DATA --out NEW_RUN`); best.ckpt, if present, still serves evaluate and predict"
+        ) from None
+    missing = [k for k in ("state_dict", "epoch", "optimizer_states", "hyper_parameters") if k not in ckpt]
+    if missing:
+        raise PlantidError(f"{last}: cannot resume: not a plantid training checkpoint (no {missing[0]}); nothing "
+                           "was changed. Train again into a new folder (`plantid train --data DATA --out NEW_RUN`)")
 
 
 def _images_per_second(trainer: L.Trainer) -> float | None:
