@@ -179,6 +179,51 @@ def train(
         f"run {result.run_dir}: best val acc {val}, test acc {test_acc}, "
         f"{result.epochs_run} epochs in {result.train_seconds:.0f} s; best checkpoint {result.best_checkpoint}"
     )
+    from plantid.trust.fit import fit_after_training
+
+    fitted = fit_after_training(result.run_dir)
+    if fitted is not None:
+        console.print(_trust_line(result.run_dir, fitted))
+
+
+def _trust_line(run: Path, fitted) -> str:
+    m = fitted.measured
+    return (f"trust fitted ({run}/trust.json): {fitted.detector} score, unknown above {fitted.threshold:.4g} "
+            f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
+            f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%")
+
+
+@app.command(name="trust")
+def trust_command(
+    run: RunArg,
+    keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
+    k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detector.")] = None,
+) -> None:
+    """Fit (or refit) what judges a run's predictions: the "not one of my species" score and its
+    threshold, and the temperature that calibrates the probabilities. Uses train and val photos only.
+
+    Example: plantid trust runs/lite0 --keep 0.95
+    """
+    from plantid.config import TrustConfig, load_run_config
+    from plantid.runfolder import RunFolder
+    from plantid.trust.fit import fit_trust
+
+    _setup_logging()
+    config_path = RunFolder(run).config
+    base = load_run_config(config_path).trust if config_path.is_file() else TrustConfig()
+    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k)) if value is not None}
+    from pydantic import ValidationError
+
+    try:
+        cfg = TrustConfig.model_validate({**base.model_dump(), **updates})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PlantidError(f"bad value for --{where}: {err['msg']} (got {err.get('input')!r})") from None
+    fitted, written = fit_trust(run, cfg)
+    console.print(_trust_line(run, fitted))
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()
@@ -196,15 +241,19 @@ def evaluate(
     run: RunArg,
     split: Annotated[str, typer.Option(help="test, val, or a folder of class subfolders.")] = "test",
     tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
+    ood: Annotated[Optional[list[Path]], typer.Option(help="A folder of photos that are none of the run's species "
+                                                      "(any layout; repeat for more): how many are answered unknown.")] = None,
 ) -> None:
-    """Accuracy, balanced accuracy, macro-F1, per-class table, confusion matrix and error grid.
+    """Accuracy, balanced accuracy, macro-F1, per-class table, confusion matrix and error grid;
+    with trust files also calibration (ECE before/after the temperature) and, with --ood, the
+    unknown-photo check (AUROC, share rejected, share of the split kept).
 
-    Example: plantid evaluate runs/lite0 --split test --tta default
+    Example: plantid evaluate runs/lite0 --split test --tta default --ood other_photos/
     """
     from plantid.evaluate.evaluation import evaluate_run
 
     _setup_logging()
-    evaluate_run(run, split=split, tta=tta, console=console)
+    evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
 
 
 @app.command()

@@ -16,7 +16,7 @@ from plantid.evaluate.evaluation import evaluate_run
 from plantid.runfolder import evaluation_files as output_names
 from tests.support.images import write_class_image
 
-EVAL_KEYS = {"split", "n_images", "classes", "checkpoint", "metrics", "per_class", "confusion", "tta", "worst"}
+EVAL_KEYS = {"split", "n_images", "classes", "checkpoint", "metrics", "per_class", "confusion", "tta", "worst", "trust"}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "top_k"}
 
 

@@ -85,7 +85,9 @@ def test_predict_cli_mixed_inputs_csv(run: Path, inputs: dict[str, Path]) -> Non
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped ")]
-    assert len(skipped) == 2 and len(proc.stderr.strip().splitlines()) == 2
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "no trust files" in notes[0] and "plantid trust" in notes[0]  # a run without trust
+    assert len(skipped) == 2 and len(proc.stderr.strip().splitlines()) == 3
     assert any("corrupt.jpg" in s for s in skipped) and any("text.jpg" in s for s in skipped)
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     files = sorted({r["file"] for r in rows})

@@ -131,7 +131,8 @@ def _pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, console=None) -> dict:
+def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, console=None,
+                 ood: list[Path] | None = None) -> dict:
     """Evaluate a run's checkpoint (best.ckpt, else last.ckpt) and write the results into the run folder.
 
     ``split`` is 'test', 'val' or 'train' (rows of the run's split.csv) or a folder with one
@@ -151,7 +152,10 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     A folder whose path is exactly 'test', 'val' or 'train' must be written as './test' etc.
 
     The JSON is {"split", "n_images", "classes", "checkpoint", "metrics", "per_class",
-    "confusion", "tta", "worst"}; "tta" is null or {"views", "metrics", "per_class", "confusion"}.
+    "confusion", "tta", "worst", "trust"}; "tta" is null or {"views", "metrics", "per_class", "confusion"}.
+    "trust" is null for a run without trust files, else calibration before/after the temperature and,
+    for each `ood` folder (photos of none of the run's species), the share rejected and the AUROC
+    (plantid.evaluate.trust_eval); it adds reliability*.png and, with `ood`, ood_scores*.png.
     "worst" (and errors.png) lists the most confident mistakes of the predictions without TTA.
     Returns that dict. Prints a summary and a per-class table to `console` (a rich Console;
     a default one when None).
@@ -168,6 +172,12 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     run_dir = Path(run_dir)
     parse_tta(tta)  # validate before the (slow) model and data loading
     trained = load_trained(run_dir)
+    from plantid.trust.store import load_trust
+
+    trust = load_trust(trained.checkpoint.parent, trained.checkpoint, list(trained.classes))
+    if ood and trust is None:
+        raise PlantidError(f"{run_dir}: --ood needs the run's trust files (the unknown-photo score); "
+                           f"fit them with `plantid trust {run_dir}`")
     views = parse_tta(tta, default=trained.config.eval.tta)
     classes = list(trained.classes)
     image_size = trained.image_size
@@ -207,6 +217,13 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     if views:
         with_tta = classification_metrics(probabilities[1], data.labels, classes)
         result["tta"] = {"views": list(views), **with_tta}
+    result["trust"] = None
+    raw_scores = None
+    if trust is not None:
+        from plantid.evaluate.trust_eval import evaluate_trust
+
+        result["trust"], raw_scores = evaluate_trust(trained, trust, data.images, data.rows, data.labels,
+                                                     list(ood or []), device, batch_size)
 
     names = evaluation_files(data.name, folder=data.folder)
     n_errors = int(len(data.labels) - np.trace(np.asarray(base["confusion"])))
@@ -217,10 +234,20 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
                                f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
              run_dir / names["errors"])
+    written_paths = [run_dir / names[k] for k in ("json", "confusion", "errors")]
+    if result["trust"] is not None:
+        from plantid.evaluate.trust_eval import ood_scores_figure, reliability_figure, trust_figure_names
+
+        figures = trust_figure_names(names["json"])
+        written_paths.append(save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
+                                      run_dir / figures["reliability"]))
+        if ood:
+            written_paths.append(save_png(ood_scores_figure(raw_scores, trust.threshold, data.name),
+                                          run_dir / figures["ood"]))
     write_json_atomic(run_dir / names["json"], result)
 
     print_evaluation(result, console)
-    written = ", ".join(str(run_dir / names[k]) for k in ("json", "confusion", "errors"))
+    written = ", ".join(str(p) for p in written_paths)
     console.print(f"wrote {written}", highlight=False, markup=False)
     return result
 
@@ -263,4 +290,26 @@ def print_evaluation(result: dict, console) -> None:
             cells.append(f"{trow['f1']:.3f}")
         cells.append(str(row["support"]))
         table.add_row(*cells)
+    console.print(table)
+    _print_trust(result.get("trust"), result["split"], console)
+
+
+def _print_trust(section: dict | None, split: str, console) -> None:
+    """Calibration before/after the temperature and, per foreign folder, the unknown-photo check."""
+    from rich.table import Table
+
+    if not section:
+        return
+    cal = section["calibration"]
+    table = Table(title=f"trust: {section['detector']} score, unknown above {section['threshold']:.4g}; "
+                        f"temperature {section['temperature']:.3f}", title_justify="left")
+    for name in ("", "value"):
+        table.add_column(name, justify="left" if not name else "right")
+    table.add_row(f"{split} photos kept as known", _pct(section["kept"]))
+    table.add_row("calibration error (ECE), softmax -> with temperature",
+                  f"{_pct(cal['ece_before'])} -> {_pct(cal['ece_after'])}")
+    for entry in section["ood"]:
+        auroc = "n/a" if entry["auroc"] is None else f"{entry['auroc']:.4f}"
+        table.add_row(f"{entry['folder']}: {entry['n_images']} photos answered unknown", _pct(entry["rejected"]))
+        table.add_row(f"{entry['folder']}: AUROC against the {split} photos", auroc)
     console.print(table)

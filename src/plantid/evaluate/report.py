@@ -254,6 +254,47 @@ def _metrics_table(result: dict) -> str:
     return table
 
 
+def _trust_section(run_dir: Path, result: dict) -> str:
+    """Calibration and the "not one of my species" check (eval.json's "trust"), or how to get them."""
+    from plantid.evaluate.plots import png_bytes
+    from plantid.evaluate.trust_eval import reliability_figure, trust_figure_names
+
+    trust = result.get("trust")
+    if not trust:
+        return ('<p class="empty">This run has no trust files: photos of other things are not flagged as unknown '
+                f'and probabilities are not calibrated. Fit them with <code>plantid trust {e(run_dir)}</code>, then '
+                'evaluate again.</p>')
+    cal = trust["calibration"]
+    rows = [
+        ("unknown-photo score", f"{trust['detector']}" + (f" (k = {trust['k']})" if "k" in trust else "")),
+        ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
+        (f"{result['split']} photos kept as known", _pct(trust["kept"])),
+        ("temperature", f"{trust['temperature']:.3f}"),
+        ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
+        ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
+    ]
+    body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)
+    out = [f'<table class="narrow"><tbody>{body}</tbody></table>']
+    if trust["ood"]:
+        ood_rows = "".join(
+            f"<tr><td><code>{e(x['folder'])}</code></td><td>{x['n_images']:,}</td><td>{_pct(x['rejected'])}</td>"
+            f"<td>{'n/a' if x['auroc'] is None else format(x['auroc'], '.4f')}</td></tr>" for x in trust["ood"])
+        out.append('<table class="narrow"><thead><tr><th>photos of none of the species</th><th>photos</th>'
+                   f'<th>answered unknown</th><th>AUROC</th></tr></thead><tbody>{ood_rows}</tbody></table>')
+    else:
+        out.append(f'<p class="note">Add <code>--ood FOLDER</code> to <code>plantid evaluate</code> to measure how many '
+                   'photos of other things are answered unknown.</p>')
+    out.append(_img(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
+                    "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo given "
+                    "80% is right 80% of the time."))
+    json_name = "eval.json" if result["split"] == "test" else f"eval_{result['split']}.json"
+    scores_png = run_dir / trust_figure_names(json_name)["ood"]
+    if trust["ood"] and scores_png.is_file():
+        out.append(_img(scores_png.read_bytes(), "OOD score histograms",
+                        "The score of the evaluated photos and of each foreign folder; above the line: unknown."))
+    return "".join(out)
+
+
 def weak_classes(result: dict) -> set[str]:
     """Classes (with support) whose F1 is below 0.5 or more than 10 points below the macro-F1."""
     macro = float(result["metrics"]["macro_f1"])
@@ -342,7 +383,7 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     split_label = "Validation" if result is not None and result.get("split") == "val" else "Test"
 
     nav = [("summary", "Summary"), ("data", "Data"), ("training", "Training"), ("evaluation", "Evaluation"),
-           ("confusion", "Confusion matrix"), ("classes", "Per class"), ("errors", "Errors"), ("config", "Config")]
+           ("confusion", "Confusion matrix"), ("classes", "Per class"), ("errors", "Errors"), ("trust", "Trust"), ("config", "Config")]
     sub_bits = [f"model <b>{e(config_model)}</b>"]
     if summary.get("recipe"):
         sub_bits.append(f"recipe <b>{e(summary['recipe'])}</b>")
@@ -401,6 +442,8 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
         out.append(_img(grid, "Misclassified photos",
                         "Each photo: true class, predicted class and the model's confidence in it (without TTA)."))
         out.append("</section>")
+        out.append('<section id="trust"><h2>Trust: unknown photos and calibration</h2>'
+                   f"{_trust_section(run_dir, result)}</section>")
 
     out.append(f'<section id="config"><h2>Configuration</h2>{_config_section(run_dir)}</section>')
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -7,10 +7,18 @@ extension, so a mislabelled file gets a reason instead of silence.
 
 Output formats:
 
-* table: file, top-1 species, its probability, and the top-k species with probabilities (rich table).
-* csv: long format, one row per file and rank: ``file,label,probability,rank`` (rank 1 = most
-  likely), so top-k rows per file; easy to filter (rank == 1) or pivot.
-* json: a list of ``{"file": ..., "predictions": [{"label": ..., "probability": ...}, ...]}``.
+* table: file, top-1 species, its probability, and the top-k species with probabilities (rich table);
+  with trust files a photo unlike every known species reads "unknown (closest: X)", and a column
+  gives its OOD score.
+* csv: long format, one row per file and rank: ``file,label,probability,rank,unknown,ood_score``
+  (rank 1 = most likely), so top-k rows per file; easy to filter (rank == 1) or pivot. ``unknown``
+  is true/false and ``ood_score`` the score (higher = less like the training photos); both are
+  empty for a run without trust files.
+* json: a list of ``{"file": ..., "unknown": ..., "ood_score": ..., "predictions": [{"label": ...,
+  "probability": ...}, ...]}`` (unknown and ood_score null without trust files).
+
+Probabilities are calibrated (softmax of logits / the run's temperature) when the run has trust
+files; a run without them predicts as before, with a one-line note on stderr.
 
 Unreadable files are reported on stderr, one line each (``skipped PATH: reason``), and left
 out of the output. Exit code: 0 when at least one photo was predicted, 1 when none could be.
@@ -28,13 +36,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from plantid.data.images import is_hidden, is_image_name
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
 
 OUTPUT_FORMATS = ("table", "csv", "json")
-CSV_HEADER = ["file", "label", "probability", "rank"]
+CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score"]
 GLOB_CHARS = set("*?[")
 
 
@@ -88,35 +97,50 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     return result
 
 
-def format_csv(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:
+Row = tuple[str, list[tuple[str, float]], "bool | None", "float | None"]  # file, top-k, unknown, OOD score
+
+
+def _csv_flag(value: bool | None) -> str:
+    return "" if value is None else str(bool(value)).lower()
+
+
+def format_csv(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for file, top in rows:
+    for file, top, unknown, score in rows:
         for rank, (label, prob) in enumerate(top, start=1):
-            writer.writerow([file, label, f"{prob:.6f}", rank])
+            writer.writerow([file, label, f"{prob:.6f}", rank, _csv_flag(unknown), "" if score is None else f"{score:.6g}"])
     return buf.getvalue()
 
 
-def format_json(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:
-    data = [{"file": file, "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
-            for file, top in rows]
+def format_json(rows: list[Row]) -> str:
+    data = [{"file": file, "unknown": unknown, "ood_score": None if score is None else float(f"{score:.6g}"),
+             "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
+            for file, top, unknown, score in rows]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def build_table(rows: list[tuple[str, list[tuple[str, float]]]], top_k: int, title: str | None = None) -> Table:
+def build_table(rows: list[Row], top_k: int, title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
+    scored = any(score is not None for *_, score in rows)
     table.add_column("file", overflow="fold")
     table.add_column("top-1", style="bold green")
     table.add_column("prob", justify="right")
+    if scored:
+        table.add_column("OOD score", justify="right")
     if top_k > 1:
         table.add_column(f"top-{top_k}", overflow="fold")
-    for file, top in rows:
+    for file, top, unknown, score in rows:
         label, prob = top[0]
-        cells = [file, label, f"{prob:.3f}"]
+        style = "dim" if unknown else None
+        first = Text(f"unknown (closest: {label})", style="bold yellow") if unknown else label
+        cells = [file, first, f"{prob:.3f}"]
+        if scored:
+            cells.append("" if score is None else f"{score:.4g}")
         if top_k > 1:
             cells.append(", ".join(f"{lab} {p:.3f}" for lab, p in top))
-        table.add_row(*cells)
+        table.add_row(*cells, style=style)
     return table
 
 
@@ -151,11 +175,13 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     predictor = Predictor.from_run(run, backend=backend, tta=tta)
     k = min(top_k, len(predictor.classes))
 
+    if predictor.note:
+        err_console.print(f"note: {predictor.note}", markup=False, highlight=False, soft_wrap=True)
     predictions = predictor.predict([str(p) for p in sources], top_k=k)
-    rows: list[tuple[str, list[tuple[str, float]]]] = []
+    rows: list[Row] = []
     for pred in predictions:
         if pred.ok:
-            rows.append((pred.source, pred.top))
+            rows.append((pred.source, pred.top, pred.unknown, pred.ood_score))
         else:
             err_console.print(f"skipped {pred.source}: {pred.error}", markup=False, highlight=False, soft_wrap=True)
 
@@ -165,6 +191,10 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
         file_fmt = {".csv": "csv", ".json": "json"}.get(suffix, "table")
     views = predictor.views
     title = f"{predictor.model_id} ({predictor.backend}{', TTA ' + str(len(views)) + ' views' if views else ''})"
+    if predictor.threshold is not None:
+        n_unknown = sum(1 for row in rows if row[2])
+        title += (f"\n{n_unknown} of {len(rows)} photo(s) look like none of the {len(predictor.classes)} species "
+                  f"this model knows (OOD score above {predictor.threshold:.4g})")
     text = {"csv": format_csv, "json": format_json}.get(file_fmt, lambda r: None)(rows)
     if out is not None:
         if text is None:

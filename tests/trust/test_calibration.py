@@ -1,0 +1,53 @@
+"""Temperature scaling on real tensors: it recovers a known temperature and lowers the NLL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plantid.trust.calibration import expected_calibration_error, fit_temperature, nll
+
+
+def _calibrated_sample(n: int = 4000, k: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels drawn FROM softmax(logits): calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=g) * 2.0
+    labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=g).squeeze(1)
+    return logits, labels
+
+
+def test_recovers_the_temperature_of_overconfident_logits() -> None:
+    logits, labels = _calibrated_sample()
+    overconfident = logits * 3.0  # a network three times too sure of itself
+    t = fit_temperature(overconfident, labels)
+    assert abs(t - 3.0) < 0.25
+    assert nll(overconfident, labels, t) < nll(overconfident, labels) - 0.1
+    before = expected_calibration_error(torch.softmax(overconfident, 1), labels)
+    after = expected_calibration_error(torch.softmax(overconfident / t, 1), labels)
+    assert after < before / 3
+
+
+def test_underconfident_logits_get_a_temperature_below_one() -> None:
+    logits, labels = _calibrated_sample(seed=1)
+    t = fit_temperature(logits / 2.0, labels)
+    assert 0.4 < t < 0.6
+    assert nll(logits / 2.0, labels, t) < nll(logits / 2.0, labels)
+
+
+def test_lowers_the_nll_of_a_trained_runs_val_logits(trust_run: Path) -> None:
+    """The tiny run's own val logits, made over-confident, are brought back by the fitted temperature."""
+    from plantid.infer.checkpoint import load_trained
+    from plantid.infer.predictor import TorchBackend
+    from plantid.trust.features import features_and_logits, manifest_pixels
+
+    trained = load_trained(trust_run)
+    pixels, rows, labels = manifest_pixels(trust_run, trained)
+    _, logits = features_and_logits(TorchBackend(trained), pixels, rows["test"])
+    z = torch.from_numpy(logits) * 0.2  # an under-confident copy, so the fitted T must be below one
+    y = torch.from_numpy(labels["test"])
+    t = fit_temperature(z, y)
+    assert t < 1.0
+    assert nll(z, y, t) < nll(z, y)
+    assert np.isfinite(t)

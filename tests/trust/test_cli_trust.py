@@ -1,0 +1,69 @@
+"""`plantid trust`, `plantid evaluate --ood` and `plantid predict` on a tiny run, through the real CLI app."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from plantid.cli import app
+
+
+@pytest.fixture
+def noise_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "not-plants" / "sub"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"noise{i}.png")
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(folder.parent / "white.png")
+    (folder / "broken.jpg").write_bytes(b"no image")
+    return folder.parent
+
+
+def test_trust_refits_with_a_new_keep(trust_run_copy: Path) -> None:
+    result = CliRunner().invoke(app, ["trust", str(trust_run_copy), "--keep", "0.8", "--detector", "mahalanobis"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((trust_run_copy / "trust.json").read_text())
+    assert meta["keep"] == 0.8 and meta["detector"] == "mahalanobis"
+    assert meta["measured"]["val_kept"] >= 0.8
+    assert "trust fitted" in result.output
+
+
+def test_trust_rejects_a_bad_setting(trust_run_copy: Path) -> None:
+    result = CliRunner().invoke(app, ["trust", str(trust_run_copy), "--keep", "1.5"])
+    assert result.exit_code != 0
+    assert "keep" in str(result.exception) or "keep" in result.output
+
+
+def test_evaluate_ood_writes_auroc_rejection_and_calibration(trust_run_copy: Path, noise_folder: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(trust_run_copy), "--ood", str(noise_folder)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((trust_run_copy / "eval.json").read_text())
+    trust = data["trust"]
+    assert trust["ood"][0]["n_images"] == 7 and trust["ood"][0]["skipped"] == 1
+    assert trust["ood"][0]["rejected"] == 1.0 and trust["ood"][0]["auroc"] == 1.0
+    assert 0.0 <= trust["calibration"]["ece_after"] <= 1.0
+    assert sum(b["count"] for b in trust["calibration"]["bins_before"]) == data["n_images"]
+    assert (trust_run_copy / "reliability.png").is_file() and (trust_run_copy / "ood_scores.png").is_file()
+    report = CliRunner().invoke(app, ["report", str(trust_run_copy)])
+    assert report.exit_code == 0, report.output
+    html = (trust_run_copy / "report.html").read_text()
+    assert 'id="trust"' in html and "answered unknown" in html and "Reliability diagram" in html
+
+
+def test_predict_csv_has_unknown_and_score(trust_run: Path, noise_folder: Path) -> None:
+    own = sorted((trust_run.parent / "photos" / "c").glob("*.jpg"))[0]
+    result = CliRunner().invoke(app, ["predict", str(trust_run), str(noise_folder / "white.png"), str(own),
+                                      "--format", "csv", "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(io.StringIO(result.stdout))}
+    assert rows["white.png"]["unknown"] == "true" and rows[own.name]["unknown"] == "false"
+    assert float(rows["white.png"]["ood_score"]) > float(rows[own.name]["ood_score"])
+    assert rows[own.name]["label"] == "c"

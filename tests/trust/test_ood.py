@@ -1,0 +1,107 @@
+"""The OOD detectors on real tensors, and a tiny trained run that must tell its own photos from
+noise, flat colours and shuffled patches of its own photos at the threshold fitted on val."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plantid.errors import PlantidError
+from plantid.trust.fit import choose_threshold
+from plantid.trust.ood import fit_detector
+
+from tests.trust.conftest import generated_ood
+
+
+def _clusters(n: int = 120, d: int = 16, k: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    centres = torch.randn(k, d, generator=g) * 4
+    return centres[labels] + torch.randn(n, d, generator=g) * torch.linspace(0.2, 2.0, d), labels
+
+
+def test_knn_score_is_the_distance_to_the_kth_nearest_normalised_training_feature() -> None:
+    train, labels = _clusters()
+    query = torch.randn(10, train.shape[1], generator=torch.Generator().manual_seed(3)) * 3
+    for k in (1, 5):
+        detector = fit_detector("knn", train, labels, k=k)
+        got = detector(query, torch.zeros(10, 3))
+        distances = torch.cdist(torch.nn.functional.normalize(query.double(), dim=1),
+                                torch.nn.functional.normalize(train.double(), dim=1))
+        expected = distances.sort(dim=1).values[:, k - 1]
+        torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mahalanobis_matches_the_textbook_formula_in_float64() -> None:
+    train, labels = _clusters()
+    query = torch.randn(7, train.shape[1], generator=torch.Generator().manual_seed(4)) * 5
+    detector = fit_detector("mahalanobis", train, labels, shrinkage=0.1)
+    f = train.double()
+    means = torch.stack([f[labels == c].mean(0) for c in range(3)])
+    centred = f - means[labels]
+    cov = centred.T @ centred / (len(f) - 3)
+    cov = 0.9 * cov + 0.1 * torch.trace(cov) / cov.shape[0] * torch.eye(cov.shape[0], dtype=cov.dtype)
+    precision = torch.linalg.inv(cov)
+    diff = query.double()[:, None, :] - means[None]
+    expected = torch.einsum("nkd,de,nke->nk", diff, precision, diff).min(dim=1).values
+    torch.testing.assert_close(detector(query, torch.zeros(7, 3)).double(), expected, rtol=1e-4, atol=1e-3)
+    # a training photo sits closer to its class than a far-away point
+    assert detector(train[:1], torch.zeros(1, 3)) < detector(train[:1] + 50, torch.zeros(1, 3))
+
+
+def test_logit_detectors_score_flat_logits_as_less_known() -> None:
+    confident = torch.tensor([[8.0, 0.0, 0.0]])
+    flat = torch.tensor([[0.5, 0.4, 0.3]])
+    for name in ("energy", "maxlogit", "msp"):
+        detector = fit_detector(name, torch.zeros(3, 2), torch.arange(3))
+        assert detector(torch.zeros(1, 2), flat) > detector(torch.zeros(1, 2), confident), name
+
+
+def test_unknown_detector_name_is_a_one_line_error() -> None:
+    with pytest.raises(PlantidError, match="unknown OOD detector 'lof'"):
+        fit_detector("lof", torch.zeros(2, 2), torch.zeros(2))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.95, 0.99])
+def test_threshold_keeps_at_least_the_target_share(keep: float) -> None:
+    scores = np.random.default_rng(0).normal(size=37)
+    threshold = choose_threshold(scores, keep)
+    kept = np.mean(scores <= threshold)
+    assert kept >= keep
+    assert kept - 1 / len(scores) < keep  # the smallest such threshold: one photo fewer would miss it
+
+
+def test_tiny_run_rejects_generated_images_and_keeps_its_own_photos(trust_run: Path) -> None:
+    from plantid.data.images import load_image
+    from plantid.data.split import read_manifest
+    from plantid.infer.predictor import Predictor
+
+    predictor = Predictor.from_run(trust_run)
+    assert predictor.note is None and predictor.threshold is not None
+    manifest = read_manifest(trust_run / "split.csv")
+    for split, least in (("val", 0.95), ("test", 0.8)):  # val: exact by construction; test: 30 photos of sampling
+        photos = np.stack([load_image(r.path, 32) for r in manifest.rows_for(split)])
+        _, scores = predictor.predict_scored(photos)
+        assert np.mean(scores <= predictor.threshold) >= least, split
+    for kind, images in generated_ood(trust_run).items():
+        probabilities, scores = predictor.predict_scored(images)
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert np.mean(scores > predictor.threshold) == 1.0, kind
+
+
+def test_predictions_carry_unknown_and_score(trust_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from plantid.infer.predictor import Predictor
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(noise)
+    own = sorted((trust_run.parent / "photos" / "a").glob("*.jpg"))[0]
+    predictor = Predictor.from_run(trust_run)
+    got = {Path(p.source).name: p for p in predictor.predict([str(noise), str(own)])}
+    assert got["noise.png"].unknown is True and got["noise.png"].ood_score > predictor.threshold
+    assert got[own.name].unknown is False and got[own.name].ood_score <= predictor.threshold
+    assert got[own.name].top[0][0] == "a"
