@@ -7,6 +7,7 @@ Heavy imports happen inside commands so `plantid --help` stays instant.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,6 +51,56 @@ def _setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def _require_data(path: Path) -> None:
+    """Refuse a missing image folder or manifest at once, before any heavy import or output."""
+    if not path.exists():
+        raise PlantidError(f"{path}: no such folder or file; pass an image folder (one subfolder per species) "
+                           "or a split.csv written by `plantid split`")
+
+
+def _require_run(run: Path, backend: str = "torch") -> None:
+    """Refuse a path that is not a trained run folder at once, before any heavy import. The ONNX
+    backends also take an export folder or a .onnx file, which their loader checks itself."""
+    from plantid.runfolder import check_run_folder
+
+    if backend.startswith("onnx"):
+        if not run.exists():
+            raise PlantidError(f"{run}: no such run folder or ONNX export; pass the --out folder of `plantid train`")
+        return
+    check_run_folder(run)
+
+
+def _require_writable_file(out: Path) -> None:
+    """Refuse an output file that cannot be written before any work is done, so nothing computed is lost."""
+    if out.is_dir():
+        raise PlantidError(f"--out {out}: is a folder; give a file name such as {out / 'predictions.csv'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise PlantidError(f"--out {out}: the folder {parent} does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise PlantidError(f"--out {out}: not writable; choose a file in a folder you can write to")
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be bound (in use, privileged, bad address) before the model loads."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise PlantidError(f"--port {port}: not a port number; use one from 1 to 65535, e.g. --port 8000")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PlantidError(f"--host {host}: not an address of this machine ({exc.strerror}); use 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise PlantidError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
+                               f"choose another --port (e.g. --port {port + 1 if port < 65535 else 8000})") from None
+
+
 def _near_dup_option(distance: Optional[int]) -> dict[str, int]:
     """scan_folder's near_duplicate_distance when --near-dup-distance was given (else its default)."""
     return {} if distance is None else {"near_duplicate_distance": distance}
@@ -71,6 +122,7 @@ def scan(
 
     Example: plantid scan photos/ --out runs/scan.json
     """
+    _require_data(data)
     from plantid.data.scan import print_scan_table, scan_folder, write_scan_json
 
     report = scan_folder(data, progress=True, **_near_dup_option(near_dup_distance))
@@ -100,6 +152,7 @@ def split(
 
     Example: plantid split photos/ --out splits/ --val 0.15 --test 0.15 --seed 0 --materialize link
     """
+    _require_data(data)
     from plantid.data.scan import scan_folder
     from plantid.data.split import make_split, materialize as write_layout, write_manifest
 
@@ -129,6 +182,7 @@ def explore(
 
     Example: plantid explore photos/ --out explore/
     """
+    _require_data(source)
     from plantid.data.explore import explore as run_explore
 
     run_explore(source, out, console=console, samples_per_class=samples)  # prints what it wrote
@@ -163,6 +217,7 @@ def train(
             raise PlantidError("--resume continues a run with its saved config; drop --data and overrides")
     else:
         if data is not None:
+            _require_data(data)
             key = "data.manifest" if data.suffix == ".csv" else "data.root"
             overrides.insert(0, f"{key}={data}")
         cfg = load_config(recipe, overrides)  # validate before the heavy imports below
@@ -250,6 +305,7 @@ def evaluate(
 
     Example: plantid evaluate runs/lite0 --split test --tta default --ood other_photos/
     """
+    _require_run(run)
     from plantid.evaluate.evaluation import evaluate_run
 
     _setup_logging()
@@ -262,6 +318,7 @@ def report(run: RunArg) -> None:
 
     Example: plantid report runs/lite0
     """
+    _require_run(run)
     from plantid.evaluate.report import build_report
 
     path = build_report(run)
@@ -282,6 +339,9 @@ def predict(
 
     Example: plantid predict runs/lite0 leaf.jpg more_leaves/ --top-k 3 --format csv --out preds.csv
     """
+    _require_run(run, backend)
+    if out is not None:
+        _require_writable_file(out)
     from plantid.infer.cli_predict import predict_command
 
     code = predict_command(run, paths, top_k=top_k, tta=tta, output_format=output_format, out=out,
@@ -312,13 +372,15 @@ def export(
 def serve(
     run: RunArg,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port (1-65535).")] = 8000,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """A local web page (and JSON API) to identify a plant from a photo.
 
     Example: plantid serve runs/lite0 --port 8000, then open http://127.0.0.1:8000
     """
+    _require_run(run, backend)
+    _require_free_port(host, port)
     import uvicorn
 
     from plantid.serve.app import create_app

@@ -231,8 +231,14 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             raise PlantidError("no config given: pass a recipe, or resume=True to continue a run")
         if run.has_checkpoint():
             raise PlantidError(f"{run_dir} already holds a trained run: pass --resume to continue it, or choose another --out")
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        manifest = prepare_manifest(cfg, run_dir)
+        try:
+            manifest = prepare_manifest(cfg, run_dir)
+        except PlantidError:
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a failed start leaves no empty run folder behind
+            raise
         # 'auto' sizes and epochs become numbers here, so config.yaml says what the run trained with
         cfg = plan_run(cfg, read_manifest(manifest))
         write_text_atomic(run.config, dump_config(cfg))
