@@ -4,7 +4,9 @@
 
 * ``GET /``: the page (static files under ``/static``, fully offline);
 * ``GET /api/health``, ``GET /api/model``: liveness and the model card;
-* ``POST /api/predict``: multipart field ``file`` -> top-k species with probabilities;
+* ``POST /api/predict``: multipart field ``file`` -> top-k species with probabilities, and
+  ``unknown`` (true when the photo looks like none of the run's species) with ``ood_score`` and
+  ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated);
 * ``POST /api/gradcam``: multipart field ``file`` (+ optional ``label`` or ``class_index``) ->
   a PNG of the Grad-CAM heat-map over the photo (torch backend only).
 
@@ -165,6 +167,11 @@ def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
     return {
         "model_id": predictor.model_id,
         "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
+        # plantid.trust: the photo looks like none of the species (score above the run's threshold)
+        "unknown": prediction.unknown,
+        "ood_score": finite(prediction.ood_score),
+        "ood_threshold": finite(predictor.threshold),
+        "calibrated": predictor.trust is not None,
         "elapsed_ms": round(elapsed_ms, 2),
         "image": displayed_size(data),
     }

@@ -69,6 +69,8 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
         "parameters": parameters.get("total") if isinstance(parameters, dict) else None,
         "max_upload_bytes": max_upload_bytes,
         "top_k": top_k,
+        # detector, temperature, threshold, keep (plantid.trust), or None: no unknown check
+        "trust": predictor.trust,
     }
 
 

@@ -30,6 +30,8 @@
     empty: $("result-empty"),
     loading: $("result-loading"),
     result: $("result"),
+    best: $("best"),
+    bestEyebrow: $("best-eyebrow"),
     bestLabel: $("best-label"),
     bestConfidence: $("best-confidence"),
     bars: $("bars"),
@@ -370,8 +372,21 @@
 
   function renderPrediction(body) {
     const top = body.top_k[0];
-    el.bestLabel.textContent = top.label;
-    el.bestConfidence.textContent = percent(top.probability) + " likely";
+    const unknown = body.unknown === true;
+    const known = state.model ? state.model.classes.length : null;
+    el.result.classList.toggle("unknown", unknown);
+    el.best.classList.toggle("unknown", unknown);
+    if (unknown) {
+      el.bestEyebrow.textContent = "Not one of the species I know";
+      el.bestLabel.textContent = "This photo does not look like any of the " + (known ? known + " " : "") +
+        "species this model knows";
+      el.bestConfidence.textContent = "Closest: " + top.label + " (" + percent(top.probability) +
+        "), but treat the greyed guesses below with care: the photo may show something else entirely.";
+    } else {
+      el.bestEyebrow.textContent = "Best match";
+      el.bestLabel.textContent = top.label;
+      el.bestConfidence.textContent = percent(top.probability) + " likely";
+    }
     el.bars.replaceChildren();
     body.top_k.forEach((item, index) => {
       const li = document.createElement("li");
@@ -405,11 +420,17 @@
       }));
     });
     const size = body.image && body.image.width ? body.image.width + " × " + body.image.height + " px photo" : "photo";
-    el.resultNote.textContent = "Probabilities over the " + (state.model ? state.model.classes.length + " " : "") +
-      "species the model was trained on, for this " + size + ".";
+    el.resultNote.textContent = (unknown ? "Closest species, shown only for reference: probabilities over the "
+      : (body.calibrated ? "Calibrated probabilities over the " : "Probabilities over the ")) +
+      (known ? known + " " : "") + "species the model was trained on, for this " + size + "." +
+      (body.unknown === null || body.unknown === undefined
+        ? " This model does not check whether a photo shows one of its species at all."
+        : "");
     el.timing.textContent = Math.round(body.elapsed_ms) + " ms";
     setResultView("result");
-    announce("Best match: " + top.label + ", " + percent(top.probability) + ".");
+    announce(unknown
+      ? "This photo does not look like any of the species this model knows. Closest: " + top.label + "."
+      : "Best match: " + top.label + ", " + percent(top.probability) + ".");
   }
 
   // ------------------------------------------------------------------ Grad-CAM
