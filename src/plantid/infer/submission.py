@@ -221,6 +221,8 @@ def _reuse_export(trained: Any, run_dir: Path, staging: Path, quantize: bool, qu
             or meta.get("image_size") != trained.image_size or meta.get("labels") != list(trained.classes) \
             or not (source / ONNX_FILE).is_file() or meta.get("sha256") != sha256_file(source / ONNX_FILE):
         return False
+    if meta.get("trust"):  # that graph carries the trust head (calibrated probabilities, ood_score); the submission does not
+        return False
     int8 = meta.get("int8") or {}
     if quantize and not (int8.get("mode") == quantization and (source / INT8_FILE).is_file()
                          and int8.get("sha256") == sha256_file(source / INT8_FILE)):
