@@ -210,7 +210,8 @@ def main() -> None:
                     scores = run_baseline(manifest, cell_dir, args.baseline_args.split())
                 cell = {"dataset": name, "seed": seed, "method": method, **scores,
                         "commit": git_commit(), "wall_seconds": round(time.perf_counter() - started, 1),
-                        "cpu_count": os.cpu_count()}
+                        "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                        "load_average": os.getloadavg()[0]}
                 results = load_results(args.out)  # another invocation may have added cells meanwhile
                 results["cells"].append(cell)
                 save(results, args.out)

@@ -19,7 +19,6 @@ is never changed. Every constant here was chosen on validation accuracy (docs/be
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -42,6 +41,7 @@ MAX_EPOCHS = 9  # leaves: 10 and 11 epochs did not beat 9 (docs/benchmarks.md)
 MIN_EPOCHS = 3  # fewer passes are taken as shares of the photos per epoch instead
 BUDGET_SHARE = 0.8  # of the budget the plan fills: the probe skips data loading, augmentation and logging
 SAMPLE_PHOTOS = 200  # photos whose headers give the resolution
+PROBE_SHARE = 0.05  # of the budget the throughput probe may take (beyond one step per size)
 
 
 @dataclass
@@ -117,9 +117,13 @@ def plan_epochs(budget_s: float, final_size: int, n_train: int, n_val: int, spee
     return epochs, phases_for(epochs, final_size), round(share, 4)
 
 
-def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: list[int], steps: int = 3) -> Speed:
+def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: list[int], steps: int = 3,
+                max_seconds: float = 30.0) -> Speed:
     """Photos per second of a few real training steps (forward, backward, optimizer) at each size,
-    and of evaluation at the last size, on a throwaway copy of the run's model and device."""
+    and of evaluation at the last size, on a throwaway copy of the run's model and device.
+
+    Each measurement stops after `steps` steps or its share of `max_seconds` (at least one step),
+    so a slow machine does not spend its budget measuring itself."""
     from plantid.train.module import PlantClassifierModule
     from plantid.train.optim import build_optimizer
 
@@ -132,23 +136,24 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     module = PlantClassifierModule(probe_cfg.model_dump(mode="json"), classes, counts)
     gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
-    model = copy.deepcopy(module.model).to(device)
+    model = module.model.to(device)  # the module is thrown away after the probe
     optimizer = build_optimizer(model, cfg.optim)
     memory = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     batch = cfg.data.batch_size
     labels = torch.arange(batch, device=device) % len(classes)
 
+    share = max_seconds / (len(set(sizes)) + 1)  # of the time, per measurement
+
     def timed(fn, size: int, n: int) -> float:
         x = torch.rand(n, 3, size, size, device=device).contiguous(memory_format=memory)
-        fn(x)  # warm-up: allocations, kernel choice
-        if gpu:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
+        fn(x[:4])  # warm-up on a few photos: kernel choice, first allocations
+        done, t0 = 0, time.perf_counter()
+        while done < steps and (done == 0 or time.perf_counter() - t0 < share):
             fn(x)
-        if gpu:
-            torch.cuda.synchronize(device)
-        return steps * n / (time.perf_counter() - t0)
+            if gpu:
+                torch.cuda.synchronize(device)
+            done += 1
+        return done * n / (time.perf_counter() - t0)
 
     def train_step(x: torch.Tensor) -> None:
         loss = torch.nn.functional.cross_entropy(model(x), labels[: len(x)])
@@ -194,7 +199,8 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         sizes = sorted({p.image_size for p in phases_for(MAX_EPOCHS, final)} | {final}) if auto_phases \
             else sorted({min(p.image_size, final) for p in phases} | {final})
         counts = [manifest.class_counts("train")[c] for c in manifest.classes]
-        speed = probe_speed(cfg, manifest.classes, counts, sizes)
+        speed = probe_speed(cfg, manifest.classes, counts, sizes,
+                            max_seconds=PROBE_SHARE * cfg.train.budget_minutes * 60)
         budget = cfg.train.budget_minutes * 60 * BUDGET_SHARE - speed.seconds
         if auto_phases:
             epochs, phases, share = plan_epochs(budget, final, n_train, n_val, speed)
