@@ -5,8 +5,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
-DATA ?= ../shared/datasets/an2dl2022-plants
-OUT ?= runs/demo
+DEMO_DATA := ../shared/datasets/an2dl2022-plants
+DATA ?= $(DEMO_DATA)
+# runs/demo for the shared leaves, runs/<folder name> for any other DATA, so a second data set's
+# demo never overwrites (or silently reuses) the first one's split and trained run.
+OUT ?= $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),runs/demo,runs/$(notdir $(abspath $(DATA))))
 RECIPE ?= cpu-default
 PYTEST_ARGS ?=
 
