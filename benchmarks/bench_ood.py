@@ -40,8 +40,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES: list[tuple[str, dict]] = [
-    ("msp", {}), ("maxlogit", {}), ("energy", {}), ("mahalanobis", {}),
+    ("msp", {}), ("maxlogit", {}), ("energy", {}), ("mahalanobis", {}), ("mahalanobis", {"shrinkage": 0.01}),
     ("knn", {"k": 1}), ("knn", {"k": 5}), ("knn", {"k": 20}), ("knn", {"k": 50}),
+    ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}),
 ]
 KEEP = 0.95
 
@@ -117,7 +118,7 @@ def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
     gen_half = np.arange(n_gen) % 2
     results = []
     for name, settings in CANDIDATES:
-        detector = fit_detector(name, t["train_f"], t["train_y"], **settings)
+        detector = fit_detector(name, t["train_f"], t["train_y"], val=(t["val_f"], t["val_z"]), **settings)
 
         def score(prefix: str) -> np.ndarray:
             with torch.no_grad():
@@ -187,14 +188,14 @@ def main() -> None:
     for p in pairs:
         kinds = list(p["results"][0]["report"])
         print(f"\n{p['run']} against {p['foreign']} (threshold keeps {KEEP:.0%} of {p['n_val']} val photos)")
-        head = f"{'detector':<16}{'sel worst rej':>14}{'sel AUROC':>10}{'test kept':>10}" + "".join(f"{k[:20]:>21}" for k in kinds)
+        head = f"{'detector':<28}{'sel worst rej':>14}{'sel AUROC':>10}{'test kept':>10}" + "".join(f"{k[:20]:>21}" for k in kinds)
         print(head)
         print("-" * len(head))
         for r in p["results"]:
             cells = "".join(f"{100 * r['report'][k]['rejected']:>6.1f}%/{100 * r['report'][k]['rejected_at_test95']:>5.1f}%"
                             f" {r['report'][k]['auroc']:>6.4f}" for k in kinds)
             mark = " *" if r["detector"] == chosen else ""
-            print(f"{r['detector']:<16}{100 * r['selection_worst_rejected']:>13.1f}%{r['selection_mean_auroc']:>10.4f}"
+            print(f"{r['detector']:<28}{100 * r['selection_worst_rejected']:>13.1f}%{r['selection_mean_auroc']:>10.4f}"
                   f"{100 * r['test_kept']:>9.1f}%{cells}{mark}")
         print("(report columns: % rejected at the val threshold / at the threshold keeping 95% of test, AUROC vs test)")
     print(f"\nchosen (best worst-case rejection on selection data, val + half A): {chosen}")

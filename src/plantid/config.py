@@ -196,8 +196,9 @@ class TrustConfig(_Section):
     """What `plantid train` (and `plantid trust RUN`) fit after training to judge predictions
     (plantid.trust): the out-of-distribution detector and the share of known photos it keeps."""
 
-    detector: Literal["knn", "mahalanobis", "energy", "maxlogit", "msp"] = "knn"
-    k: int = Field(1, ge=1)  # the k-th nearest training photo (knn)
+    # mahalanobis+knn: the larger of the two scaled scores; measured best in benchmarks/bench_ood.py
+    detector: Literal["mahalanobis+knn", "knn", "mahalanobis", "energy", "maxlogit", "msp"] = "mahalanobis+knn"
+    k: int = Field(20, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".
     keep: float = Field(0.95, gt=0.0, lt=1.0)

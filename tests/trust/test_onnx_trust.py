@@ -41,7 +41,7 @@ def test_torch_and_onnx_agree_on_scores_and_unknown(exported: Path) -> None:
         p_t, s_t = torch_pred.predict_scored(batch)
         p_o, s_o = onnx_pred.predict_scored(batch)
         np.testing.assert_allclose(p_o, p_t, atol=1e-4, rtol=0, err_msg=name)
-        np.testing.assert_allclose(s_o, s_t, atol=1e-4, rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(s_o, s_t, atol=1e-3, rtol=1e-3, err_msg=name)  # SCORE_TOLERANCE
         assert list(s_o > onnx_pred.threshold) == list(s_t > torch_pred.threshold), name
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger("plantid")
 
 def detector_settings(cfg: TrustConfig) -> dict[str, Any]:
     """The settings a detector is built with (saved beside its tensors)."""
-    return {"k": cfg.k} if cfg.detector == "knn" else {}
+    return {"k": cfg.k} if "knn" in cfg.detector else {}
 
 
 def choose_threshold(scores: np.ndarray, keep: float) -> float:
@@ -46,8 +46,9 @@ def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.n
     if len(train_features) == 0:
         raise PlantidError("the run has no training photos to fit the OOD detector on")
     settings = detector_settings(cfg)
-    detector = fit_detector(cfg.detector, torch.from_numpy(train_features), torch.from_numpy(train_labels), **settings)
     vf, vz, vy = torch.from_numpy(val_features), torch.from_numpy(val_logits), torch.from_numpy(val_labels)
+    detector = fit_detector(cfg.detector, torch.from_numpy(train_features), torch.from_numpy(train_labels),
+                            val=(vf, vz), **settings)
     temperature = fit_temperature(vz, vy)
     with torch.no_grad():
         scores = detector(vf, vz).double().numpy()

@@ -11,6 +11,9 @@ photos; a photo is "unknown" when its score is above the run's threshold.
   covariance shared by the classes (Lee et al. 2018), shrunk towards a scaled identity.
 * ``energy``: -logsumexp(logits) (Liu et al. 2020); ``maxlogit``: -max logit; ``msp``: -max
   softmax probability. They need no fitting.
+* ``mahalanobis+knn``: the larger of the two scores, each divided by its 95th percentile on the
+  validation photos. Mahalanobis separates other photos (flowers for the leaf model) best, k-NN
+  flat colours and noise; the maximum keeps both (benchmarks/bench_ood.py).
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
@@ -126,6 +129,43 @@ class MaxSoftmax(nn.Module):
         return {}
 
 
+class MaxOfScaled(nn.Module):
+    """max_i score_i / scale_i over several detectors: unknown when any of them finds the photo unusual."""
+
+    def __init__(self, detectors: list[nn.Module], scales: torch.Tensor):
+        super().__init__()
+        self.parts = nn.ModuleList(detectors)
+        self.register_buffer("scales", scales.float())
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        scores = torch.stack([d(features, logits) for d in self.parts], dim=1)
+        return (scores / self.scales).max(dim=1).values
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"scales": self.scales}
+        for i, d in enumerate(self.parts):
+            out.update({f"part{i}.{k}": v for k, v in d.state().items()})
+        return out
+
+
+SCALE_QUANTILE = 0.95
+
+
+def _fit_maha_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 1, shrinkage: float = 0.1,
+                  val: tuple[torch.Tensor, torch.Tensor] | None = None, **_) -> MaxOfScaled:
+    if val is None:
+        raise PlantidError("the mahalanobis+knn detector scales its parts on validation photos; none were given")
+    parts = [Mahalanobis.fit(features, labels, shrinkage=shrinkage), KNNDistance.fit(features, labels, k=k)]
+    with torch.no_grad():
+        scales = torch.stack([torch.quantile(p(*val).double(), SCALE_QUANTILE) for p in parts])
+    return MaxOfScaled(parts, scales.clamp(min=1e-12))
+
+
+def _load_maha_knn(s: dict[str, torch.Tensor], k: int = 1, **_) -> MaxOfScaled:
+    return MaxOfScaled([Mahalanobis(s["part0.means"], s["part0.whiten"]), KNNDistance(s["part1.bank"], k=k)],
+                       s["scales"])
+
+
 def _fit_plain(cls: type[nn.Module]) -> Callable[..., nn.Module]:
     return lambda features, labels, **_: cls()
 
@@ -135,6 +175,7 @@ DETECTORS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] 
     "knn": (lambda f, y, k=1, **_: KNNDistance.fit(f, y, k=k), lambda s, k=1, **_: KNNDistance(s["bank"], k=k)),
     "mahalanobis": (lambda f, y, shrinkage=0.1, **_: Mahalanobis.fit(f, y, shrinkage=shrinkage),
                     lambda s, **_: Mahalanobis(s["means"], s["whiten"])),
+    "mahalanobis+knn": (_fit_maha_knn, _load_maha_knn),
     "energy": (_fit_plain(Energy), lambda s, **_: Energy()),
     "maxlogit": (_fit_plain(MaxLogit), lambda s, **_: MaxLogit()),
     "msp": (_fit_plain(MaxSoftmax), lambda s, **_: MaxSoftmax()),
@@ -148,7 +189,11 @@ def _known(name: str) -> str:
 
 
 def fit_detector(name: str, features: torch.Tensor, labels: torch.Tensor, **settings) -> nn.Module:
-    """Fit detector `name` on training features (N x D) and labels (N); settings such as k=..."""
+    """Fit detector `name` on training features (N x D) and labels (N); settings such as k=...
+
+    `val=(features, logits)` of validation photos is used by detectors that scale their parts
+    (mahalanobis+knn) and ignored by the others.
+    """
     return DETECTORS[_known(name)][0](features, labels, **settings)
 
 
