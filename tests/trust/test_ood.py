@@ -105,3 +105,13 @@ def test_predictions_carry_unknown_and_score(trust_run: Path, tmp_path: Path) ->
     assert got["noise.png"].unknown is True and got["noise.png"].ood_score > predictor.threshold
     assert got[own.name].unknown is False and got[own.name].ood_score <= predictor.threshold
     assert got[own.name].top[0][0] == "a"
+
+
+def test_auroc_counts_ties_half_and_orders_scores() -> None:
+    from plantid.evaluate.trust_metrics import ood_auroc
+
+    assert ood_auroc(np.array([0.1, 0.2]), np.array([5e6, 7e6])) == 1.0  # large raw scores, no sigmoid squashing
+    assert ood_auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 0.0
+    assert ood_auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+    assert ood_auroc(np.array([0.0, 2.0]), np.array([1.0, 3.0])) == 0.75  # 3 of 4 pairs ordered
+    assert ood_auroc(np.array([]), np.array([1.0])) is None

@@ -25,15 +25,21 @@ def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
     Computed by torchmetrics on the scores' ranks scaled to [0, 1] (it would squash raw scores
     outside [0, 1] through a sigmoid, tying all large ones). None when either side is empty.
     """
-    from scipy.stats import rankdata
     from torchmetrics.functional.classification import binary_auroc
 
     if len(in_scores) == 0 or len(out_scores) == 0:
         return None
     scores = np.concatenate([np.asarray(in_scores, np.float64), np.asarray(out_scores, np.float64)])
-    ranks = torch.from_numpy(rankdata(scores) / len(scores))
+    ranks = torch.from_numpy(_average_ranks(scores) / len(scores))
     target = torch.cat([torch.zeros(len(in_scores)), torch.ones(len(out_scores))]).long()
     return _r(binary_auroc(ranks, target))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank (like scipy.stats.rankdata)."""
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each unique value's first occurrence
+    return (first + (counts + 1) / 2.0)[inverse]
 
 
 def share_above(scores: np.ndarray, threshold: float) -> float | None:
