@@ -22,6 +22,7 @@ from plantid.trust.audit import (
     AUDIT_HTML,
     CSV_HEADER,
     audit_run,
+    feature_pieces,
     out_of_fold_probs,
     pooled_features,
     rank_label_issues,
@@ -57,10 +58,9 @@ def test_out_of_fold_ranking_puts_flipped_labels_first() -> None:
     assert flagged[flipped].all()
     # the suggested label of a flipped photo is its true class
     assert (probs[flipped].argmax(axis=1) == truth[flipped]).all()
-    # flagged photos come first, each block by rising quality
-    n = int(flagged.sum())
-    assert flagged[order[:n]].all() and not flagged[order[n:]].any()
-    assert np.all(np.diff(quality[order[:n]]) >= 0) and np.all(np.diff(quality[order[n:]]) >= 0)
+    # the ranking is by rising label quality, which is the out-of-fold probability of the given label
+    np.testing.assert_allclose(quality, probs[np.arange(len(given)), given], atol=1e-9)
+    assert np.all(np.diff(quality[order]) >= 0)
 
 
 def test_out_of_fold_needs_two_photos_per_class() -> None:
@@ -84,6 +84,14 @@ def test_pooled_features_are_the_backbones_pre_logits() -> None:
         expected = bb.forward_head(bb.forward_features(model.normalize(x)), pre_logits=True)
     assert feats.shape == (3, bb.num_features)
     np.testing.assert_allclose(feats, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+    # the stage statistics are each stage map's channel means and standard deviations
+    pieces = feature_pieces(model, images, rows=np.array([4, 0, 2]), batch_size=2)
+    with torch.inference_mode():
+        maps = bb.forward_intermediates(model.normalize(x), intermediates_only=True)
+    np.testing.assert_allclose(pieces["mean"], torch.cat([m.mean((2, 3)) for m in maps], 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pieces["std"], torch.cat([m.std((2, 3)) for m in maps], 1).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pieces["head"], feats, rtol=1e-6)
 
 
 @pytest.fixture
@@ -123,6 +131,7 @@ def test_audit_run_finds_flipped_labels_and_writes_csv_and_html(flipped_run) -> 
     assert len(table) == n_audited + 1
     assert [row[1] for row in table[1:]] == [r.path for r in result.rows]
     assert {row[1] for row in table[1 : 1 + len(flipped)]} <= top
+    assert [float(row[7]) for row in table[1:]] == sorted(float(row[7]) for row in table[1:])
 
     page = (run / AUDIT_HTML).read_text(encoding="utf-8")
     images = re.findall(r'<img [^>]*src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', page)
