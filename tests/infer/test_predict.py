@@ -109,8 +109,13 @@ def test_predict_cli_mixed_inputs_csv(run: Path, inputs: dict[str, Path]) -> Non
 
 def test_predict_cli_onnx_backend_json_out_matches_torch(run: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "preds" / "out.json"
-    proc = _plantid(str(run), str(inputs["tree"]), "--backend", "onnx", "--format", "json", "--out", str(out),
-                    "--top-k", "3", cwd=inputs["root"])
+    args = [str(run), str(inputs["tree"]), "--backend", "onnx", "--format", "json", "--out", str(out), "--top-k", "3"]
+    refused = _plantid(*args, cwd=inputs["root"])  # --out into a missing folder: one line, before predicting
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: --out {out}: the folder {out.parent} does not exist; create it or choose another --out"]
+    out.parent.mkdir()
+    proc = _plantid(*args, cwd=inputs["root"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""  # results went to the file
     data = json.loads(out.read_text())
