@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES: list[tuple[str, dict]] = [
     ("msp", {}), ("maxlogit", {}), ("energy", {}), ("mahalanobis", {}), ("mahalanobis", {"shrinkage": 0.01}),
     ("knn", {"k": 1}), ("knn", {"k": 5}), ("knn", {"k": 20}), ("knn", {"k": 50}),
-    ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}),
+    ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
 ]
 KEEP = 0.95
 

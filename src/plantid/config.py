@@ -198,7 +198,7 @@ class TrustConfig(_Section):
 
     # mahalanobis+knn: the larger of the two scaled scores; measured best in benchmarks/bench_ood.py
     detector: Literal["mahalanobis+knn", "knn", "mahalanobis", "energy", "maxlogit", "msp"] = "mahalanobis+knn"
-    k: int = Field(20, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
+    k: int = Field(50, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".
     keep: float = Field(0.95, gt=0.0, lt=1.0)
