@@ -209,7 +209,8 @@ def _training_speed(summary: dict[str, Any]) -> str:
 
 def _data_section(run_dir: Path) -> str:
     from plantid.data.split import SPLITS, read_manifest
-    from plantid.evaluate.plots import class_distribution_figure, png_bytes
+    from plantid.data.explore import class_distribution_figure
+    from plantid.evaluate.plots import png_bytes
 
     try:
         manifest = read_manifest(RunFolder(run_dir).manifest)
@@ -217,7 +218,8 @@ def _data_section(run_dir: Path) -> str:
         return f'<p class="empty">No data summary: {e(exc)}</p>'
     counts = {s: manifest.class_counts(s) for s in SPLITS}
     sizes = manifest.split_sizes()
-    parts = [_img(png_bytes(class_distribution_figure(counts)), "Images per class and split")]
+    chart = class_distribution_figure(counts, "Photos per class and split", manifest.classes)
+    parts = [_img(png_bytes(chart), "Photos per class and split")]
     head = "".join(f"<th>{e(s)}</th>" for s in SPLITS)
     rows = []
     for c in manifest.classes:
