@@ -35,6 +35,9 @@ err_console = Console(stderr=True)
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
+NearDupOption = Annotated[Optional[int], typer.Option(
+    help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
+    "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off.")]
 TTA_HELP = ("Test-time augmentation: a set (default = the run's eval.tta, flips unless set: the photo, its "
             "mirrors and half turn; report: "
             "the report's six views; dihedral: all 8 turns and mirrors) or a comma list of views "
@@ -110,13 +113,7 @@ def _near_dup_option(distance: Optional[int]) -> dict[str, int]:
 def scan(
     data: DataArg,
     out: Annotated[Optional[Path], typer.Option(help="Where to write scan.json (default: ./scan.json).")] = Path("scan.json"),
-    near_dup_distance: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
-            "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off."
-        ),
-    ] = None,
+    near_dup_distance: NearDupOption = None,
 ) -> None:
     """Check every photo: decode it fully, list bad files with the reason, report duplicates and near duplicates.
 
@@ -140,13 +137,7 @@ def split(
     test: Annotated[float, typer.Option(help="Fraction of each class for test.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Split seed: same data + seed = byte-identical manifest.")] = 0,
     materialize: Annotated[Optional[str], typer.Option(help="Also write train/val/test/<class>/ folders: copy or link.")] = None,
-    near_dup_distance: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
-            "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off."
-        ),
-    ] = None,
+    near_dup_distance: NearDupOption = None,
 ) -> None:
     """Deterministic stratified train/val/test split, written as a split.csv manifest.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -60,3 +61,13 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON to `target` atomically and return the path."""
     return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks: how exports and trust files record which
+    model or checkpoint they belong to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,6 +16,8 @@ read (and changed) in one place. Torch-free, so commands can check a folder befo
       report.html            `plantid report`
       export/model.onnx, export/model.int8.onnx, export/preprocessing.json   `plantid export`
       submission/            `plantid export --format submission`
+      trust.json, trust.safetensors   fitted after training: temperature, unknown-photo detector
+      audit.csv, audit.html  `plantid audit`: photos most likely mislabelled
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 PREPROCESSING_FILE = "preprocessing.json"
 SUBMISSION_DIR = "submission"
+TRUST_JSON = "trust.json"  # plantid.trust: temperature, OOD detector, threshold
+TRUST_TENSORS = "trust.safetensors"  # the detector's fitted tensors (class means, training features)
+AUDIT_CSV = "audit.csv"
+AUDIT_HTML = "audit.html"
 
 MANIFEST_SPLITS = ("train", "val", "test")
 

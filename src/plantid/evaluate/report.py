@@ -284,7 +284,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
         out.append('<table class="narrow"><thead><tr><th>photos of none of the species</th><th>photos</th>'
                    f'<th>answered unknown</th><th>AUROC</th></tr></thead><tbody>{ood_rows}</tbody></table>')
     else:
-        out.append(f'<p class="note">Add <code>--ood FOLDER</code> to <code>plantid evaluate</code> to measure how many '
+        out.append('<p class="note">Add <code>--ood FOLDER</code> to <code>plantid evaluate</code> to measure how many '
                    'photos of other things are answered unknown.</p>')
     out.append(_img(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
                     "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo given "

@@ -17,7 +17,6 @@ Optionally an int8 model is written beside it (`plantid.infer.quantize`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from plantid.errors import PlantidError, first_line
-from plantid.fileio import atomic_path, write_json_atomic
+from plantid.fileio import atomic_path, sha256_file, write_json_atomic
 from plantid.infer.onnx_backend import (
     INPUT_NAME,
     INT8_MAX_DROP_POINTS,
@@ -80,15 +79,6 @@ def probability_model(classifier: Any, trust_head: Any = None) -> Any:
 
         _WRAPPER_CLASS = ProbabilityModel
     return _WRAPPER_CLASS(classifier, trust_head).eval()
-
-
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks (exports record their models' and checkpoints')."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = False, quantization: str = "static",

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from plantid.errors import PlantidError
-from plantid.fileio import give_usual_mode, write_json_atomic, write_text_atomic
+from plantid.fileio import give_usual_mode, sha256_file, write_json_atomic, write_text_atomic
 from plantid.infer.onnx_export import (
     TOLERANCE,
     compare_with_torch,
     export_onnx,
     probability_model,
     run_photos,
-    sha256_file,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES
 from plantid.runfolder import INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, RunFolder

@@ -38,11 +38,10 @@ import numpy as np
 
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.runfolder import AUDIT_CSV, AUDIT_HTML
 
 log = logging.getLogger("plantid")
 
-AUDIT_CSV = "audit.csv"
-AUDIT_HTML = "audit.html"
 FEATURE_SOURCES = ("auto", "pretrained", "model")
 CSV_HEADER = ["rank", "path", "split", "given", "suggested", "given_prob", "suggested_prob", "quality", "flagged"]
 THUMB_PX = 128

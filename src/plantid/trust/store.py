@@ -8,7 +8,6 @@ detector fitted for other weights: `load_trust` then returns None with a one-lin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,22 +17,12 @@ from typing import Any
 import torch
 
 from plantid.errors import PlantidError
-from plantid.fileio import atomic_path, write_json_atomic
+from plantid.fileio import atomic_path, sha256_file, write_json_atomic
+from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
 
 log = logging.getLogger("plantid")
 
-TRUST_JSON = "trust.json"
-TRUST_TENSORS = "trust.safetensors"
 FORMAT = "plantid-trust/1"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
