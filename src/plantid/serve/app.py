@@ -22,8 +22,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,14 @@ from plantid.infer.predictor import Predictor
 from plantid.serve.middleware import SecurityHeaders, install_error_handlers
 from plantid.serve.model_card import build_model_card, finite, package_version
 from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, UPLOAD_BODY
-from plantid.serve.uploads import bad_image_error, displayed_size, int_or_reject, read_upload
+from plantid.serve.uploads import (
+    MAX_UPLOAD_PIXELS,
+    bad_image_error,
+    check_pixels,
+    displayed_size,
+    int_or_reject,
+    read_upload,
+)
 
 log = logging.getLogger("plantid.serve")
 
@@ -56,6 +64,10 @@ class ServeSettings:
     run_dir: Path
     max_upload_bytes: int
     top_k: int
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS
+    # Decodes (and inferences) at once: each may hold a full-size photo in memory, so this bounds
+    # the server's peak memory however many requests arrive together.
+    decode_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
 
 def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_bytes: int = 10 * 1024 * 1024,
@@ -67,13 +79,14 @@ def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_by
 
 
 def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes: int = 10 * 1024 * 1024,
-              top_k: int = 5) -> FastAPI:
+              top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS) -> FastAPI:
     """The app around an already loaded Predictor (create_app's second half; handy in tests)."""
     if max_upload_bytes < 1:
         raise PlantidError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     if top_k < 1:
         raise PlantidError(f"top_k must be at least 1, got {top_k}")
-    settings = ServeSettings(run_dir=Path(run_dir), max_upload_bytes=int(max_upload_bytes), top_k=int(top_k))
+    settings = ServeSettings(run_dir=Path(run_dir), max_upload_bytes=int(max_upload_bytes), top_k=int(top_k),
+                             max_upload_pixels=int(max_upload_pixels))
 
     # FastAPIOffline is FastAPI with /docs and /redoc served from packaged assets: the stock pages
     # load Swagger UI from a CDN, so they were blank on an offline machine.
@@ -125,7 +138,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if not 1 <= k <= 1000:
             raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
         upload = await read_upload(request, state.settings.max_upload_bytes)
-        return await run_in_threadpool(_predict_one, predictor, upload.data, k)
+        return await run_in_threadpool(_bounded, state.settings, upload.data, _predict_one, predictor, upload.data, k)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -147,7 +160,8 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if index_text is not None:
             class_index = int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
         target = _resolve_class(predictor.classes, label, class_index)
-        return await run_in_threadpool(_gradcam_one, predictor, state.gradcam, upload.data, target)
+        return await run_in_threadpool(_bounded, state.settings, upload.data, _gradcam_one, predictor,
+                                       state.gradcam, upload.data, target)
 
     return app
 
@@ -156,6 +170,13 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
 
 
 # --------------------------------------------------------------------------- work (thread pool)
+
+
+def _bounded(settings: ServeSettings, data: bytes, work: Any, *args: Any) -> dict[str, Any]:
+    """`work(*args)` on the upload `data`, only if its pixel count is within bounds, in a decode slot."""
+    check_pixels(data, settings.max_upload_pixels)
+    with settings.decode_slots:
+        return work(*args)
 
 
 def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
