@@ -146,12 +146,13 @@ def split(
     _require_data(data)
     from plantid.data.scan import scan_folder
     from plantid.data.split import make_split, materialize as write_layout, write_manifest
+    from plantid.runfolder import MANIFEST_FILE
 
     if materialize not in (None, "copy", "link"):
         raise PlantidError(f"--materialize must be copy or link, not '{materialize}'")
     report = scan_folder(data, progress=True, **_near_dup_option(near_dup_distance))
     rows = make_split(report, val=val, test=test, seed=seed)
-    manifest = write_manifest(rows, out / "split.csv")
+    manifest = write_manifest(rows, out / MANIFEST_FILE)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.split] = counts.get(row.split, 0) + 1

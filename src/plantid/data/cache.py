@@ -50,6 +50,12 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "plantid"
 
 
+def resolve_cache_dir(configured: str | os.PathLike | None) -> Path:
+    """The cache folder a run's `data.cache_dir` names (user-expanded), else `default_cache_dir()`:
+    how evaluation, trust fitting and the audit find the pixels training cached."""
+    return Path(configured).expanduser() if configured is not None else default_cache_dir()
+
+
 def cache_key(paths: Sequence[str], image_size: int) -> str:
     """The cache identity: format, Pillow version, size and every photo's path, size and mtime."""
     h = hashlib.sha256()

@@ -36,13 +36,6 @@ class EvalSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unusable photos
 
 
-def _cache_dir(trained) -> Path:
-    from plantid.data.cache import default_cache_dir
-
-    configured = trained.config.data.cache_dir
-    return Path(configured).expanduser() if configured is not None else default_cache_dir()
-
-
 def _manifest_set(run_dir: Path, split: str, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
     from plantid.data.cache import build_cache
     from plantid.data.split import read_manifest
@@ -181,7 +174,9 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     views = parse_tta(tta, default=trained.config.eval.tta)
     classes = list(trained.classes)
     image_size = trained.image_size
-    data = resolve_eval_set(run_dir, split, classes, image_size, _cache_dir(trained))
+    from plantid.data.cache import resolve_cache_dir
+
+    data = resolve_eval_set(run_dir, split, classes, image_size, resolve_cache_dir(trained.config.data.cache_dir))
     for path, reason in data.skipped:
         log.warning("skipping %s: %s", path, reason)
 

@@ -289,7 +289,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     out.append(_img(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
                     "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo given "
                     "80% is right 80% of the time."))
-    json_name = "eval.json" if result["split"] == "test" else f"eval_{result['split']}.json"
+    json_name = evaluation_files(result["split"])["json"]
     scores_png = run_dir / trust_figure_names(json_name)["ood"]
     if trust["ood"] and scores_png.is_file():
         out.append(_img(scores_png.read_bytes(), "OOD score histograms",

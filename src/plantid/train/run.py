@@ -60,7 +60,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             # torch reports a full disk as a RuntimeError from its zip writer; either way the
             # previous checkpoint is intact, so the run can go on from it.
             run_dir = Path(path).parent
-            then = (f"continue with: plantid train --resume {run_dir}" if (run_dir / "last.ckpt").exists()
+            then = (f"continue with: plantid train --resume {run_dir}" if RunFolder(run_dir).last_checkpoint.exists()
                     else "run the same command again")
             raise PlantidError(f"{path}: could not write the checkpoint ({first_line(err)}); free disk space "
                                f"(or check the folder's permissions), then {then}") from err

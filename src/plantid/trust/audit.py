@@ -38,7 +38,7 @@ import numpy as np
 
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
-from plantid.runfolder import AUDIT_CSV, AUDIT_HTML
+from plantid.runfolder import AUDIT_CSV, AUDIT_HTML, RunFolder
 
 log = logging.getLogger("plantid")
 
@@ -254,12 +254,6 @@ def rank_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.nd
 
 
 # -- the run-level audit --------------------------------------------------------------------------
-def _cache_dir(config) -> Path:
-    from plantid.data.cache import default_cache_dir
-
-    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir is not None else default_cache_dir()
-
-
 def audit_run(run_dir: str | Path, features: str = "auto", folds: int = 5, splits: Sequence[str] = ("train", "val"),
               limit: int = 100, seed: int = 0, write: bool = True) -> AuditResult:
     """Audit the labels of a run's `splits` photos and write audit.csv and audit.html into the run.
@@ -268,7 +262,7 @@ def audit_run(run_dir: str | Path, features: str = "auto", folds: int = 5, split
     size (reusing the training cache); `features` picks the feature network (`feature_model`);
     `limit` caps the photos shown in the HTML grid (the CSV lists them all).
     """
-    from plantid.data.cache import build_cache
+    from plantid.data.cache import build_cache, resolve_cache_dir
     from plantid.data.split import SPLITS, read_manifest
     from plantid.infer.checkpoint import load_trained
 
@@ -277,16 +271,18 @@ def audit_run(run_dir: str | Path, features: str = "auto", folds: int = 5, split
     if bad or not splits:
         raise PlantidError(f"--splits {','.join(splits)}: use a comma list of {', '.join(SPLITS)}")
     trained = load_trained(run_dir)
-    manifest = read_manifest(run_dir / "split.csv")
+    manifest_path = RunFolder(run_dir).manifest
+    manifest = read_manifest(manifest_path)
     unknown = sorted(set(manifest.classes) - set(trained.classes))
     if unknown:
-        raise PlantidError(f"{run_dir / 'split.csv'}: labels {unknown} are not classes of the model; "
+        raise PlantidError(f"{manifest_path}: labels {unknown} are not classes of the model; "
                            "the split does not belong to this checkpoint")
     picked = [i for i, r in enumerate(manifest.rows) if r.split in splits]
     if not picked:
-        raise PlantidError(f"{run_dir / 'split.csv'}: no {' or '.join(splits)} photos to audit; choose --splits")
+        raise PlantidError(f"{manifest_path}: no {' or '.join(splits)} photos to audit; choose --splits")
     # Every manifest row, in order, as training built it, so the training cache is reused.
-    pixels = build_cache([r.path for r in manifest.rows], trained.image_size, _cache_dir(trained.config))
+    pixels = build_cache([r.path for r in manifest.rows], trained.image_size,
+                         resolve_cache_dir(trained.config.data.cache_dir))
     index = {c: i for i, c in enumerate(trained.classes)}
     rows_idx = np.array(picked, dtype=np.int64)
     labels = np.array([index[manifest.rows[i].label] for i in picked], dtype=np.int64)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from plantid.errors import PlantidError
+from plantid.runfolder import RunFolder
 
 
 def features_and_logits(backend, images: np.ndarray, rows: np.ndarray | None = None,
@@ -30,10 +31,10 @@ def features_and_logits(backend, images: np.ndarray, rows: np.ndarray | None = N
 def manifest_pixels(run_dir: Path, trained) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The run's pixel cache (every split.csv row, as training built it), and per split its row
     indices and label indices into the model's classes."""
-    from plantid.data.cache import build_cache, default_cache_dir
+    from plantid.data.cache import build_cache, resolve_cache_dir
     from plantid.data.split import read_manifest
 
-    manifest_path = Path(run_dir) / "split.csv"
+    manifest_path = RunFolder(run_dir).manifest
     if not manifest_path.is_file():
         raise PlantidError(f"{manifest_path}: not found; trust is fitted on the run's own split (retrain the run)")
     manifest = read_manifest(manifest_path)
@@ -41,9 +42,8 @@ def manifest_pixels(run_dir: Path, trained) -> tuple[np.ndarray, dict[str, np.nd
     unknown = sorted(set(manifest.classes) - set(index))
     if unknown:
         raise PlantidError(f"{manifest_path}: labels {unknown} are not classes of the model; the split does not belong to it")
-    configured = trained.config.data.cache_dir
-    cache_dir = Path(configured).expanduser() if configured is not None else default_cache_dir()
-    pixels = build_cache([r.path for r in manifest.rows], trained.image_size, cache_dir)
+    pixels = build_cache([r.path for r in manifest.rows], trained.image_size,
+                         resolve_cache_dir(trained.config.data.cache_dir))
     rows: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for split in ("train", "val", "test"):

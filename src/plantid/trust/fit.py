@@ -19,6 +19,7 @@ import torch
 
 from plantid.config import TrustConfig
 from plantid.errors import PlantidError
+from plantid.runfolder import RunFolder
 from plantid.trust.calibration import expected_calibration_error, fit_temperature, nll
 from plantid.trust.features import features_and_logits, manifest_pixels
 from plantid.trust.ood import fit_detector
@@ -99,7 +100,7 @@ def fit_after_training(run_dir: str | Path, device: str = "cpu") -> FittedTrust 
     """
     from plantid.config import load_run_config
 
-    config_path = Path(run_dir) / "config.yaml"
+    config_path = RunFolder(run_dir).config
     if config_path.is_file() and not load_run_config(config_path).trust.enabled:
         return None
     try:
