@@ -67,10 +67,13 @@ def split_for(data: Path, seed: int, cell_dir: Path) -> Path:
     return manifest
 
 
-def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str]) -> dict:
-    """Train (or resume, or reuse) cpu-default on `manifest`, evaluate val and test with the default views."""
-    run = cell_dir / "cpu-default"
-    log = cell_dir / "cpu-default.log"
+def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method: str = "cpu-default") -> dict:
+    """Train (or resume, or reuse) cpu-default on `manifest`, evaluate val and test with the default views.
+
+    `method` names the run folder: "cpu-default", or "cpu-default+VARIANT" for an A/B arm with overrides.
+    """
+    run = cell_dir / method
+    log = cell_dir / f"{method}.log"
     if not (run / "train_summary.json").is_file():
         if (run / "last.ckpt").is_file():
             plantid("train", "--resume", str(run), log=log)
@@ -180,6 +183,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="cpu-default overrides (key=value)")
+    ap.add_argument("--variant", help="name an A/B arm: cells and run folders become cpu-default+VARIANT, "
+                                      "trained with the --set overrides, beside the plain cpu-default cells")
     ap.add_argument("--baseline-args", default="", help="extra baseline_finetune.py arguments, e.g. '--epochs 8'")
     ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
@@ -190,6 +195,8 @@ def main() -> None:
         return
     names = args.datasets or sorted(p.name for p in args.root.iterdir() if p.is_dir())
     methods = [args.only] if args.only else list(METHODS)
+    if args.variant:
+        methods = [f"cpu-default+{args.variant}" if m == "cpu-default" else m for m in methods]
     done = {(c["dataset"], c["seed"], c["method"]) for c in results["cells"]}
     for name in names:
         data = args.root / name
@@ -204,8 +211,8 @@ def main() -> None:
                 manifest = split_for(data, seed, cell_dir)
                 print(f"run {name} seed {seed} {method} ...", flush=True)
                 started = time.perf_counter()
-                if method == "cpu-default":
-                    scores = run_cpu_default(manifest, cell_dir, args.overrides)
+                if method.startswith("cpu-default"):
+                    scores = run_cpu_default(manifest, cell_dir, args.overrides, method)
                 else:
                     scores = run_baseline(manifest, cell_dir, args.baseline_args.split())
                 cell = {"dataset": name, "seed": seed, "method": method, **scores,

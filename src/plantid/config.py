@@ -101,6 +101,9 @@ class OptimConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0.0)
+    # timm's rule (False): biases, norm weights and a backbone's no_weight_decay() names are not
+    # decayed. True decays every trainable tensor, as plantid's optimizer did before timm's.
+    decay_biases_and_norms: bool = False
     schedule: Literal["constant", "cyclic", "onecycle", "cosine"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     phases: list[LRPhase] = Field(default_factory=list)  # for schedule=cyclic

@@ -49,6 +49,18 @@ def test_one_adamw_step_on_zero_gradients_shrinks_only_the_decayed_weights():
         torch.testing.assert_close(new, old * factor, msg=name)
 
 
+def test_decay_biases_and_norms_shrinks_every_trainable_tensor_on_zero_gradients():
+    model = _lite0()
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=0.1, weight_decay=0.5, decay_biases_and_norms=True))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert any(old.ndim <= 1 for old in before.values())  # the biases and norm weights are in play
+    for name in before:
+        model.get_parameter(name).grad = torch.zeros_like(before[name])
+    opt.step()
+    for name, old in before.items():
+        torch.testing.assert_close(model.get_parameter(name).detach(), old * (1 - 0.1 * 0.5), msg=name)
+
+
 def test_a_backbones_no_weight_decay_names_are_honoured():
     model = build_model(ModelConfig(name="test_vit", weights="none", freeze=0), num_classes=3, image_size=32)
     opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05))

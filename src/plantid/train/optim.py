@@ -31,8 +31,15 @@ def _no_weight_decay_names(member: nn.Module) -> set[str]:
     return names if backbone is member else {f"backbone.{name}" for name in names}
 
 
-def weight_decay_groups(member: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """timm's decay / no-decay param groups of one network (trainable parameters only)."""
+def weight_decay_groups(member: nn.Module, weight_decay: float,
+                        decay_biases_and_norms: bool = False) -> list[dict[str, Any]]:
+    """timm's decay / no-decay param groups of one network (trainable parameters only).
+
+    With `decay_biases_and_norms` every trainable tensor is decayed (one group), the rule plain
+    `torch.optim.AdamW(model.parameters())` follows, kept so that choice can be measured.
+    """
+    if decay_biases_and_norms:
+        return [{"params": [p for p in member.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     return param_groups_weight_decay(member, weight_decay, no_weight_decay_list=_no_weight_decay_names(member))
 
 
@@ -58,7 +65,8 @@ def layer_decay_groups(member: nn.Module, weight_decay: float, layer_decay: floa
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The configured optimizer (adam, adamw, or sgd with Nesterov momentum 0.9) over the trainable parameters."""
     groups = [group for member in members_of(model)
-              for group in (weight_decay_groups(member, cfg.weight_decay) if cfg.layer_decay is None
+              for group in (weight_decay_groups(member, cfg.weight_decay, cfg.decay_biases_and_norms)
+                            if cfg.layer_decay is None
                             else layer_decay_groups(member, cfg.weight_decay, cfg.layer_decay))]
     groups = [{**group, "lr": cfg.lr * group.get("lr_scale", 1.0)} for group in groups if group["params"]]
     return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
