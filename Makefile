@@ -37,6 +37,7 @@ demo: $(STAMP)
 	  $(BIN)/plantid train --data $(OUT)/split/split.csv --recipe $(RECIPE) --out $(OUT)/train; \
 	else echo "$(OUT)/train is already trained (delete it to retrain)"; fi
 	$(BIN)/plantid evaluate $(OUT)/train --split test --tta default
+	$(BIN)/plantid export $(OUT)/train --format onnx
 	$(BIN)/plantid report $(OUT)/train
 	@echo "demo done: open $(OUT)/train/report.html"
 

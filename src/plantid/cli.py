@@ -64,9 +64,10 @@ def _require_data(path: Path) -> None:
 def _require_run(run: Path, backend: str = "torch") -> None:
     """Refuse a path that is not a trained run folder at once, before any heavy import. The ONNX
     backends also take an export folder or a .onnx file, which their loader checks itself."""
-    from plantid.runfolder import check_run_folder
+    from plantid.runfolder import ONNX_FILE, check_run_folder
 
-    if backend.startswith("onnx"):
+    exported_only = run.suffix == ".onnx" or (run / ONNX_FILE).is_file()  # an export folder or file
+    if backend.startswith("onnx") or (backend == "auto" and exported_only):
         if not run.exists():
             raise PlantidError(f"{run}: no such run folder or ONNX export; pass the --out folder of `plantid train`")
         return
@@ -325,9 +326,10 @@ def predict(
     tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
-    backend: Annotated[str, typer.Option(help="torch (checkpoint), onnx or onnx-int8 (exported with `plantid export`).")] = "torch",
+    backend: Annotated[str, typer.Option(help="auto: the run's ONNX export when it matches the checkpoint, else torch; "
+                                               "or torch (checkpoint), onnx, onnx-int8 (made by `plantid export`).")] = "auto",
 ) -> None:
-    """Predict the species of photos; bad files are reported and skipped.
+    """Predict the species of photos; bad files are reported and skipped. Says which backend answered.
 
     Example: plantid predict runs/lite0 leaf.jpg more_leaves/ --top-k 3 --format csv --out preds.csv
     """

@@ -87,7 +87,9 @@ def test_predict_cli_mixed_inputs_csv(run: Path, inputs: dict[str, Path]) -> Non
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped ")]
     notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and "no trust files" in notes[0] and "plantid trust" in notes[0]  # a run without trust
-    assert len(skipped) == 2 and len(proc.stderr.strip().splitlines()) == 3
+    backend = [line for line in proc.stderr.splitlines() if line.startswith("backend: ")]
+    assert len(backend) == 1 and backend[0].startswith("backend: onnx")  # the run's export matches its checkpoint
+    assert len(skipped) == 2 and len(proc.stderr.strip().splitlines()) == 4
     assert any("corrupt.jpg" in s for s in skipped) and any("text.jpg" in s for s in skipped)
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     files = sorted({r["file"] for r in rows})

@@ -41,6 +41,7 @@ from rich.text import Text
 from plantid.data.images import is_hidden, is_image_name
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.infer.backend_choice import BACKENDS, BackendChoice, choose_backend
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score"]
@@ -151,7 +152,7 @@ def _render_table_text(table: Table) -> str:
 
 
 def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None = None, output_format: str = "table",
-                    out: Path | None = None, backend: str = "torch", console: Console | None = None,
+                    out: Path | None = None, backend: str = "auto", console: Console | None = None,
                     err_console: Console | None = None) -> int:
     """Predict photos with a run; print (or write to `out`) the results; return the exit code.
 
@@ -170,9 +171,16 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
         raise PlantidError(f"--top-k must be at least 1, got {top_k}")
     if out is not None and Path(out).is_dir():
         raise PlantidError(f"--out {out}: is a folder; give a file name such as predictions.{'csv' if fmt == 'table' else fmt}")
-    parse_tta(tta)  # a bad view name fails before the inputs are listed
+    wants_views = bool(parse_tta(tta))  # a bad view name fails before the inputs are listed
     sources = expand_inputs(paths)
-    predictor = Predictor.from_run(run, backend=backend, tta=tta)
+    if backend == "auto":
+        choice = choose_backend(run, wants_views)
+    elif backend in BACKENDS:
+        choice = BackendChoice(backend, "--backend")
+    else:
+        raise PlantidError(f"unknown backend '{backend}': use {', '.join(BACKENDS)}")
+    predictor = Predictor.from_run(run, backend=choice.backend, tta=tta)
+    err_console.print(f"backend: {choice.backend} ({choice.reason})", markup=False, highlight=False, soft_wrap=True)
     k = min(top_k, len(predictor.classes))
 
     if predictor.note:

@@ -187,7 +187,7 @@ class Predictor:
             onnx = OnnxBackend.from_run(run_dir, quantized=backend == "onnx-int8")
             predictor = cls(onnx.classes, onnx.image_size, onnx, onnx.model_id, backend)
             if onnx.trust_summary() is None:
-                predictor.note = (f"{onnx.model_path}: exported without trust files, so photos of other things are "
+                predictor.note = (f"{onnx.model_path}: exported with no trust files, so photos of other things are "
                                   f"not flagged unknown; run `plantid trust RUN`, then export again")
             return predictor
         raise PlantidError(f"unknown backend '{backend}': use torch, onnx or onnx-int8")
