@@ -91,3 +91,11 @@ def trained_run(tiny_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def copy_run(trained_run: Path, tmp_path: Path) -> Path:
     """A private copy of `trained_run` that a test may write into."""
     return Path(shutil.copytree(trained_run, tmp_path / "run", symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (tests/support/browser.py) shared by the page and report tests."""
+    from tests.support.browser import launch_chromium
+
+    yield from launch_chromium()

@@ -15,20 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.browser import NEEDS_CHROMIUM
 from tests.support.launch import ServerStartError, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "serve"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_TIMEOUT_S = 90
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                       "(apt-get install chromium, or `make browser-deps`)"),
-]
+pytestmark = [pytest.mark.browser, NEEDS_CHROMIUM]
 
 
 def _leaf_jpeg(path: Path, size: int = 96, seed: int = 0) -> Path:
@@ -57,18 +51,6 @@ def server(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             yield base
     except ServerStartError as exc:
         pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as playwright:
-        # launch() gives every run a fresh temporary profile (user data dir)
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _save(page, tmp_path: Path, name: str) -> None:
