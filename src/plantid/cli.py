@@ -284,6 +284,97 @@ def recipes() -> None:
         console.print(f"{name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, {cfg.train.precision}")
 
 
+def _command_line() -> str:
+    """The command as typed, for files that say what produced them."""
+    import shlex
+
+    return shlex.join(["plantid", *sys.argv[1:]])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def tune(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe to tune (see `plantid recipes`) or a YAML file.")] = "cpu-default",
+    trials: Annotated[int, typer.Option(help="Finished trials the study should hold (earlier runs of the command count).")] = 20,
+    budget_minutes: Annotated[Optional[float], typer.Option(help="Wall time of this search; each trial gets its share.")] = None,
+    space: Annotated[str, typer.Option(help="Search space: 'default' or a YAML file of config keys -> distributions.")] = "default",
+    out: Annotated[Optional[Path], typer.Option(help="Tune folder: study.db, trials/, best.yaml (default: runs/tune-<recipe>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
+    verbose: Annotated[bool, typer.Option(help="More logging.")] = False,
+) -> None:
+    """Search a recipe's settings with Optuna (TPE, median pruning on val accuracy); extra
+    arguments are key=value overrides, which also fix those keys. Run it again to continue.
+
+    Examples:
+
+      plantid tune --data photos/ --recipe cpu-default --trials 20 --budget-minutes 240
+
+      plantid tune --data photos/ --recipe simple-cnn --trials 8 --space my_space.yaml train.epochs=5
+
+      plantid train --recipe runs/tune-cpu-default/best.yaml
+    """
+    if data is None:
+        raise PlantidError("pass --data PATH: an image folder (one subfolder per species) or a split.csv")
+    _require_data(data)
+    if trials < 1:
+        raise PlantidError(f"--trials {trials}: a study needs at least 1 trial (e.g. --trials 20)")
+    from plantid.tune.study import tune as run_tune
+
+    _setup_logging(verbose)
+    result = run_tune(data, recipe, trials, out or Path("runs") / f"tune-{Path(recipe).stem}", overrides=list(ctx.args),
+                      space=space, budget_minutes=budget_minutes, seed=seed, command=_command_line())
+    console.print(f"study {result.folder.study_db}: {result.complete} complete, {result.pruned} pruned, "
+                  f"{result.failed} failed or interrupted ({result.ran} run now)", highlight=False)
+    if result.best_number is None:
+        console.print("no trial has completed yet; run the same command again to continue", highlight=False)
+        return
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    console.print(f"best trial {result.best_number}: val acc {result.best_value:.4f} ({params})", highlight=False)
+    for note in result.skipped_plots:
+        console.print(f"skipped {note}", highlight=False)
+    console.print(f"wrote {', '.join(str(p) for p in [result.recipe, *result.plots])}; train it with "
+                  f"`plantid train --recipe {result.recipe}`", highlight=False, soft_wrap=True)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def ablate(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    suite: Annotated[str, typer.Option(help="Suite of arms: 'seed' (the report's comparisons) or a YAML file.")] = "seed",
+    budget_minutes: Annotated[float, typer.Option(help="Training minutes per arm (a cap; 'auto' epochs plan for it).")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Split seed and training seed of every arm.")] = 0,
+    runs: Annotated[Optional[Path], typer.Option(help="Folder of the arms' run folders (default: runs/ablate-<suite>).")] = None,
+    out: Annotated[Path, typer.Option(help="Markdown file written from the results.")] = Path("docs/ablations.md"),
+) -> None:
+    """Train each arm of a suite once on one fixed split and seed, evaluate val and test without
+    and with views, and write the tables (best by val) to --out. Extra arguments are key=value
+    overrides for every arm. Run it again to continue: finished arms are reused.
+
+    Examples:
+
+      plantid ablate --data photos/ --suite seed --budget-minutes 10
+
+      plantid ablate --data photos/ --suite my_suite.yaml --out docs/my_ablations.md train.epochs=3
+    """
+    if data is None:
+        raise PlantidError("pass --data PATH: an image folder (one subfolder per species) or a split.csv")
+    _require_data(data)
+    if out.is_dir():
+        raise PlantidError(f"--out {out}: is a folder; give a markdown file such as {out / 'ablations.md'}")
+    from plantid.tune.ablate import ablate as run_ablate
+
+    _setup_logging()
+    result = run_ablate(data, suite, out=out, runs=runs, overrides=list(ctx.args), budget_minutes=budget_minutes,
+                        seed=seed, command=_command_line())
+    for name, r in result.results.items():
+        views = f"{100 * r.val_views:.2f}%" if r.val_views is not None else "n/a"
+        test = f"{100 * r.test:.2f}%" if r.test is not None else "n/a"
+        console.print(f"{name}: val {100 * r.val:.2f}% ({views} with views), test {test}"
+                      f"{' (reused)' if r.reused else ''}", highlight=False)
+    console.print(f"wrote {result.out} (runs in {result.runs})", highlight=False)
+
+
 @app.command()
 def evaluate(
     run: RunArg,
