@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -53,6 +53,18 @@ def tiny_manifest(tiny_folder: Path) -> Path:
 
     rows = make_split(scan_folder(tiny_folder), val=0.25, test=0.25, seed=0)
     return write_manifest(rows, tiny_folder.parent / "split.csv")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every training of the suite (in-process or a `plantid` subprocess) tracks into one SQLite
+    MLflow store in a session temp folder, through $MLFLOW_TRACKING_URI: never an mlruns/ in the
+    repository, and the store's schema (seconds to create) is made once, not once per run."""
+    uri = f"sqlite:///{(tmp_path_factory.mktemp('mlflow') / 'mlflow.db').as_posix()}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -232,6 +232,9 @@ def train(
     fitted = fit_after_training(result.run_dir)
     if fitted is not None:
         console.print(_trust_line(result.run_dir, fitted))
+        from plantid.track.mlflow_store import log_run_files
+
+        log_run_files(result.run_dir)  # trust.json too, when the run is tracked in MLflow
 
 
 def _trust_line(run: Path, fitted) -> str:
@@ -394,6 +397,9 @@ def evaluate(
 
     _setup_logging()
     evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
+    from plantid.track.mlflow_store import log_run_files
+
+    log_run_files(run)  # the evaluation's files to the run's MLflow run, when it has one
 
 
 @app.command()
@@ -407,6 +413,52 @@ def report(run: RunArg) -> None:
 
     path = build_report(run)
     console.print(f"report: {path}")
+    from plantid.track.mlflow_store import log_run_files
+
+    log_run_files(run)  # the report to the run's MLflow run, when it has one
+
+
+@app.command()
+def runs(
+    folder: Annotated[Path, typer.Argument(help="A folder of run folders, searched at any depth.")] = Path("runs"),
+) -> None:
+    """A table of the runs under FOLDER, newest first: recipe, the settings that differ from it,
+    data set, best val, test, test with views (after `plantid evaluate --tta`), training time.
+
+    Example: plantid runs runs/
+    """
+    from plantid.track.runs_table import find_runs, runs_table
+
+    _setup_logging()
+    rows = find_runs(folder)
+    if not rows:
+        console.print(f"no runs under {folder} (a run folder holds config.yaml and train_summary.json)", highlight=False)
+        return
+    # piped output has no terminal width to fit: wide enough that the numbers stay on one line
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    console.print(runs_table(rows, title=f"{len(rows)} runs under {folder}, newest first"))
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN RUN...", help="Two or more run folders.")],
+    out: Annotated[Path, typer.Option(help="The PNG of their curves overlaid (from each metrics.csv).")] = Path("compare.png"),
+) -> None:
+    """Runs side by side: results, the settings that differ, and one figure of their training curves.
+
+    Example: plantid compare runs/lite0 runs/lite0-focal --out compare.png
+    """
+    from plantid.track.compare import check_runs
+
+    check_runs(run_dirs)
+    _require_writable_file(out)
+    from plantid.track.compare import compare_runs, comparison_tables
+
+    result = compare_runs(run_dirs, out)
+    for table in comparison_tables(result):
+        console.print(table)
+    console.print(f"curves: {result.figure}", highlight=False)
 
 
 @app.command()

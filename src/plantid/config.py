@@ -208,6 +208,20 @@ class TrustConfig(_Section):
     enabled: bool = True  # fit at the end of `plantid train`
 
 
+class TrackConfig(_Section):
+    """Where a run is also tracked besides TensorBoard (plantid.track): an MLflow store, no server.
+
+    The default store is a SQLite database in `mlruns/` beside the run folder (why SQLite:
+    plantid.track.mlflow_store); `$MLFLOW_TRACKING_URI`, when set, is used instead, and
+    `tracking_uri` (any MLflow URI: sqlite:///..., http://...) overrides both. A store that
+    cannot be written is a warning, never a failed run.
+    """
+
+    mlflow: bool = True
+    tracking_uri: str | None = None
+    experiment: str = Field("plantid", min_length=1)
+
+
 class RunConfig(_Section):
     """A whole run: the union of all sections. Saved as config.yaml in each run folder."""
 
@@ -220,6 +234,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
 
     @field_validator("recipe")
     @classmethod

@@ -18,6 +18,10 @@ read (and changed) in one place. Torch-free, so commands can check a folder befo
       submission/            `plantid export --format submission`
       trust.json, trust.safetensors   fitted after training: temperature, unknown-photo detector
       audit.csv, audit.html  `plantid audit`: photos most likely mislabelled
+      mlflow.json            which MLflow run tracks this one (store URI, experiment and run id)
+
+    beside the run folders (not in them), unless track.tracking_uri or $MLFLOW_TRACKING_URI says
+    otherwise: mlruns/mlflow.db and mlruns/artifacts/, the MLflow store every run logs to
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ TRUST_JSON = "trust.json"  # plantid.trust: temperature, OOD detector, threshold
 TRUST_TENSORS = "trust.safetensors"  # the detector's fitted tensors (class means, training features)
 AUDIT_CSV = "audit.csv"
 AUDIT_HTML = "audit.html"
+MLFLOW_FILE = "mlflow.json"  # plantid.track: the MLflow run this run folder logs to
+MLFLOW_DIR = "mlruns"  # the default MLflow store, beside the run folders
 
 MANIFEST_SPLITS = ("train", "val", "test")
 
@@ -107,6 +113,18 @@ class RunFolder:
     @property
     def submission_dir(self) -> Path:
         return self.root / SUBMISSION_DIR
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / MLFLOW_FILE
+
+    def tracked_files(self) -> list[Path]:
+        """The small result files mirrored to the run's MLflow run as artifacts: settings, summary,
+        labels, trust, metrics.csv, every evaluation's JSON and figures (the run's top-level PNGs)
+        and the report. Not checkpoints, exports or the manifest, which would copy megabytes."""
+        fixed = [self.config, self.summary, self.labels, self.metrics, self.root / TRUST_JSON, self.report]
+        evals = sorted(self.root.glob(f"{Path(EVAL_FILE).stem}*.json")) + sorted(self.root.glob("*.png"))
+        return [p for p in fixed + evals if p.is_file()]
 
     def has_checkpoint(self) -> bool:
         """True when training has written at least one checkpoint here."""

@@ -2,7 +2,8 @@
 
 A run folder holds everything needed to understand and reuse a run:
 config.yaml, split.csv, labels.json, best.ckpt, last.ckpt, metrics.csv, tb/ (TensorBoard),
-train_summary.json. `train_run` creates it; `train_run(..., resume=True)` continues it.
+train_summary.json, and mlflow.json naming the MLflow run it also logs to (plantid.track).
+`train_run` creates it; `train_run(..., resume=True)` continues it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.models import members_of
 from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
+from plantid.track.mlflow_logger import mlflow_logger
+from plantid.track.mlflow_store import log_run_files
 from plantid.train.augment import train_image_size
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
@@ -180,6 +183,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         CSVLogger(save_dir=run_dir, name="", version=""),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
     ]
+    # MLflow too, unless track.mlflow=false: opened here, before the training clock starts (a new
+    # store takes seconds to create); a store that fails is a warning and the run goes on.
+    tracker = mlflow_logger(cfg, run_dir)
+    if tracker is not None:
+        loggers.append(tracker)
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.epochs,
@@ -311,6 +319,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "best_checkpoint": checkpoint.name,
             "parameters": counts,
         })
+        log_run_files(run_dir)  # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
     return result
 
 
