@@ -105,9 +105,11 @@ def copy_run(trained_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained_run, tmp_path / "run", symlinks=True))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium (tests/support/browser.py) shared by the page and report tests."""
+    """Headless Chromium (tests/support/browser.py) shared by one module's page tests. Module scope,
+    not session: while Playwright's sync API is open it holds an asyncio loop in this thread, and
+    tests that call asyncio.run() (the API tests) or open Playwright themselves would fail."""
     from tests.support.browser import launch_chromium
 
     yield from launch_chromium()

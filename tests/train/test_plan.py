@@ -22,6 +22,7 @@ from plantid.train.plan import (
     plan_epochs,
     plan_run,
     size_for_photos,
+    train_batches_for_share,
 )
 
 AUTO = ["data.image_size=auto", "train.resize_phases=auto", "train.epochs=auto", "train.budget_minutes=10"]
@@ -75,6 +76,13 @@ def test_plan_epochs_fills_the_budget_and_never_exceeds_it() -> None:
     epochs, phases, share = plan_epochs(480, 192, 30000, 4500, speed)
     assert epochs == MIN_EPOCHS and 0.0 < share < 1.0
     assert _estimate(epochs, phases, 192, 30000, 4500, speed, share) == pytest.approx(480, rel=0.02)
+
+
+def test_a_share_becomes_whole_batches_and_never_none() -> None:
+    # the ablation that crashed: a busy machine planned 1% of 65 batches, which Lightning refuses
+    assert train_batches_for_share(0.01, 2081, 32) == 1
+    assert train_batches_for_share(0.5, 2081, 32) == 33  # half of ceil(2081 / 32) = 66 batches
+    assert train_batches_for_share(0.999, 100, 32) == 4
 
 
 def test_auto_epochs_need_a_budget() -> None:

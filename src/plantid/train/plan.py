@@ -210,7 +210,7 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         else:
             epochs, share = _epochs_for_phases(budget, final, phases, n_train, n_val, speed)
         if share < 1.0 and limit == 1.0:
-            limit = share
+            limit = train_batches_for_share(share, n_train, cfg.data.batch_size)
         rates = ", ".join(f"{speed.train[s]:.1f} at {s} px" for s in sorted(speed.train))
         notes.append(f"budget {cfg.train.budget_minutes:g} min: probe {speed.seconds:.0f} s measured training "
                      f"{rates} and validation {speed.evaluate:.1f} photos/s; {n_train} train and {n_val} val photos "
@@ -226,6 +226,13 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
     return cfg.model_copy(update={"data": data, "train": train})
+
+
+def train_batches_for_share(share: float, n_train: int, batch_size: int) -> int:
+    """The training batches per epoch (`train.limit_train_batches` as a count, at least one) that
+    train on `share` of the photos: Lightning refuses a fraction that rounds to no batch at all,
+    which a tight budget on a busy machine plans for (0.01 of 65 batches)."""
+    return max(1, round(share * math.ceil(n_train / batch_size)))
 
 
 def _epochs_for_phases(budget_s: float, final: int, phases: list[ResizePhase], n_train: int, n_val: int,
