@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-PLANTID = [sys.executable, "-m", "plantid.cli"]
+from tests.support.cli import PLANTID, one_line_error
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*PLANTID, *args], capture_output=True, text=True, timeout=300)
 
 
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
 def test_train_on_a_missing_folder_creates_no_run_folder(tmp_path: Path):
     out = tmp_path / "runs" / "new"
-    line = _one_line_error(_run("train", "--data", str(tmp_path / "nope"), "--out", str(out)))
+    line = one_line_error(_run("train", "--data", str(tmp_path / "nope"), "--out", str(out)))
     assert str(tmp_path / "nope") in line and "no such folder" in line
     assert not out.exists() and not (tmp_path / "runs").exists()
 
@@ -34,19 +25,19 @@ def test_train_on_a_missing_folder_creates_no_run_folder(tmp_path: Path):
 @pytest.mark.parametrize("command", ["scan", "split", "explore"])
 def test_data_commands_refuse_a_missing_folder(tmp_path: Path, command: str):
     extra = ["--out", str(tmp_path / "out")]
-    line = _one_line_error(_run(command, str(tmp_path / "nope"), *extra))
+    line = one_line_error(_run(command, str(tmp_path / "nope"), *extra))
     assert "no such folder" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_on_a_folder_that_is_not_a_run_does_not_suggest_resume(tmp_path: Path):
-    line = _one_line_error(_run("evaluate", str(tmp_path)))
+    line = one_line_error(_run("evaluate", str(tmp_path)))
     assert "not a plantid run folder" in line and "--resume" not in line
 
 
 def test_serve_refuses_a_port_out_of_range(trained_run: Path):
     proc = _run("serve", str(trained_run), "--port", "99999")
-    assert "--port 99999" in _one_line_error(proc)
+    assert "--port 99999" in one_line_error(proc)
     assert "serving" not in proc.stdout
 
 
@@ -56,7 +47,7 @@ def test_serve_refuses_a_port_in_use_before_saying_it_serves(trained_run: Path):
         busy.listen(1)
         port = busy.getsockname()[1]
         proc = _run("serve", str(trained_run), "--port", str(port))
-    line = _one_line_error(proc)
+    line = one_line_error(proc)
     assert f"127.0.0.1:{port}" in line and "--port" in line
     assert "serving" not in proc.stdout
 
@@ -64,5 +55,5 @@ def test_serve_refuses_a_port_in_use_before_saying_it_serves(trained_run: Path):
 def test_predict_refuses_an_unwritable_out_before_predicting(trained_run: Path, tiny_photos: Path, tmp_path: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    line = _one_line_error(_run("predict", str(trained_run), str(tiny_photos), "--out", str(blocker / "preds.csv")))
+    line = one_line_error(_run("predict", str(trained_run), str(tiny_photos), "--out", str(blocker / "preds.csv")))
     assert "does not exist" in line and str(blocker / "preds.csv") in line

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,21 +16,12 @@ from plantid.config import load_config
 from plantid.runfolder import RunFolder
 from plantid.track.compare import compare_runs, epoch_metrics
 from plantid.track.runs_table import find_runs, recipe_differences
-
-PLANTID = [sys.executable, "-m", "plantid.cli"]
+from tests.support.cli import PLANTID, one_line_error
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "220", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([*PLANTID, *args], check=False, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
-
-
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +76,7 @@ def test_runs_command_prints_the_table(runs_folder: Path):
 
 
 def test_runs_refuses_a_missing_folder_and_says_when_a_folder_has_no_runs(tmp_path: Path):
-    line = _one_line_error(_cli("runs", str(tmp_path / "nope")))
+    line = one_line_error(_cli("runs", str(tmp_path / "nope")))
     assert str(tmp_path / "nope") in line and "no such folder" in line
     (tmp_path / "empty").mkdir()
     proc = _cli("runs", str(tmp_path / "empty"))
@@ -113,11 +103,11 @@ def test_compare_command_writes_the_figure_and_refuses_non_runs(runs_folder: Pat
     assert proc.returncode == 0, proc.stderr
     assert "optim.lr" in proc.stdout and (tmp_path / "c.png").is_file()
 
-    line = _one_line_error(_cli("compare", str(runs_folder / "base"), str(runs_folder / "lr")))
+    line = one_line_error(_cli("compare", str(runs_folder / "base"), str(runs_folder / "lr")))
     assert str(runs_folder / "lr") in line and "not a plantid run folder" in line
-    line = _one_line_error(_cli("compare", str(runs_folder / "base"), str(tmp_path / "missing")))
+    line = one_line_error(_cli("compare", str(runs_folder / "base"), str(tmp_path / "missing")))
     assert "no such run folder" in line
-    line = _one_line_error(_cli("compare", str(runs_folder / "base")))
+    line = one_line_error(_cli("compare", str(runs_folder / "base")))
     assert "at least two" in line
 
 

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-PLANTID = [sys.executable, "-m", "plantid.cli"]
+from tests.support.cli import PLANTID
 
 
 def _run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

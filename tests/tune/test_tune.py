@@ -20,8 +20,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from plantid.errors import PlantidError
+from tests.support.cli import PLANTID
 
-PLANTID = [sys.executable, "-m", "plantid.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

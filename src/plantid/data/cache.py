@@ -167,6 +167,10 @@ def build_cache(
     data_path, meta_path = cache_paths(key, cache_dir)
     lock_path = data_path.with_suffix(".lock")
     with _locked(lock_path):
+        # Temporary files of a build of this key that was killed (the lock says none is running):
+        # never read, but as large as the cache itself.
+        for leftover in (*cache_dir.glob(f".{data_path.name}.*.tmp"), *cache_dir.glob(f".{meta_path.name}.*.tmp")):
+            leftover.unlink(missing_ok=True)
         cached = _open_valid(data_path, meta_path, key, shape, verify)
         if cached is not None:
             return cached

@@ -12,18 +12,21 @@
 
 Uploads are bounded: Content-Length is checked before reading, and the body is counted while
 it streams in, so a client that lies about its size is cut off at the limit. Decoding and
-inference run in the thread pool, so the event loop keeps answering other requests. Every
+inference run on two decode threads, so the event loop keeps answering other requests. Every
 error is JSON ``{"detail": "a clear sentence"}`` with a 4xx code; nothing is global, so several
 apps (runs) can live in one process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import functools
 import logging
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,7 +36,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 
 from plantid.data.images import BadImageError
 from plantid.errors import PlantidError
@@ -65,9 +67,12 @@ class ServeSettings:
     max_upload_bytes: int
     top_k: int
     max_upload_pixels: int = MAX_UPLOAD_PIXELS
-    # Decodes (and inferences) at once: each may hold a full-size photo in memory, so this bounds
-    # the server's peak memory however many requests arrive together.
-    decode_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
+    # Decodes (and inferences) run on these two threads only. Each may hold a full-size photo in
+    # memory, so this bounds the server's peak however many requests arrive together; and the memory
+    # a thread's malloc arena keeps for reuse (plantid.runtime keeps freed memory) is kept for two
+    # threads, not for each of the ~40 of the request thread pool (bench_serve_load.py).
+    decode_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="plantid-decode"))
 
 
 def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_bytes: int = 10 * 1024 * 1024,
@@ -88,9 +93,15 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
     settings = ServeSettings(run_dir=Path(run_dir), max_upload_bytes=int(max_upload_bytes), top_k=int(top_k),
                              max_upload_pixels=int(max_upload_pixels))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        settings.decode_pool.shutdown(wait=False, cancel_futures=True)
+
     # FastAPIOffline is FastAPI with /docs and /redoc served from packaged assets: the stock pages
     # load Swagger UI from a CDN, so they were blank on an offline machine.
     app = FastAPIOffline(
+        lifespan=lifespan,
         title="plantid",
         summary="Identify a plant species from a photo.",
         description=f"Model `{predictor.model_id}` ({predictor.backend} backend). "
@@ -138,7 +149,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if not 1 <= k <= 1000:
             raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
         upload = await read_upload(request, state.settings.max_upload_bytes)
-        return await run_in_threadpool(_bounded, state.settings, upload.data, _predict_one, predictor, upload.data, k)
+        return await _bounded(state.settings, upload.data, _predict_one, predictor, upload.data, k)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -160,8 +171,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         if index_text is not None:
             class_index = int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
         target = _resolve_class(predictor.classes, label, class_index)
-        return await run_in_threadpool(_bounded, state.settings, upload.data, _gradcam_one, predictor,
-                                       state.gradcam, upload.data, target)
+        return await _bounded(state.settings, upload.data, _gradcam_one, predictor, state.gradcam, upload.data, target)
 
     return app
 
@@ -169,14 +179,13 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
 # --------------------------------------------------------------------------- uploads
 
 
-# --------------------------------------------------------------------------- work (thread pool)
+# --------------------------------------------------------------------------- work (decode threads)
 
 
-def _bounded(settings: ServeSettings, data: bytes, work: Any, *args: Any) -> dict[str, Any]:
-    """`work(*args)` on the upload `data`, only if its pixel count is within bounds, in a decode slot."""
-    check_pixels(data, settings.max_upload_pixels)
-    with settings.decode_slots:
-        return work(*args)
+async def _bounded(settings: ServeSettings, data: bytes, work: Any, *args: Any) -> dict[str, Any]:
+    """`work(*args)` on a decode thread, only if the upload `data` declares a pixel count within bounds."""
+    check_pixels(data, settings.max_upload_pixels)  # the header only: cheap, and a 413 needs no decode thread
+    return await asyncio.get_running_loop().run_in_executor(settings.decode_pool, functools.partial(work, *args))
 
 
 def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from fastapi import HTTPException, Request
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 # Uploads may decode to at most this many pixels (a 24-megapixel camera photo is 6000x4000): Pillow's
 # own bomb limit (89 MP) let a 257 KB PNG decode to 9400x9400, ~0.8 GB and 3-4 s a request.
@@ -67,11 +68,16 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
             raise _too_large(limit)
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > body_limit:  # a client that lied about (or omitted) its Content-Length
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:  # a client that lied about (or omitted) its Content-Length
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A closed tab or a dropped connection, not a server error: no traceback in the log (one
+        # each, a client could fill the log), and the 400 goes nowhere.
+        raise HTTPException(400, f"the client closed the connection after {_mb(received)} of the upload") from None
     body = b"".join(chunks)
 
     replayed = False

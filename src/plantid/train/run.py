@@ -8,6 +8,7 @@ train_summary.json, and mlflow.json naming the MLflow run it also logs to (plant
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import pickle
@@ -21,8 +22,14 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from plantid.config import RunConfig, dump_config, load_run_config
@@ -37,6 +44,7 @@ from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
 from plantid.track.mlflow_store import log_run_files
 from plantid.train.augment import train_image_size
+from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
 from plantid.train.throughput import EpochThroughput
@@ -56,6 +64,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        # The temporary file of a save killed mid-way (SIGKILL, power loss) is never read, but can be
+        # as large as the checkpoint: remove it. Saves run one at a time (one writer thread, rank 0).
+        for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
         try:
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
@@ -153,10 +165,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None) -> L.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None,
+                  resume_step: int | None = None) -> L.Trainer:
     """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices.
 
-    `callbacks` adds the caller's own Lightning callbacks to plantid's.
+    `callbacks` adds the caller's own Lightning callbacks to plantid's; `resume_step` (the global
+    step of the checkpoint a resumed run starts from) keeps metrics.csv's rows logged before it.
     """
     t = cfg.train
     callbacks = list(callbacks or []) + [
@@ -180,7 +194,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
     if t.progress:
         callbacks.append(RichProgressBar(leave=True))
     loggers = [
-        CSVLogger(save_dir=run_dir, name="", version=""),
+        RunCSVLogger(run_dir, resume_step=resume_step),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
     ]
     # MLflow too, unless track.mlflow=false: opened here, before the training clock starts (a new
@@ -221,7 +235,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     """Train (or resume) the run in `run_dir`, then test its best checkpoint.
 
     A fresh run refuses a folder that already holds a checkpoint (pass resume=True to continue
-    it). A resumed run uses the folder's own config.yaml and split.csv (`cfg` is ignored).
+    it). A resumed run uses the folder's own config.yaml and split.csv (`cfg` is ignored); one that
+    stopped before its first last.ckpt starts again from them, as its first command would.
     `callbacks` are extra Lightning callbacks (e.g. for custom logging).
     """
     quiet_lightning()
@@ -229,12 +244,20 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     run = RunFolder(run_dir)
     last = run.last_checkpoint
     if resume:
-        if not last.exists():
-            raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt); start it with `plantid train --out {run_dir}`")
-        _check_resumable(last)
+        if last.exists():
+            resume_step = _check_resumable(last)
+        elif run.config.is_file() and run.manifest.is_file():
+            # Killed before its first last.ckpt (config.yaml is written after split.csv, both whole):
+            # train from the start with the saved settings and split, as the first command would have.
+            log.info("%s has no last.ckpt yet: starting it again from its config.yaml and split.csv", run_dir)
+            resume, resume_step = False, None
+        else:
+            raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt, no config.yaml); start it with "
+                               f"`plantid train --data DATA --out {run_dir}`")
         cfg = load_run_config(run.config)
         manifest = run.manifest
     else:
+        resume_step = None
         if cfg is None:
             raise PlantidError("no config given: pass a recipe, or resume=True to continue a run")
         if run.has_checkpoint():
@@ -281,7 +304,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         for member in members_of(module.model):
             member.compile()
 
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step)
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     train_seconds = time.perf_counter() - started
@@ -323,11 +346,11 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     return result
 
 
-def _check_resumable(last: Path) -> None:
+def _check_resumable(last: Path) -> int:
     """Refuse, before anything in the run folder is touched, a last.ckpt that cannot be resumed:
     truncated, corrupt, pickling Python objects (read with weights_only=True only), or not a
     Lightning training checkpoint. Lightning would otherwise fail half-way, after its loggers
-    had already rewritten metrics.csv."""
+    had already rewritten metrics.csv. Returns the checkpoint's global step."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error says it all
@@ -348,6 +371,7 @@ def _check_resumable(last: Path) -> None:
     if missing:
         raise PlantidError(f"{last}: cannot resume: not a plantid training checkpoint (no {missing[0]}); nothing "
                            "was changed. Train again into a new folder (`plantid train --data DATA --out NEW_RUN`)")
+    return int(ckpt.get("global_step", 0))
 
 
 def _images_per_second(trainer: L.Trainer) -> float | None:
