@@ -107,28 +107,47 @@ async def load(base: str, photo: bytes, requests: int, concurrency: int, warmup:
     return {"latencies": latencies, "statuses": statuses, "errors": errors, "wall_s": wall, "server_ms": server_ms}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def server_parser(description: str, requests: int, concurrency: int, warmup: int, startup_timeout: float,
+                  out: Path) -> argparse.ArgumentParser:
+    """The options every serve benchmark takes (run, load, backend, warm-up, output), with its defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a trained run folder (default: train a tiny simple_cnn run)")
-    parser.add_argument("--requests", type=int, default=2000, help="requests to send (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=4, help="concurrent client workers (default 4)")
+    parser.add_argument("--requests", type=int, default=requests, help=f"requests to send (default {requests})")
+    parser.add_argument("--concurrency", type=int, default=concurrency,
+                        help=f"concurrent client workers (default {concurrency})")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed requests first (default 10)")
-    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the server")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed good requests first (default {warmup})")
+    parser.add_argument("--startup-timeout", type=float, default=startup_timeout,
+                        help="seconds to wait for the server")
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
+def parse_server_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and bound the load: 1..1,000,000 requests from 1..256 clients."""
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000:
         parser.error("--requests must be between 1 and 1000000")
     if not 1 <= args.concurrency <= 256:
         parser.error("--concurrency must be between 1 and 256")
+    return args
+
+
+def run_or_tiny(run: Path | None, workdir: Path) -> Path:
+    """The run to serve: the one given, else a tiny simple_cnn run trained in `workdir`."""
+    if run is not None:
+        return run
+    print(f"no --run: training a tiny simple_cnn run in {workdir}")
+    return train_tiny_run(workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = server_parser(__doc__, requests=2000, concurrency=4, warmup=10, startup_timeout=180.0, out=RESULTS)
+    args = parse_server_args(parser, argv)
 
     with tempfile.TemporaryDirectory(prefix="plantid-bench-serve-") as tmp:
         workdir = Path(tmp)
-        if args.run is None:
-            print(f"no --run: training a tiny simple_cnn run in {workdir}")
-            run = train_tiny_run(workdir)
-        else:
-            run = args.run
+        run = run_or_tiny(args.run, workdir)
         port = free_port()
         print(f"starting plantid serve {run} --backend {args.backend} on 127.0.0.1:{port}")
         with running_server(run, port=port, backend=args.backend, timeout=args.startup_timeout,

@@ -23,7 +23,6 @@ check fails, and always stops the server.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -44,7 +43,12 @@ from typing import Self
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/support
-from bench_serve import photo_jpeg, train_tiny_run  # the sibling benchmark
+from bench_serve import (  # the sibling benchmark
+    parse_server_args,
+    photo_jpeg,
+    run_or_tiny,
+    server_parser,
+)
 
 # test support, not the package
 from tests.support.launch import free_port, running_server
@@ -321,32 +325,17 @@ def print_table(cases: list[Case], result: dict, memory: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="a trained run folder (default: train a tiny simple_cnn run)")
-    parser.add_argument("--requests", type=int, default=10_000, help="requests to send (default 10000)")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent client workers (default 32)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser = server_parser(__doc__, requests=10_000, concurrency=32, warmup=20, startup_timeout=240.0, out=RESULTS)
     parser.add_argument("--seed", type=int, default=0, help="order of the requests (default 0)")
-    parser.add_argument("--warmup", type=int, default=20, help="good requests before the start sample (default 20)")
     parser.add_argument("--growth-mb", type=float, default=25.0,
                         help="most RSS growth over the second half still called flat (default 25 MB)")
-    parser.add_argument("--startup-timeout", type=float, default=240.0, help="seconds to wait for the server")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    if not 1 <= args.requests <= 1_000_000:
-        parser.error("--requests must be between 1 and 1000000")
-    if not 1 <= args.concurrency <= 256:
-        parser.error("--concurrency must be between 1 and 256")
+    args = parse_server_args(parser, argv)
 
     cases = upload_cases()
     order = schedule(cases, args.requests, args.seed)
     with tempfile.TemporaryDirectory(prefix="plantid-bench-load-") as tmp:
         workdir = Path(tmp)
-        if args.run is None:
-            print(f"no --run: training a tiny simple_cnn run in {workdir}")
-            run = train_tiny_run(workdir)
-        else:
-            run = args.run
+        run = run_or_tiny(args.run, workdir)
         expected = expected_answers(run, args.backend, cases)
         classes = len(next(iter(expected.values()))["probabilities"])
         port = free_port()

@@ -35,6 +35,7 @@ err_console = Console(stderr=True)
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
+DataOption = Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")]
 NearDupOption = Annotated[Optional[int], typer.Option(
     help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
     "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off.")]
@@ -146,7 +147,8 @@ def split(
     """
     _require_data(data)
     from plantid.data.scan import scan_folder
-    from plantid.data.split import make_split, materialize as write_layout, write_manifest
+    from plantid.data.split import make_split, write_manifest
+    from plantid.data.split import materialize as write_layout
     from plantid.runfolder import MANIFEST_FILE
 
     if materialize not in (None, "copy", "link"):
@@ -184,7 +186,7 @@ def explore(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    data: DataOption = None,
     recipe: Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")] = "cpu-default",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
@@ -297,7 +299,7 @@ def _command_line() -> str:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def tune(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    data: DataOption = None,
     recipe: Annotated[str, typer.Option(help="Recipe to tune (see `plantid recipes`) or a YAML file.")] = "cpu-default",
     trials: Annotated[int, typer.Option(help="Finished trials the study should hold (earlier runs of the command count).")] = 20,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Wall time of this search; each trial gets its share.")] = None,
@@ -343,7 +345,7 @@ def tune(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def ablate(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")] = None,
+    data: DataOption = None,
     suite: Annotated[str, typer.Option(help="Suite of arms: 'seed' (the report's comparisons) or a YAML file.")] = "seed",
     budget_minutes: Annotated[float, typer.Option(help="Training minutes per arm (a cap; 'auto' epochs plan for it).")] = 10.0,
     seed: Annotated[int, typer.Option(help="Split seed and training seed of every arm.")] = 0,
