@@ -532,8 +532,8 @@ def serve(
 @app.command()
 def audit(
     run: RunArg,
-    features: Annotated[str, typer.Option(help="Feature network: auto (pretrained backbone when the run has one), "
-                                               "pretrained, or model (the fine-tuned run).")] = "auto",
+    features: Annotated[str, typer.Option(help="Feature network: auto (the measured best: the fine-tuned run's "
+                                               "own), model (the same), or pretrained (its starting backbone).")] = "auto",
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the out-of-fold probabilities.")] = 5,
     splits: Annotated[str, typer.Option(help="Comma list of split.csv splits to audit.")] = "train,val",
     limit: Annotated[int, typer.Option(help="Most photos shown in audit.html (audit.csv lists all).")] = 100,

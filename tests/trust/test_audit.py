@@ -165,3 +165,20 @@ def test_audit_cli_and_bad_input(flipped_run, tmp_path: Path) -> None:
         audit_run(run, splits=("training",))
     with pytest.raises(PlantidError, match="no such run folder"):
         audit_run(tmp_path / "missing")
+
+
+def test_auto_features_are_the_runs_own_even_with_a_pretrained_backbone() -> None:
+    """bench_audit found more planted flips with the fine-tuned features on both shared sets."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from plantid.config import load_config
+    from plantid.trust.audit import feature_model, has_pretrained_backbone
+
+    cfg = load_config("cpu-default")
+    assert has_pretrained_backbone(cfg)
+    trained = SimpleNamespace(config=cfg, model=nn.Linear(2, 2), classes=["a", "b"], image_size=32)
+    for source in ("auto", "model"):
+        net, name = feature_model(trained, source)
+        assert net is trained.model and name == "model"
