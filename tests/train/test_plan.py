@@ -13,10 +13,12 @@ from plantid.data.split import read_manifest
 from plantid.errors import PlantidError
 from plantid.train.plan import (
     MAX_EPOCHS,
+    MAX_EPOCHS_SMALL_DATA,
     MIN_EPOCHS,
     SIZE_BY_RESOLUTION,
     Speed,
     epoch_seconds,
+    max_epochs_for,
     phases_for,
     photo_short_side,
     plan_epochs,
@@ -78,6 +80,18 @@ def test_plan_epochs_fills_the_budget_and_never_exceeds_it() -> None:
     assert _estimate(epochs, phases, 192, 30000, 4500, speed, share) == pytest.approx(480, rel=0.02)
 
 
+def test_the_epoch_cap_is_a_number_of_steps() -> None:
+    """The leaves keep 9 epochs, the 952 flower photos get the 18 measured, tiny sets at most 27."""
+    assert max_epochs_for(2081, 32) == MAX_EPOCHS == 9
+    assert max_epochs_for(30000, 32) == MAX_EPOCHS  # budget-bound anyway: never fewer than 9
+    assert max_epochs_for(952, 32) == 18
+    assert max_epochs_for(40, 8) == MAX_EPOCHS_SMALL_DATA == 27
+    speed = Speed(train={128: 76.9, 192: 38.4}, evaluate=150.0, seconds=8.0)
+    # the flowers on 2 idle cores with 8 minutes: the 18-epoch cap binds, not the budget
+    epochs, phases, share = plan_epochs(480, 192, 952, 204, speed, max_epochs=max_epochs_for(952, 32))
+    assert (epochs, phases, share) == (18, [ResizePhase(epochs=12, image_size=128)], 1.0)
+
+
 def test_a_share_becomes_whole_batches_and_never_none() -> None:
     # the ablation that crashed: a busy machine planned 1% of 65 batches, which Lightning refuses
     assert train_batches_for_share(0.01, 2081, 32) == 1
@@ -95,7 +109,8 @@ def test_plan_run_resolves_auto_with_a_real_probe(tiny_manifest: Path) -> None:
     cfg = load_config("cpu-default", [*AUTO, "data.batch_size=4", "data.eval_batch_size=4", "train.threads=1"])
     planned = plan_run(cfg, manifest)
     assert planned.data.image_size == size_for_photos(32)  # the fixture's photos are 32 px
-    assert isinstance(planned.train.epochs, int) and MIN_EPOCHS <= planned.train.epochs <= MAX_EPOCHS
+    cap = max_epochs_for(len(manifest.rows_for("train")), 4)
+    assert isinstance(planned.train.epochs, int) and MIN_EPOCHS <= planned.train.epochs <= cap
     assert planned.train.resize_phases == phases_for(planned.train.epochs, planned.data.image_size)
     assert "budget 10 min" in planned.train.planned and "photos/s" in planned.train.planned
     assert plan_run(planned, manifest) is planned  # nothing left to plan: unchanged, no probe
