@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -167,7 +166,6 @@ class Predictor:
         wants_tta = bool(parse_tta(tta))  # a bad view name fails before the checkpoint is read
         if backend == "torch":
             from plantid.infer.checkpoint import load_trained
-
             from plantid.trust.store import load_trust
 
             trained = load_trained(run_dir)
