@@ -67,10 +67,12 @@ def split_for(data: Path, seed: int, cell_dir: Path) -> Path:
     return manifest
 
 
-def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method: str = "cpu-default") -> dict:
-    """Train (or resume, or reuse) cpu-default on `manifest`, evaluate val and test with the default views.
+def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method: str = "cpu-default",
+                    splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Train (or resume, or reuse) cpu-default on `manifest`, evaluate `splits` with the default views.
 
     `method` names the run folder: "cpu-default", or "cpu-default+VARIANT" for an A/B arm with overrides.
+    A decision still being made evaluates ("val",) only, so its test split stays unread.
     """
     run = cell_dir / method
     log = cell_dir / f"{method}.log"
@@ -83,10 +85,16 @@ def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     scores = {}
     for split, name in (("val", "eval_val.json"), ("test", "eval.json")):
+        if split not in splits:
+            continue
         plantid("evaluate", str(run), "--split", split, "--tta", "default", log=log)
         result = json.loads((run / name).read_text(encoding="utf-8"))
         scores[f"{split}_acc"] = result["metrics"]["accuracy"]
         scores[f"{split}_acc_views"] = result["tta"]["metrics"]["accuracy"] if result["tta"] else None
+        if result.get("trust"):  # calibration error after the run's temperature (fitted on val)
+            scores[f"{split}_ece"] = result["trust"]["calibration"]["ece_after"]
+    trust = json.loads((run / "trust.json").read_text(encoding="utf-8")) if (run / "trust.json").is_file() else {}
+    scores["val_ece_crossfit"] = trust.get("measured", {}).get("val_ece_crossfit")
     return {
         **scores,
         "train_seconds": summary["train_seconds"],
@@ -137,7 +145,8 @@ def summarize(cells: list[dict]) -> list[dict]:
     rows = []
     for (dataset, method), group in sorted(groups.items()):
         row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
-        for key in ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "train_seconds"):
+        for key in ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "val_ece_crossfit", "test_ece",
+                    "train_seconds"):
             values = [c[key] for c in group if c.get(key) is not None]
             if values:
                 row[key] = {"mean": statistics.fmean(values),
@@ -186,6 +195,8 @@ def main() -> None:
     ap.add_argument("--variant", help="name an A/B arm: cells and run folders become cpu-default+VARIANT, "
                                       "trained with the --set overrides, beside the plain cpu-default cells")
     ap.add_argument("--baseline-args", default="", help="extra baseline_finetune.py arguments, e.g. '--epochs 8'")
+    ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"],
+                    help="splits to score; `--splits val` while a decision is open keeps test unread")
     ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
 
@@ -212,7 +223,7 @@ def main() -> None:
                 print(f"run {name} seed {seed} {method} ...", flush=True)
                 started = time.perf_counter()
                 if method.startswith("cpu-default"):
-                    scores = run_cpu_default(manifest, cell_dir, args.overrides, method)
+                    scores = run_cpu_default(manifest, cell_dir, args.overrides, method, tuple(args.splits))
                 else:
                     scores = run_baseline(manifest, cell_dir, args.baseline_args.split())
                 cell = {"dataset": name, "seed": seed, "method": method, **scores,
@@ -222,7 +233,7 @@ def main() -> None:
                 results = load_results(args.out)  # another invocation may have added cells meanwhile
                 results["cells"].append(cell)
                 save(results, args.out)
-                print(f"  val {cell['val_acc']:.4f}  test {cell['test_acc']:.4f}  "
+                print(f"  val {cell['val_acc']:.4f}  test {cell.get('test_acc', float('nan')):.4f}  "
                       f"train {cell['train_seconds']:.0f} s", flush=True)
     command = "python benchmarks/bench_datasets.py " + " ".join(sys.argv[1:])
     results = load_results(args.out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plantid.trust.calibration import expected_calibration_error, fit_temperature, nll
+from plantid.trust.calibration import crossfit_probabilities, expected_calibration_error, fit_temperature, nll
 
 
 def _calibrated_sample(n: int = 4000, k: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +34,30 @@ def test_underconfident_logits_get_a_temperature_below_one() -> None:
     t = fit_temperature(logits / 2.0, labels)
     assert 0.4 < t < 0.6
     assert nll(logits / 2.0, labels, t) < nll(logits / 2.0, labels)
+
+
+def test_crossfit_scores_each_photo_with_a_temperature_fitted_without_it() -> None:
+    """Over-confident logits come out calibrated, each half scaled by the other half's temperature."""
+    logits, labels = _calibrated_sample(n=3000, seed=2)
+    overconfident = logits * 2.5
+    p = crossfit_probabilities(overconfident, labels, folds=2)
+    assert p.shape == overconfident.shape
+    assert torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype))
+    assert torch.equal(p.argmax(1), overconfident.argmax(1))  # a temperature never changes a prediction
+    before = expected_calibration_error(torch.softmax(overconfident, 1), labels)
+    assert expected_calibration_error(p, labels) < before / 3
+    # fold membership matters: each half is scaled by the other half's temperature, not its own
+    t_all = fit_temperature(overconfident, labels)
+    assert not torch.allclose(p, torch.softmax(overconfident.double() / t_all, 1))
+
+
+def test_crossfit_refuses_too_few_photos() -> None:
+    import pytest
+
+    from plantid.errors import PlantidError
+
+    with pytest.raises(PlantidError, match="too few"):
+        crossfit_probabilities(torch.zeros(3, 4), torch.zeros(3, dtype=torch.long))
 
 
 def test_lowers_the_nll_of_a_trained_runs_val_logits(trust_run: Path) -> None:

@@ -33,6 +33,7 @@ def test_trust_refits_with_a_new_keep(trust_run_copy: Path) -> None:
     meta = json.loads((trust_run_copy / "trust.json").read_text())
     assert meta["keep"] == 0.8 and meta["detector"] == "mahalanobis"
     assert meta["measured"]["val_kept"] >= 0.8
+    assert 0.0 <= meta["measured"]["val_ece_crossfit"] <= 1.0  # each val photo scaled by a T fitted without it
     assert "trust fitted" in result.output
 
 
@@ -56,6 +57,9 @@ def test_evaluate_ood_writes_auroc_rejection_and_calibration(trust_run_copy: Pat
     assert report.exit_code == 0, report.output
     html = (trust_run_copy / "report.html").read_text()
     assert 'id="trust"' in html and "answered unknown" in html and "Reliability diagram" in html
+    assert trust["calibration"]["val_ece_crossfit"] == json.loads((trust_run_copy / "trust.json").read_text())[
+        "measured"]["val_ece_crossfit"]
+    assert "fitted without it" in html
 
 
 def test_predict_csv_has_unknown_and_score(trust_run: Path, noise_folder: Path) -> None:

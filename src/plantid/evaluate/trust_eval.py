@@ -6,7 +6,8 @@ Results go into eval.json under "trust":
 
     {"detector", "threshold", "temperature", "keep",
      "kept": share of the evaluated photos answered known (score <= threshold),
-     "calibration": {"ece_before", "ece_after", "nll_before", "nll_after", "bins_before", "bins_after"},
+     "calibration": {"ece_before", "ece_after", "nll_before", "nll_after", "bins_before", "bins_after",
+                     "val_ece_crossfit"},
      "ood": [{"folder", "n_images", "skipped", "rejected", "auroc"}, ...]}
 
 and two figures: a reliability diagram and the score histograms (`trust_figure_names`).
@@ -69,7 +70,9 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
         "kept": share_above(-split_scores, -trust.threshold),  # score <= threshold
         "calibration": {"ece_before": before["ece"], "ece_after": after["ece"],
                         "nll_before": round(nll(z, y), 6), "nll_after": round(nll(z, y, trust.temperature), 6),
-                        "bins_before": before["bins"], "bins_after": after["bins"]},
+                        "bins_before": before["bins"], "bins_after": after["bins"],
+                        # val photos each scaled by a temperature fitted without them (train time)
+                        "val_ece_crossfit": trust.measured.get("val_ece_crossfit")},
         "ood": [],
     }
     raw = {"split": split_scores}

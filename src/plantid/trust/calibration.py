@@ -57,3 +57,23 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
         return float("nan")
     probs = probabilities.float()
     return float(multiclass_calibration_error(probs, labels.long(), num_classes=probs.shape[1], n_bins=bins, norm="l1"))
+
+
+def crossfit_probabilities(logits: torch.Tensor, labels: torch.Tensor, folds: int = 2, seed: int = 0) -> torch.Tensor:
+    """Softmax of each photo's logits at a temperature fitted on the OTHER folds (N x K).
+
+    The ECE of these probabilities estimates calibration after temperature scaling from validation
+    photos alone: the temperature never sees the photo it is scored on, as on the test split.
+    """
+    n = len(labels)
+    if n < 2 * folds:
+        raise PlantidError(f"{n} validation photos are too few to cross-fit the temperature in {folds} folds")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fold_of = torch.empty(n, dtype=torch.long)
+    fold_of[order] = torch.arange(n) % folds
+    probabilities = torch.empty(logits.shape, dtype=torch.float64)
+    for k in range(folds):
+        held, rest = fold_of == k, fold_of != k
+        t = fit_temperature(logits[rest], labels[rest])
+        probabilities[held] = torch.softmax(logits[held].double() / t, 1)
+    return probabilities
