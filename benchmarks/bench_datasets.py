@@ -82,6 +82,8 @@ def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method
         else:
             plantid("train", "--data", str(manifest), "--recipe", "cpu-default", "--out", str(run),
                     "train.progress=false", *overrides, log=log)
+    from plantid.trust.store import read_trust_json
+
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     scores = {}
     for split, name in (("val", "eval_val.json"), ("test", "eval.json")):
@@ -93,7 +95,7 @@ def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method
         scores[f"{split}_acc_views"] = result["tta"]["metrics"]["accuracy"] if result["tta"] else None
         if result.get("trust"):  # calibration error after the run's temperature (fitted on val)
             scores[f"{split}_ece"] = result["trust"]["calibration"]["ece_after"]
-    trust = json.loads((run / "trust.json").read_text(encoding="utf-8")) if (run / "trust.json").is_file() else {}
+    trust = read_trust_json(run) or {}
     scores["val_ece_crossfit"] = trust.get("measured", {}).get("val_ece_crossfit")
     return {
         **scores,

@@ -288,10 +288,10 @@ def _trust_section(run_dir: Path, result: dict) -> str:
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),
         ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
+        *([("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"]))]
+          if cal.get("val_ece_crossfit") is not None else []),  # older eval.json files lack it
         ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
     ]
-    if cal.get("val_ece_crossfit") is not None:  # older eval.json files lack it
-        rows.insert(5, ("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"])))
     body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)
     out = [f'<table class="narrow"><tbody>{body}</tbody></table>']
     if trust["ood"]:
