@@ -243,7 +243,8 @@ def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
     return (f"trust fitted ({run}/trust.json): {fitted.detector} score, unknown above {fitted.threshold:.4g} "
             f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
-            f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%")
+            f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%"
+            + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else ""))
 
 
 @app.command(name="trust")

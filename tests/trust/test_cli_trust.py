@@ -34,7 +34,7 @@ def test_trust_refits_with_a_new_keep(trust_run_copy: Path) -> None:
     assert meta["keep"] == 0.8 and meta["detector"] == "mahalanobis"
     assert meta["measured"]["val_kept"] >= 0.8
     assert 0.0 <= meta["measured"]["val_ece_crossfit"] <= 1.0  # each val photo scaled by a T fitted without it
-    assert "trust fitted" in result.output
+    assert "trust fitted" in result.output and "cross-fitted" in result.output
 
 
 def test_trust_rejects_a_bad_setting(trust_run_copy: Path) -> None:

@@ -303,6 +303,8 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     table.add_row(f"{split} photos kept as known", _pct(section["kept"]))
     table.add_row("calibration error (ECE), softmax -> with temperature",
                   f"{_pct(cal['ece_before'])} -> {_pct(cal['ece_after'])}")
+    if cal.get("val_ece_crossfit") is not None:
+        table.add_row("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"]))
     for entry in section["ood"]:
         auroc = "n/a" if entry["auroc"] is None else f"{entry['auroc']:.4f}"
         table.add_row(f"{entry['folder']}: {entry['n_images']} photos answered unknown", _pct(entry["rejected"]))
