@@ -43,7 +43,9 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("msp", {}), ("maxlogit", {}), ("energy", {}), ("mahalanobis", {}), ("mahalanobis", {"shrinkage": 0.01}),
     ("knn", {"k": 1}), ("knn", {"k": 5}), ("knn", {"k": 20}), ("knn", {"k": 50}),
     ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
+    ("mahalanobis+knn+stage", {"k": 50}),
 ]
+STAGE_DETECTORS = {"mahalanobis+knn+stage"}  # read the middle stage's columns; the others the penultimate ones
 KEEP = 0.95
 
 
@@ -71,8 +73,12 @@ def list_photos(folder: Path) -> list[str]:
 
 
 def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dict[str, np.ndarray]:
-    """Features/logits/labels of the run's splits, the foreign photos and generated images (cached .npz)."""
-    key = hashlib.sha256(f"{run.resolve()}|{ood_dir.resolve()}|{n_generated}".encode()).hexdigest()[:12]
+    """Features/logits/labels of the run's splits, the foreign photos and generated images (cached .npz).
+
+    The features are the penultimate ones followed by the pooled middle stage (`split` holds the
+    penultimate width), as `plantid trust` computes them for the default detector.
+    """
+    key = hashlib.sha256(f"{run.resolve()}|{ood_dir.resolve()}|{n_generated}|stage".encode()).hexdigest()[:12]
     path = cache / f"{run.parent.name}_{run.name}_{ood_dir.name}_{key}.npz"
     ckpt = next(p for p in (run / "best.ckpt", run / "last.ckpt") if p.is_file())
     if path.is_file() and path.stat().st_mtime > ckpt.stat().st_mtime:
@@ -83,20 +89,22 @@ def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dic
 
     trained = load_trained(run)
     backend = TorchBackend(trained, ())
+    taps = trained.model.middle_stage()
     out: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     pixels, rows, labels = manifest_pixels(run, trained)
+    out["split"] = np.array(backend.features_and_logits(pixels[rows["val"][:1]])[0].shape[1])
     for split in ("train", "val", "test"):
-        out[f"{split}_f"], out[f"{split}_z"] = features_and_logits(backend, pixels, rows[split], 64)
+        out[f"{split}_f"], out[f"{split}_z"] = features_and_logits(backend, pixels, rows[split], 64, taps)
         out[f"{split}_y"] = labels[split]
         print(f"  {run}: {split} features in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     foreign, used, skipped = folder_pixels(list_photos(ood_dir), trained.image_size)
-    out["foreign_f"], out["foreign_z"] = features_and_logits(backend, foreign, None, 64)
+    out["foreign_f"], out["foreign_z"] = features_and_logits(backend, foreign, None, 64, taps)
     out["foreign_half"] = np.array([half_of(p) for p in used], dtype=np.int64)
     print(f"  {run}: {len(used)} foreign photos ({len(skipped)} unreadable) in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
     for kind, images in generated_images(n_generated, trained.image_size, seed=0).items():
-        out[f"gen_{kind}_f"], out[f"gen_{kind}_z"] = features_and_logits(backend, images, None, 64)
+        out[f"gen_{kind}_f"], out[f"gen_{kind}_z"] = features_and_logits(backend, images, None, 64, taps)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
     return out
@@ -112,17 +120,21 @@ def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
     from plantid.trust.fit import choose_threshold
     from plantid.trust.ood import fit_detector
 
-    t = {k: torch.from_numpy(v) for k, v in d.items()}
+    t = {k: torch.from_numpy(v) for k, v in d.items() if k != "split"}
+    split = int(d["split"])
+    penultimate = {k: v[:, :split] if k.endswith("_f") else v for k, v in t.items()}
     kinds = sorted({k[4:-2] for k in d if k.startswith("gen_") and k.endswith("_f")})
     n_gen = len(d[f"gen_{kinds[0]}_f"])
     gen_half = np.arange(n_gen) % 2
     results = []
     for name, settings in CANDIDATES:
-        detector = fit_detector(name, t["train_f"], t["train_y"], val=(t["val_f"], t["val_z"]), **settings)
+        f = t if name in STAGE_DETECTORS else penultimate
+        extra = {"split": split} if name in STAGE_DETECTORS else {}
+        detector = fit_detector(name, f["train_f"], f["train_y"], val=(f["val_f"], f["val_z"]), **settings, **extra)
 
-        def score(prefix: str) -> np.ndarray:
+        def score(prefix: str, detector=detector, f=f) -> np.ndarray:
             with torch.no_grad():
-                return detector(t[f"{prefix}_f"], t[f"{prefix}_z"]).double().numpy()
+                return detector(f[f"{prefix}_f"], f[f"{prefix}_z"]).double().numpy()
 
         val, test, foreign = score("val"), score("test"), score("foreign")
         gen = {kind: score(f"gen_{kind}") for kind in kinds}

@@ -199,8 +199,11 @@ class TrustConfig(_Section):
     """What `plantid train` (and `plantid trust RUN`) fit after training to judge predictions
     (plantid.trust): the out-of-distribution detector and the share of known photos it keeps."""
 
-    # mahalanobis+knn: the larger of the two scaled scores; measured best in benchmarks/bench_ood.py
-    detector: Literal["mahalanobis+knn", "knn", "mahalanobis", "energy", "maxlogit", "msp"] = "mahalanobis+knn"
+    # mahalanobis+knn+stage: the largest of three scaled scores (Mahalanobis and k-NN on the
+    # penultimate features, Mahalanobis on the backbone's middle stage); chosen over three split
+    # seeds with benchmarks/bench_ood.py (docs/decisions.md)
+    detector: Literal["mahalanobis+knn+stage", "mahalanobis+knn", "knn", "mahalanobis", "energy", "maxlogit",
+                      "msp"] = "mahalanobis+knn+stage"
     k: int = Field(50, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".

@@ -52,6 +52,31 @@ def test_mahalanobis_matches_the_textbook_formula_in_float64() -> None:
     assert detector(train[:1], torch.zeros(1, 3)) < detector(train[:1] + 50, torch.zeros(1, 3))
 
 
+def test_the_stage_part_flags_photos_whose_stage_features_alone_are_unlike_training() -> None:
+    from plantid.trust.ood import build_detector
+
+    penultimate, labels = _clusters(n=150, d=12)
+    stage, _ = _clusters(n=150, d=6, seed=1)
+    train = torch.cat([penultimate, stage], 1)
+    val_p, _ = _clusters(n=60, d=12, seed=2)
+    val = torch.cat([val_p, _clusters(n=60, d=6, seed=1)[0][:60]], 1)
+    # queries that look like training photos in the penultimate columns, not in the stage's
+    queries = torch.cat([penultimate[:20], stage[:20] + 40.0], 1)
+    logits = torch.zeros(20, 3)
+    plain = fit_detector("mahalanobis+knn", train[:, :12], labels, k=5, val=(val[:, :12], torch.zeros(60, 3)))
+    staged = fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, torch.zeros(60, 3)))
+    threshold_plain = choose_threshold(plain(val[:, :12], torch.zeros(60, 3)).numpy(), 0.95)
+    threshold_staged = choose_threshold(staged(val, torch.zeros(60, 3)).numpy(), 0.95)
+    assert (plain(queries[:, :12], logits) <= threshold_plain).all()  # the penultimate layer alone misses them
+    assert (staged(queries, logits) > threshold_staged).all()
+    # saved and rebuilt from its tensors and settings, it scores the same
+    rebuilt = build_detector("mahalanobis+knn+stage", staged.state(), k=5, split=12)
+    torch.testing.assert_close(rebuilt(queries, logits), staged(queries, logits))
+    # without stage columns it is mahalanobis+knn
+    no_stage = fit_detector("mahalanobis+knn+stage", train[:, :12], labels, k=5, split=12, val=(val[:, :12], torch.zeros(60, 3)))
+    torch.testing.assert_close(no_stage(queries[:, :12], logits), plain(queries[:, :12], logits))
+
+
 def test_logit_detectors_score_flat_logits_as_less_known() -> None:
     confident = torch.tensor([[8.0, 0.0, 0.0]])
     flat = torch.tensor([[0.5, 0.4, 0.3]])
@@ -115,3 +140,17 @@ def test_auroc_counts_ties_half_and_orders_scores() -> None:
     assert ood_auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
     assert ood_auroc(np.array([0.0, 2.0]), np.array([1.0, 3.0])) == 0.75  # 3 of 4 pairs ordered
     assert ood_auroc(np.array([]), np.array([1.0])) is None
+
+
+def test_a_penultimate_only_detector_still_fits_and_predicts(trust_run_copy: Path) -> None:
+    """Runs fitted before the stage part (detector mahalanobis+knn, no taps) keep working."""
+    from plantid.config import TrustConfig
+    from plantid.infer.predictor import Predictor
+    from plantid.trust.fit import fit_trust
+
+    trust, _ = fit_trust(trust_run_copy, TrustConfig(detector="mahalanobis+knn", k=5))
+    assert trust.settings == {"k": 5} and trust.head().taps == ()
+    predictor = Predictor.from_run(trust_run_copy)
+    noise = generated_ood(trust_run_copy)["noise"]
+    _, scores = predictor.predict_scored(noise)
+    assert np.mean(scores > predictor.threshold) == 1.0

@@ -21,8 +21,10 @@ def test_round_trip_rebuilds_the_same_head(trust_run: Path) -> None:
     meta = json.loads((trust_run / TRUST_JSON).read_text())
     assert trust is not None and trust.detector == meta["detector"] and trust.threshold == meta["threshold"]
     assert meta["checkpoint"] == trained.checkpoint.name
-    features, logits = trained.model.features_and_logits(torch.rand(4, 3, 32, 32))
-    probs, scores = trust.head()(features, logits)
+    head = trust.head()
+    assert head.taps == tuple(meta["settings"]["taps"]) == trained.model.middle_stage()  # the default reads a stage
+    features, logits = trained.model.features_and_logits(torch.rand(4, 3, 32, 32), head.taps)
+    probs, scores = head(features, logits)
     torch.testing.assert_close(probs, torch.softmax(logits / trust.temperature, 1))
     assert scores.shape == (4,)
     assert not any(p.name.startswith(".") for p in trust_run.iterdir())  # no temporary files left

@@ -56,7 +56,7 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
     head = trust.head()
 
     def scores_of(pixels: np.ndarray, picked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        feats, logits = features_and_logits(backend, pixels, picked, batch_size)
+        feats, logits = features_and_logits(backend, pixels, picked, batch_size, head.taps)
         with torch.no_grad():
             _, score = head(torch.from_numpy(feats), torch.from_numpy(logits))
         return score.double().numpy(), logits

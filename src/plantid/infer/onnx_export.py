@@ -74,7 +74,7 @@ def probability_model(classifier: Any, trust_head: Any = None) -> Any:
                 x = to_unit_float(images)
                 if self.trust_head is None:
                     return torch.softmax(self.classifier(x).float(), dim=1)
-                features, logits = self.classifier.features_and_logits(x)
+                features, logits = self.classifier.features_and_logits(x, self.trust_head.taps)
                 return self.trust_head(features, logits)
 
         _WRAPPER_CLASS = ProbabilityModel

@@ -76,12 +76,13 @@ class TorchBackend:
 
         return to_unit_float(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
 
-    def features_and_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Penultimate features (N x D) and logits (N x K) of a uint8 batch, float32, one pass."""
+    def features_and_logits(self, images: np.ndarray, taps: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Features (N x D: penultimate, then the `taps` modules' pooled outputs) and logits (N x K)
+        of a uint8 batch, float32, one pass."""
         import torch
 
         with torch.inference_mode():
-            features, logits = self.model.features_and_logits(self._input(images))
+            features, logits = self.model.features_and_logits(self._input(images), taps)
         return features.float().cpu().numpy(), logits.float().cpu().numpy()
 
     def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -94,7 +95,7 @@ class TorchBackend:
         with torch.inference_mode():
             if self.head is None:
                 return predict_proba(self.model, x, self.views).cpu().numpy(), None
-            features, logits = self.model.features_and_logits(x)
+            features, logits = self.model.features_and_logits(x, self.head.taps)
             probabilities, scores = self.head(features, logits)
             if self.views:
                 probabilities = predict_proba(_Tempered(self.model, self.head.temperature), x, self.views)

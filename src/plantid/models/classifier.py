@@ -145,6 +145,14 @@ def freeze_first_layers(model: nn.Module, n: int) -> list[str]:
     return [name for name, _ in layers[:n]]
 
 
+def _pooled(output: torch.Tensor) -> torch.Tensor:
+    """A module's output averaged over space: N x C x H x W maps, or N x L x C tokens -> N x C."""
+    output = output.float()
+    if output.ndim == 4:
+        return output.mean(dim=(2, 3))
+    return output.mean(dim=1) if output.ndim == 3 else output.flatten(1)
+
+
 # -- the model --------------------------------------------------------------------------------
 class Classifier(nn.Module):
     """backbone (+ head) with the input normalization built in.
@@ -186,15 +194,31 @@ class Classifier(nn.Module):
         """Float NCHW images in [0, 1] (not normalized) -> logits (N, num_classes)."""
         return self.head(self.backbone(self.normalize(x)))
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float NCHW images in [0, 1] -> (penultimate features N x D, logits N x K) in one pass.
+    def features_and_logits(self, x: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float NCHW images in [0, 1] -> (features N x D, logits N x K) in one pass.
 
         The features are what the last dense layer reads: the backbone's pooled features for the
         linear head (timm's `forward_head(pre_logits=True)`), the hidden ReLU layer for the seed
-        head. Out-of-distribution scores are computed from them (plantid.trust); the logits equal
+        head; then, for each backbone module named in `taps`, its output averaged over space.
+        Out-of-distribution scores are computed from them (plantid.trust); the logits equal
         `forward(x)`.
         """
-        z = self.normalize(x)
+        penultimate, tapped, logits = self.feature_parts(x, taps)
+        return (torch.cat([penultimate, *tapped], dim=1) if tapped else penultimate), logits
+
+    def feature_parts(self, x: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(penultimate features, [pooled output of each tapped module], logits): `features_and_logits` unjoined."""
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [self.backbone.get_submodule(name).register_forward_hook(
+            lambda _module, _args, out, name=name: outputs.__setitem__(name, out)) for name in taps]
+        try:
+            penultimate, logits = self._penultimate_and_logits(self.normalize(x))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return penultimate, [_pooled(outputs[name]) for name in taps], logits
+
+    def _penultimate_and_logits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.head, SeedHead):
             pooled = self.backbone(z)
             hidden = self.head.act(self.head.fc1(self.head.drop(pooled)))
@@ -205,6 +229,19 @@ class Classifier(nn.Module):
         features = bb.forward_head(bb.forward_features(z), pre_logits=True)
         classifier = bb.get_classifier()
         return features, self.head(classifier(features))
+
+    def middle_stage(self) -> tuple[str, ...]:
+        """The backbone module that ends its middle feature stage (timm's `feature_info`), or ().
+
+        Its pooled output describes textures and colours more than species, and in plantid's
+        default it is still the pretrained network's (frozen): photos of other things sit far from
+        the training photos there even where the fine-tuned penultimate layer maps them close to
+        a class (plantid.trust.ood, docs/decisions.md).
+        """
+        info = getattr(self.backbone, "feature_info", None)
+        stages = info.get_dicts() if callable(getattr(info, "get_dicts", None)) else list(info or [])
+        names = [s.get("module") for s in stages if isinstance(s, dict) and s.get("module")]
+        return (names[len(names) // 2],) if names else ()
 
     def regularization(self) -> torch.Tensor:
         """The head's weight penalty (seed head L1L2), a zero tensor when there is none."""
@@ -277,12 +314,18 @@ class Ensemble(nn.Module):
         log_probs = torch.stack([torch.log_softmax(m(x).float(), dim=1) for m in self.members])
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the members' penultimate features side by side, the ensemble's logits = `forward(x)`)."""
-        pairs = [m.features_and_logits(x) for m in self.members]
-        log_probs = torch.stack([torch.log_softmax(logits.float(), dim=1) for _, logits in pairs])
+    def features_and_logits(self, x: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the members' penultimate features side by side, then their tapped ones; the ensemble's
+        logits = `forward(x)`): one Classifier's layout, penultimate columns first."""
+        parts = [m.feature_parts(x, taps) for m in self.members]
+        log_probs = torch.stack([torch.log_softmax(logits.float(), dim=1) for _, _, logits in parts])
         logits = torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
-        return torch.cat([f for f, _ in pairs], dim=1), logits
+        features = [p for p, _, _ in parts] + [t for _, tapped, _ in parts for t in tapped]
+        return torch.cat(features, dim=1), logits
+
+    def middle_stage(self) -> tuple[str, ...]:
+        """The members' middle stage (they share one architecture)."""
+        return self.members[0].middle_stage()
 
     def parameter_counts(self) -> dict[str, int]:
         counts = [m.parameter_counts() for m in self.members]

@@ -12,15 +12,16 @@ from plantid.runfolder import RunFolder
 
 
 def features_and_logits(backend, images: np.ndarray, rows: np.ndarray | None = None,
-                        batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 128, taps: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(features N x D, logits N x K), float32, for `images[rows]` (uint8 M x S x S x 3; all rows when None).
 
-    `backend` is a plantid.infer.predictor.TorchBackend (no TTA: the features of the photo itself).
+    `backend` is a plantid.infer.predictor.TorchBackend (no TTA: the features of the photo itself);
+    `taps` adds the pooled outputs of those backbone modules after the penultimate features.
     """
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
     feats, logits = [], []
     for start in range(0, len(rows), batch_size):
-        f, z = backend.features_and_logits(np.ascontiguousarray(images[rows[start:start + batch_size]]))
+        f, z = backend.features_and_logits(np.ascontiguousarray(images[rows[start:start + batch_size]]), taps)
         feats.append(f)
         logits.append(z)
     if not feats:

@@ -1,6 +1,7 @@
 """Fit a run's trust after training, on its TRAIN and VAL photos only (the test split stays unseen):
 
-1. penultimate features and logits of the train and val photos (one pass each, no TTA);
+1. penultimate features and logits of the train and val photos (one pass each, no TTA), and for
+   the default detector the pooled output of the backbone's middle stage in the same pass;
 2. the OOD detector on the training features (`trust.detector`, plantid.trust.ood);
 3. the temperature on the validation logits (plantid.trust.calibration);
 4. the threshold: the smallest score that keeps `trust.keep` (default 95%) of the val photos;
@@ -28,9 +29,25 @@ from plantid.trust.store import FittedTrust, save_trust
 log = logging.getLogger("plantid")
 
 
+STAGE_DETECTORS = ("mahalanobis+knn+stage",)
+
+
 def detector_settings(cfg: TrustConfig) -> dict[str, Any]:
     """The settings a detector is built with (saved beside its tensors)."""
     return {"k": cfg.k} if "knn" in cfg.detector else {}
+
+
+def feature_layout(cfg: TrustConfig, model, backend, probe: np.ndarray) -> dict[str, Any]:
+    """{"taps": backbone modules whose pooled outputs follow the penultimate features, "split": the
+    penultimate width} for a detector that reads a middle stage, else {} (penultimate features only).
+
+    `probe` is one photo (uint8 1 x S x S x 3): the penultimate width is read off a forward pass,
+    whatever the head.
+    """
+    taps = model.middle_stage() if cfg.detector in STAGE_DETECTORS else ()
+    if not taps:
+        return {}
+    return {"taps": list(taps), "split": int(backend.features_and_logits(probe)[0].shape[1])}
 
 
 def choose_threshold(scores: np.ndarray, keep: float) -> float:
@@ -42,11 +59,16 @@ def choose_threshold(scores: np.ndarray, keep: float) -> float:
 
 
 def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.ndarray, train_labels: np.ndarray,
-                      val_features: np.ndarray, val_logits: np.ndarray, val_labels: np.ndarray) -> FittedTrust:
-    """Detector on train features, temperature and threshold on val: a FittedTrust (nothing written)."""
+                      val_features: np.ndarray, val_logits: np.ndarray, val_labels: np.ndarray,
+                      layout: dict[str, Any] | None = None) -> FittedTrust:
+    """Detector on train features, temperature and threshold on val: a FittedTrust (nothing written).
+
+    `layout` ({"taps", "split"}, see `feature_layout`) says which columns past the penultimate
+    ones the features carry; it is saved with the detector's settings.
+    """
     if len(train_features) == 0:
         raise PlantidError("the run has no training photos to fit the OOD detector on")
-    settings = detector_settings(cfg)
+    settings = {**detector_settings(cfg), **(layout or {})}
     vf, vz, vy = torch.from_numpy(val_features), torch.from_numpy(val_logits), torch.from_numpy(val_labels)
     detector = fit_detector(cfg.detector, torch.from_numpy(train_features), torch.from_numpy(train_labels),
                             val=(vf, vz), **settings)
@@ -86,9 +108,11 @@ def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str =
         raise PlantidError(f"{folder}: the val split is empty; trust is fitted on validation photos (split with val > 0)")
     backend = TorchBackend(trained, (), device)
     batch = trained.config.data.eval_batch_size
-    train_f, _ = features_and_logits(backend, pixels, rows["train"], batch)
-    val_f, val_z = features_and_logits(backend, pixels, rows["val"], batch)
-    trust = fit_from_features(cfg, trained.classes, train_f, labels["train"], val_f, val_z, labels["val"])
+    layout = feature_layout(cfg, trained.model, backend, pixels[rows["val"][:1]])
+    taps = tuple(layout.get("taps", ()))
+    train_f, _ = features_and_logits(backend, pixels, rows["train"], batch, taps)
+    val_f, val_z = features_and_logits(backend, pixels, rows["val"], batch, taps)
+    trust = fit_from_features(cfg, trained.classes, train_f, labels["train"], val_f, val_z, labels["val"], layout)
     written = save_trust(folder, trust, trained.checkpoint)
     m = trust.measured
     log.info("trust: %s detector, threshold %.4g keeps %.1f%% of %d val photos; temperature %.3f "

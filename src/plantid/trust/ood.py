@@ -14,6 +14,12 @@ photos; a photo is "unknown" when its score is above the run's threshold.
 * ``mahalanobis+knn``: the larger of the two scores, each divided by its 95th percentile on the
   validation photos. Mahalanobis separates other photos (flowers for the leaf model) best, k-NN
   flat colours and noise; the maximum keeps both (benchmarks/bench_ood.py).
+* ``mahalanobis+knn+stage`` (the default): the same, plus a third part, the Mahalanobis distance
+  of the pooled output of the backbone's middle stage (`Classifier.middle_stage`) to the training
+  photos' class means there (the feature ensemble of Lee et al. 2018, one layer). The fine-tuned
+  penultimate layer maps some photos of other things close to a class, more so in some training
+  runs than others; the middle stage, pretrained and frozen in the default recipe, does not.
+  Its features are the columns after `split` (the penultimate width).
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
@@ -28,7 +34,7 @@ from torch import nn
 
 from plantid.errors import PlantidError
 
-__all__ = ["DETECTORS", "Energy", "KNNDistance", "Mahalanobis", "MaxLogit", "MaxSoftmax", "TrustHead",
+__all__ = ["DETECTORS", "Columns", "Energy", "KNNDistance", "Mahalanobis", "MaxLogit", "MaxSoftmax", "TrustHead",
            "build_detector", "fit_detector"]
 
 
@@ -99,6 +105,21 @@ class Mahalanobis(nn.Module):
         return {"means": self.means, "whiten": self.whiten}
 
 
+class Columns(nn.Module):
+    """A detector reading only the feature columns [start, stop) (stop None: to the end)."""
+
+    def __init__(self, detector: nn.Module, start: int = 0, stop: int | None = None):
+        super().__init__()
+        self.detector = detector
+        self.start, self.stop = int(start), None if stop is None else int(stop)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.detector(features[:, self.start:self.stop], logits)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.detector.state()
+
+
 class Energy(nn.Module):
     """-logsumexp of the logits: low energy (high score) means no class claims the photo strongly."""
 
@@ -152,18 +173,28 @@ SCALE_QUANTILE = 0.95
 
 
 def _fit_maha_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 1, shrinkage: float = 0.1,
-                  val: tuple[torch.Tensor, torch.Tensor] | None = None, **_) -> MaxOfScaled:
+                  split: int | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None, **_) -> MaxOfScaled:
+    """Mahalanobis and k-NN on the first `split` columns (all when None), a middle-stage
+    Mahalanobis on the rest when there is a rest; each scaled by its val 95th percentile."""
     if val is None:
-        raise PlantidError("the mahalanobis+knn detector scales its parts on validation photos; none were given")
-    parts = [Mahalanobis.fit(features, labels, shrinkage=shrinkage), KNNDistance.fit(features, labels, k=k)]
+        raise PlantidError("the mahalanobis+knn detectors scale their parts on validation photos; none were given")
+    split = features.shape[1] if split is None else int(split)
+    penultimate = features[:, :split]
+    parts = [Columns(Mahalanobis.fit(penultimate, labels, shrinkage=shrinkage), 0, split),
+             Columns(KNNDistance.fit(penultimate, labels, k=k), 0, split)]
+    if split < features.shape[1]:  # a model without stages (no `feature_info`) has no third part
+        parts.append(Columns(Mahalanobis.fit(features[:, split:], labels, shrinkage=shrinkage), split))
     with torch.no_grad():
         scales = torch.stack([torch.quantile(p(*val).double(), SCALE_QUANTILE) for p in parts])
     return MaxOfScaled(parts, scales.clamp(min=1e-12))
 
 
-def _load_maha_knn(s: dict[str, torch.Tensor], k: int = 1, **_) -> MaxOfScaled:
-    return MaxOfScaled([Mahalanobis(s["part0.means"], s["part0.whiten"]), KNNDistance(s["part1.bank"], k=k)],
-                       s["scales"])
+def _load_maha_knn(s: dict[str, torch.Tensor], k: int = 1, split: int | None = None, **_) -> MaxOfScaled:
+    parts = [Columns(Mahalanobis(s["part0.means"], s["part0.whiten"]), 0, split),
+             Columns(KNNDistance(s["part1.bank"], k=k), 0, split)]
+    if "part2.means" in s:
+        parts.append(Columns(Mahalanobis(s["part2.means"], s["part2.whiten"]), split))
+    return MaxOfScaled(parts, s["scales"])
 
 
 def _fit_plain(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -176,6 +207,7 @@ DETECTORS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] 
     "mahalanobis": (lambda f, y, shrinkage=0.1, **_: Mahalanobis.fit(f, y, shrinkage=shrinkage),
                     lambda s, **_: Mahalanobis(s["means"], s["whiten"])),
     "mahalanobis+knn": (_fit_maha_knn, _load_maha_knn),
+    "mahalanobis+knn+stage": (_fit_maha_knn, _load_maha_knn),  # fitted on features with the stage's columns
     "energy": (_fit_plain(Energy), lambda s, **_: Energy()),
     "maxlogit": (_fit_plain(MaxLogit), lambda s, **_: MaxLogit()),
     "msp": (_fit_plain(MaxSoftmax), lambda s, **_: MaxSoftmax()),
@@ -208,12 +240,14 @@ def build_detector(name: str, state: dict[str, torch.Tensor], **settings) -> nn.
 class TrustHead(nn.Module):
     """(features, logits) -> (calibrated probabilities softmax(logits / T), OOD score).
 
-    Runs after `Classifier.features_and_logits` in PyTorch and inside the exported ONNX graph.
+    Runs after `Classifier.features_and_logits(x, head.taps)` in PyTorch and inside the exported
+    ONNX graph; `taps` names the backbone modules whose pooled outputs the detector also reads.
     """
 
-    def __init__(self, detector: nn.Module, temperature: float = 1.0):
+    def __init__(self, detector: nn.Module, temperature: float = 1.0, taps: tuple[str, ...] = ()):
         super().__init__()
         self.detector = detector
+        self.taps = tuple(taps)
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

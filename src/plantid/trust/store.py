@@ -30,7 +30,7 @@ class FittedTrust:
     """Everything fitted after training: detector name, settings and tensors, temperature, threshold."""
 
     detector: str
-    settings: dict[str, Any]  # e.g. {"k": 1}
+    settings: dict[str, Any]  # e.g. {"k": 50, "taps": ["blocks.2"], "split": 1280}
     tensors: dict[str, torch.Tensor]
     temperature: float
     threshold: float  # OOD score above it -> unknown
@@ -42,7 +42,8 @@ class FittedTrust:
         """The TrustHead (detector + temperature) as an nn.Module in eval mode."""
         from plantid.trust.ood import TrustHead, build_detector
 
-        return TrustHead(build_detector(self.detector, self.tensors, **self.settings), self.temperature).eval()
+        return TrustHead(build_detector(self.detector, self.tensors, **self.settings), self.temperature,
+                         taps=tuple(self.settings.get("taps") or ())).eval()
 
     def summary(self) -> dict[str, Any]:
         """What predictors and exports publish about it (JSON-ready, no tensors)."""
