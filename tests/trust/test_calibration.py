@@ -75,3 +75,21 @@ def test_lowers_the_nll_of_a_trained_runs_val_logits(trust_run: Path) -> None:
     assert t < 1.0
     assert nll(z, y, t) < nll(z, y)
     assert np.isfinite(t)
+
+
+def test_the_ece_of_a_perfectly_calibrated_model_shrinks_with_more_photos_and_vanishes_when_certain() -> None:
+    from plantid.trust.calibration import ece_if_calibrated
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 8, generator=g) * 3
+    small = ece_if_calibrated(torch.softmax(logits[:400], 1))
+    large = ece_if_calibrated(torch.softmax(logits, 1))
+    assert small[1] <= small[0] <= small[2] and large[1] <= large[0] <= large[2]
+    assert 0.015 < small[0] and large[0] < 0.01 and large[0] < small[0] / 3  # noise ~ 1 / sqrt(n)
+    # labels drawn from the probabilities: their measured ECE lies in the predicted range most of the time
+    probabilities = torch.softmax(logits[:400], 1)
+    measured = [expected_calibration_error(probabilities, torch.multinomial(probabilities, 1, generator=g).squeeze(1))
+                for _ in range(40)]
+    inside = np.mean([small[1] <= m <= small[2] for m in measured])
+    assert inside >= 0.75
+    assert ece_if_calibrated(torch.eye(8)[:5].double()) == (0.0, 0.0, 0.0)

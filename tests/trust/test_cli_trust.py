@@ -60,6 +60,10 @@ def test_evaluate_ood_writes_auroc_rejection_and_calibration(trust_run_copy: Pat
     assert trust["calibration"]["val_ece_crossfit"] == json.loads((trust_run_copy / "trust.json").read_text())[
         "measured"]["val_ece_crossfit"]
     assert "fitted without it" in html
+    mean, low, high = trust["calibration"]["ece_if_calibrated"]  # the ECE sampling noise alone would give
+    assert 0.0 <= low <= mean <= high < 1.0
+    assert "perfectly calibrated model" in html and "perfectly calibrated model" in result.output
+    assert "middle stage" in html  # the default score also reads the backbone's middle stage
 
 
 def test_predict_csv_has_unknown_and_score(trust_run: Path, noise_folder: Path) -> None:

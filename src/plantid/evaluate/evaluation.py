@@ -303,6 +303,10 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     table.add_row(f"{split} photos kept as known", _pct(section["kept"]))
     table.add_row("calibration error (ECE), softmax -> with temperature",
                   f"{_pct(cal['ece_before'])} -> {_pct(cal['ece_after'])}")
+    if cal.get("ece_if_calibrated"):
+        mean, low, high = cal["ece_if_calibrated"]
+        table.add_row(f"ECE a perfectly calibrated model would show on these {split} photos",
+                      f"{_pct(mean)} ({_pct(low)}-{_pct(high)})")
     if cal.get("val_ece_crossfit") is not None:
         table.add_row("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"]))
     for entry in section["ood"]:

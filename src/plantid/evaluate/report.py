@@ -283,13 +283,17 @@ def _trust_section(run_dir: Path, result: dict) -> str:
                 'evaluate again.</p>')
     cal = trust["calibration"]
     rows = [
-        ("unknown-photo score", f"{trust['detector']}" + (f" (k = {trust['k']})" if "k" in trust else "")),
+        ("unknown-photo score", f"{trust['detector']}" + (f" (k = {trust['k']})" if "k" in trust else "")
+         + (f", middle stage {', '.join(trust['taps'])}" if trust.get("taps") else "")),
         ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),
         ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
+        *([("ECE a perfectly calibrated model would show on these photos (5-95%)",
+            f"{_pct(cal['ece_if_calibrated'][0])} ({_pct(cal['ece_if_calibrated'][1])}-{_pct(cal['ece_if_calibrated'][2])})")]
+          if cal.get("ece_if_calibrated") else []),
         *([("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"]))]
-          if cal.get("val_ece_crossfit") is not None else []),  # older eval.json files lack it
+          if cal.get("val_ece_crossfit") is not None else []),  # older eval.json files lack these
         ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
     ]
     body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)

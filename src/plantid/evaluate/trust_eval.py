@@ -7,7 +7,7 @@ Results go into eval.json under "trust":
     {"detector", "threshold", "temperature", "keep",
      "kept": share of the evaluated photos answered known (score <= threshold),
      "calibration": {"ece_before", "ece_after", "nll_before", "nll_after", "bins_before", "bins_after",
-                     "val_ece_crossfit"},
+                     "val_ece_crossfit", "ece_if_calibrated": [mean, 5th, 95th percentile]},
      "ood": [{"folder", "n_images", "skipped", "rejected", "auroc"}, ...]}
 
 and two figures: a reliability diagram and the score histograms (`trust_figure_names`).
@@ -49,7 +49,7 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
     """The "trust" entry of eval.json and the raw scores for the figures ({"split": .., folder: ..})."""
     from plantid.evaluate.trust_metrics import calibration, ood_auroc, share_above
     from plantid.infer.predictor import TorchBackend
-    from plantid.trust.calibration import nll
+    from plantid.trust.calibration import ece_if_calibrated, nll
     from plantid.trust.features import features_and_logits, folder_pixels
 
     backend = TorchBackend(trained, (), device)
@@ -64,7 +64,8 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
     split_scores, logits = scores_of(images, rows)
     z, y = torch.from_numpy(logits).double(), torch.from_numpy(np.asarray(labels, np.int64))
     before = calibration(torch.softmax(z, 1).numpy(), labels)
-    after = calibration(torch.softmax(z / trust.temperature, 1).numpy(), labels)
+    calibrated = torch.softmax(z / trust.temperature, 1)
+    after = calibration(calibrated.numpy(), labels)
     section: dict[str, Any] = {
         **trust.summary(),
         "kept": share_above(-split_scores, -trust.threshold),  # score <= threshold
@@ -72,7 +73,9 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
                         "nll_before": round(nll(z, y), 6), "nll_after": round(nll(z, y, trust.temperature), 6),
                         "bins_before": before["bins"], "bins_after": after["bins"],
                         # val photos each scaled by a temperature fitted without them (train time)
-                        "val_ece_crossfit": trust.measured.get("val_ece_crossfit")},
+                        "val_ece_crossfit": trust.measured.get("val_ece_crossfit"),
+                        # what a perfectly calibrated model would measure on these photos: the noise floor
+                        "ece_if_calibrated": [round(v, 6) for v in ece_if_calibrated(calibrated)]},
         "ood": [],
     }
     raw = {"split": split_scores}

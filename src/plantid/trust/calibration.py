@@ -77,3 +77,27 @@ def crossfit_probabilities(logits: torch.Tensor, labels: torch.Tensor, folds: in
         t = fit_temperature(logits[rest], labels[rest])
         probabilities[held] = torch.softmax(logits[held].double() / t, 1)
     return probabilities
+
+
+def ece_if_calibrated(probabilities: torch.Tensor, bins: int = 15, draws: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 5th, 95th percentile) of the ECE that a PERFECTLY calibrated model with these top
+    probabilities would measure on this many photos.
+
+    ECE over a few hundred photos is biased upwards by sampling noise alone: each bin's accuracy
+    is an average of a few dozen right-or-wrong answers. A perfectly calibrated model is right
+    with probability equal to its confidence, so drawing that many answers per photo gives the
+    ECE it would show: the floor against which a measured ECE should be read.
+    """
+    confidence = probabilities.double().max(dim=1).values
+    if len(confidence) == 0:
+        return float("nan"), float("nan"), float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    correct = torch.rand((draws, len(confidence)), generator=generator, dtype=torch.float64) < confidence
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    index = torch.bucketize(confidence, edges[1:-1], right=True)  # torchmetrics' bins
+    gap = torch.zeros((draws, bins), dtype=torch.float64)
+    gap.index_add_(1, index, confidence - correct.double())
+    eces = gap.abs().sum(dim=1) / len(confidence)
+    low, high = torch.quantile(eces, torch.tensor([0.05, 0.95], dtype=torch.float64))
+    return float(eces.mean()), float(low), float(high)
