@@ -253,7 +253,7 @@ def _trust_line(run: Path, fitted) -> str:
 def trust_command(
     run: RunArg,
     keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
-    detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn (new runs' default), mahalanobis+knn+stage (also flags photos taken unlike the training ones), knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
 ) -> None:
     """Fit (or refit) what judges a run's predictions: the "not one of my species" score and its

@@ -12,13 +12,17 @@ import pytest
 from tests.trust.conftest import generated_ood
 
 
-@pytest.fixture(scope="module")
-def exported(trust_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["mahalanobis+knn", "mahalanobis+knn+stage"])
+def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run exported with the default detector, and with the one that also reads the middle stage."""
     import shutil
 
+    from plantid.config import TrustConfig
     from plantid.infer.export import export_run
+    from plantid.trust.fit import fit_trust
 
     run = Path(shutil.copytree(trust_run, tmp_path_factory.mktemp("onnx-trust") / "run", symlinks=True))
+    fit_trust(run, TrustConfig(detector=request.param))
     export_run(run, "onnx")
     return run
 
@@ -31,6 +35,7 @@ def test_torch_and_onnx_agree_on_scores_and_unknown(exported: Path) -> None:
     meta = json.loads((exported / "export" / "preprocessing.json").read_text())
     trust = json.loads((exported / "trust.json").read_text())
     assert meta["outputs"] == ["probabilities", "ood_score"]
+    assert meta["trust"]["detector"] == trust["detector"] and meta["trust"].get("taps") == trust["settings"].get("taps")
     assert meta["trust"]["threshold"] == trust["threshold"] and meta["trust"]["temperature"] == trust["temperature"]
 
     torch_pred = Predictor.from_run(exported, backend="torch")

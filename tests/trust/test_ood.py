@@ -142,8 +142,8 @@ def test_auroc_counts_ties_half_and_orders_scores() -> None:
     assert ood_auroc(np.array([]), np.array([1.0])) is None
 
 
-def test_a_penultimate_only_detector_still_fits_and_predicts(trust_run_copy: Path) -> None:
-    """Runs fitted before the stage part (detector mahalanobis+knn, no taps) keep working."""
+def test_the_default_detector_reads_no_stage_and_rejects_noise(trust_run_copy: Path) -> None:
+    """mahalanobis+knn (the default) fits on the penultimate features alone: no taps in its settings."""
     from plantid.config import TrustConfig
     from plantid.infer.predictor import Predictor
     from plantid.trust.fit import fit_trust

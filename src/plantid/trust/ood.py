@@ -14,12 +14,13 @@ photos; a photo is "unknown" when its score is above the run's threshold.
 * ``mahalanobis+knn``: the larger of the two scores, each divided by its 95th percentile on the
   validation photos. Mahalanobis separates other photos (flowers for the leaf model) best, k-NN
   flat colours and noise; the maximum keeps both (benchmarks/bench_ood.py).
-* ``mahalanobis+knn+stage`` (the default): the same, plus a third part, the Mahalanobis distance
-  of the pooled output of the backbone's middle stage (`Classifier.middle_stage`) to the training
-  photos' class means there (the feature ensemble of Lee et al. 2018, one layer). The fine-tuned
-  penultimate layer maps some photos of other things close to a class, more so in some training
-  runs than others; the middle stage, pretrained and frozen in the default recipe, does not.
-  Its features are the columns after `split` (the penultimate width).
+* ``mahalanobis+knn+stage``: the same, plus a third part, the Mahalanobis distance of the pooled
+  output of the backbone's middle stage (`Classifier.middle_stage`) to the training photos' class
+  means there (the feature ensemble of Lee et al. 2018, one layer); its features are the columns
+  after `split` (the penultimate width). It separates the two shared sets perfectly, but what it
+  measures is mostly how a photo was taken: with the leaf model it calls every val leaf unknown
+  once JPEG-compressed, blurred or halved in resolution (bench_ood.py's shift check). A check
+  for "not taken like my training photos", not the default.
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
