@@ -51,7 +51,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
     ("mahalanobis+knn+stage", {"k": 50}),
 ]
-STAGE_DETECTORS = {"mahalanobis+knn+stage"}  # read the middle stage's columns; the others the penultimate ones
+STAGE_DETECTORS = {"mahalanobis+knn+stage"}  # read the last stage's columns; the others the penultimate ones
 KEEP = 0.95
 SHIFT_KEEP = 0.80  # a detector must keep this share of mildly shifted val photos (mean over the shifts)
 
@@ -104,10 +104,10 @@ def list_photos(folder: Path) -> list[str]:
 def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dict[str, np.ndarray]:
     """Features/logits/labels of the run's splits, the foreign photos and generated images (cached .npz).
 
-    The features are the penultimate ones followed by the pooled middle stage (`split` holds the
+    The features are the penultimate ones followed by the pooled last stage (`split` holds the
     penultimate width), as `plantid trust` computes them for the default detector.
     """
-    key = hashlib.sha256(f"{run.resolve()}|{ood_dir.resolve()}|{n_generated}|stage|shift".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{run.resolve()}|{ood_dir.resolve()}|{n_generated}|laststage|shift".encode()).hexdigest()[:12]
     path = cache / f"{run.parent.name}_{run.name}_{ood_dir.name}_{key}.npz"
     ckpt = next(p for p in (run / "best.ckpt", run / "last.ckpt") if p.is_file())
     if path.is_file() and path.stat().st_mtime > ckpt.stat().st_mtime:
@@ -118,7 +118,7 @@ def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dic
 
     trained = load_trained(run)
     backend = TorchBackend(trained, ())
-    taps = trained.model.middle_stage()
+    taps = trained.model.last_stage()
     out: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     pixels, rows, labels = manifest_pixels(run, trained)

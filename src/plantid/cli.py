@@ -243,7 +243,7 @@ def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
     taps = fitted.settings.get("taps")
     return (f"trust fitted ({run}/trust.json): {fitted.detector} score"
-            + (f" (middle stage {', '.join(taps)})" if taps else "") + f", unknown above {fitted.threshold:.4g} "
+            + (f" (last stage {', '.join(taps)})" if taps else "") + f", unknown above {fitted.threshold:.4g} "
             f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
             f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%"
             + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else ""))
@@ -253,7 +253,7 @@ def _trust_line(run: Path, fitted) -> str:
 def trust_command(
     run: RunArg,
     keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
-    detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn (new runs' default), mahalanobis+knn+stage (also flags photos taken unlike the training ones), knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
 ) -> None:
     """Fit (or refit) what judges a run's predictions: the "not one of my species" score and its

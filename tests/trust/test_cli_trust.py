@@ -41,8 +41,8 @@ def test_trust_with_the_stage_detector_names_the_stage_it_reads(trust_run_copy: 
     result = CliRunner().invoke(app, ["trust", str(trust_run_copy), "--detector", "mahalanobis+knn+stage"])
     assert result.exit_code == 0, result.output
     meta = json.loads((trust_run_copy / "trust.json").read_text())
-    assert meta["settings"]["taps"] == ["features.5"] and meta["settings"]["split"] == 256  # simple_cnn's hidden layer
-    assert "middle stage features.5" in result.output
+    assert meta["settings"]["taps"] == ["features.8"] and meta["settings"]["split"] == 256  # simple_cnn's hidden layer
+    assert "last stage features.8" in result.output
 
 
 def test_trust_rejects_a_bad_setting(trust_run_copy: Path) -> None:
@@ -71,6 +71,7 @@ def test_evaluate_ood_writes_auroc_rejection_and_calibration(trust_run_copy: Pat
     mean, low, high = trust["calibration"]["ece_if_calibrated"]  # the ECE sampling noise alone would give
     assert 0.0 <= low <= mean <= high < 1.0
     assert "perfectly calibrated model" in html and "perfectly calibrated model" in result.output
+    assert "last stage" in html  # the default score also reads the backbone's last stage
 
 
 def test_predict_csv_has_unknown_and_score(trust_run: Path, noise_folder: Path) -> None:

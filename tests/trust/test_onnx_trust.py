@@ -14,7 +14,7 @@ from tests.trust.conftest import generated_ood
 
 @pytest.fixture(scope="module", params=["mahalanobis+knn", "mahalanobis+knn+stage"])
 def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run exported with the default detector, and with the one that also reads the middle stage."""
+    """The run exported with the default detector, and with the one that also reads the last stage."""
     import shutil
 
     from plantid.config import TrustConfig

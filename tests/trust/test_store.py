@@ -22,7 +22,7 @@ def test_round_trip_rebuilds_the_same_head(trust_run: Path) -> None:
     assert trust is not None and trust.detector == meta["detector"] and trust.threshold == meta["threshold"]
     assert meta["checkpoint"] == trained.checkpoint.name
     head = trust.head()
-    assert head.taps == tuple(meta["settings"].get("taps", ()))
+    assert head.taps == tuple(meta["settings"]["taps"]) == trained.model.last_stage()  # the default reads it
     features, logits = trained.model.features_and_logits(torch.rand(4, 3, 32, 32), head.taps)
     probs, scores = head(features, logits)
     torch.testing.assert_close(probs, torch.softmax(logits / trust.temperature, 1))

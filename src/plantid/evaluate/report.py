@@ -284,7 +284,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     cal = trust["calibration"]
     rows = [
         ("unknown-photo score", f"{trust['detector']}" + (f" (k = {trust['k']})" if "k" in trust else "")
-         + (f", middle stage {', '.join(trust['taps'])}" if trust.get("taps") else "")),
+         + (f", last stage {', '.join(trust['taps'])}" if trust.get("taps") else "")),
         ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),

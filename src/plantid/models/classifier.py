@@ -230,18 +230,19 @@ class Classifier(nn.Module):
         classifier = bb.get_classifier()
         return features, self.head(classifier(features))
 
-    def middle_stage(self) -> tuple[str, ...]:
-        """The backbone module that ends its middle feature stage (timm's `feature_info`), or ().
+    def last_stage(self) -> tuple[str, ...]:
+        """The backbone module that ends its last feature stage (timm's `feature_info`), or ().
 
-        Its pooled output describes textures and colours more than species, and in plantid's
-        default it is still the pretrained network's (frozen): photos of other things sit far from
-        the training photos there even where the fine-tuned penultimate layer maps them close to
-        a class (plantid.trust.ood, docs/decisions.md).
+        Its pooled output describes the photo's content like the penultimate features, but before
+        the head's own layers (EfficientNet's 1x1 expansion, a norm): a second view in which
+        photos of other things that the fine-tuned penultimate layer maps close to a class often
+        stay apart (plantid.trust.ood, docs/decisions.md). Earlier stages describe how a photo was
+        taken (JPEG, blur, resolution) more than what it shows.
         """
         info = getattr(self.backbone, "feature_info", None)
         stages = info.get_dicts() if callable(getattr(info, "get_dicts", None)) else list(info or [])
         names = [s.get("module") for s in stages if isinstance(s, dict) and s.get("module")]
-        return (names[len(names) // 2],) if names else ()
+        return (names[-1],) if names else ()
 
     def regularization(self) -> torch.Tensor:
         """The head's weight penalty (seed head L1L2), a zero tensor when there is none."""
@@ -323,9 +324,9 @@ class Ensemble(nn.Module):
         features = [p for p, _, _ in parts] + [t for _, tapped, _ in parts for t in tapped]
         return torch.cat(features, dim=1), logits
 
-    def middle_stage(self) -> tuple[str, ...]:
-        """The members' middle stage (they share one architecture)."""
-        return self.members[0].middle_stage()
+    def last_stage(self) -> tuple[str, ...]:
+        """The members' last stage (they share one architecture)."""
+        return self.members[0].last_stage()
 
     def parameter_counts(self) -> dict[str, int]:
         counts = [m.parameter_counts() for m in self.members]

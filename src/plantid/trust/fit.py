@@ -1,7 +1,7 @@
 """Fit a run's trust after training, on its TRAIN and VAL photos only (the test split stays unseen):
 
 1. penultimate features and logits of the train and val photos (one pass each, no TTA), and for
-   the default detector the pooled output of the backbone's middle stage in the same pass;
+   a detector that reads it the pooled output of the backbone's last stage in the same pass;
 2. the OOD detector on the training features (`trust.detector`, plantid.trust.ood);
 3. the temperature on the validation logits (plantid.trust.calibration);
 4. the threshold: the smallest score that keeps `trust.keep` (default 95%) of the val photos;
@@ -39,12 +39,12 @@ def detector_settings(cfg: TrustConfig) -> dict[str, Any]:
 
 def feature_layout(cfg: TrustConfig, model, backend, probe: np.ndarray) -> dict[str, Any]:
     """{"taps": backbone modules whose pooled outputs follow the penultimate features, "split": the
-    penultimate width} for a detector that reads a middle stage, else {} (penultimate features only).
+    penultimate width} for a detector that reads the last stage, else {} (penultimate features only).
 
     `probe` is one photo (uint8 1 x S x S x 3): the penultimate width is read off a forward pass,
     whatever the head.
     """
-    taps = model.middle_stage() if cfg.detector in STAGE_DETECTORS else ()
+    taps = model.last_stage() if cfg.detector in STAGE_DETECTORS else ()
     if not taps:
         return {}
     return {"taps": list(taps), "split": int(backend.features_and_logits(probe)[0].shape[1])}

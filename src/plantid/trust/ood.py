@@ -14,13 +14,12 @@ photos; a photo is "unknown" when its score is above the run's threshold.
 * ``mahalanobis+knn``: the larger of the two scores, each divided by its 95th percentile on the
   validation photos. Mahalanobis separates other photos (flowers for the leaf model) best, k-NN
   flat colours and noise; the maximum keeps both (benchmarks/bench_ood.py).
-* ``mahalanobis+knn+stage``: the same, plus a third part, the Mahalanobis distance of the pooled
-  output of the backbone's middle stage (`Classifier.middle_stage`) to the training photos' class
-  means there (the feature ensemble of Lee et al. 2018, one layer); its features are the columns
-  after `split` (the penultimate width). It separates the two shared sets perfectly, but what it
-  measures is mostly how a photo was taken: with the leaf model it calls every val leaf unknown
-  once JPEG-compressed, blurred or halved in resolution (bench_ood.py's shift check). A check
-  for "not taken like my training photos", not the default.
+* ``mahalanobis+knn+stage`` (the default): the same, plus a third part, the Mahalanobis distance of the pooled
+  output of the backbone's last stage (`Classifier.last_stage`) to the training photos' class
+  means there (the feature ensemble of Lee et al. 2018, one more layer); its features are the
+  columns after `split` (the penultimate width). (The middle stage was tried first: it separated
+  the two shared sets perfectly by how their photos were taken, and called every JPEG-compressed,
+  blurred or half-resolution val leaf unknown; bench_ood.py's shift check now catches that.)
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
@@ -175,7 +174,7 @@ SCALE_QUANTILE = 0.95
 
 def _fit_maha_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 1, shrinkage: float = 0.1,
                   split: int | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None, **_) -> MaxOfScaled:
-    """Mahalanobis and k-NN on the first `split` columns (all when None), a middle-stage
+    """Mahalanobis and k-NN on the first `split` columns (all when None), a last-stage
     Mahalanobis on the rest when there is a rest; each scaled by its val 95th percentile."""
     if val is None:
         raise PlantidError("the mahalanobis+knn detectors scale their parts on validation photos; none were given")
