@@ -51,7 +51,6 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
     ("mahalanobis+knn+stage", {"k": 50}),
 ]
-STAGE_DETECTORS = {"mahalanobis+knn+stage"}  # read the last stage's columns; the others the penultimate ones
 KEEP = 0.95
 SHIFT_KEEP = 0.80  # a detector must keep this share of mildly shifted val photos (mean over the shifts)
 
@@ -148,7 +147,7 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
-    from plantid.trust.fit import choose_threshold
+    from plantid.trust.fit import STAGE_DETECTORS, choose_threshold  # these read the last stage's columns too
     from plantid.trust.ood import fit_detector
 
     t = {k: torch.from_numpy(v) for k, v in d.items() if k != "split"}
