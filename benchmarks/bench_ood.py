@@ -111,21 +111,25 @@ def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dic
     ckpt = next(p for p in (run / "best.ckpt", run / "last.ckpt") if p.is_file())
     if path.is_file() and path.stat().st_mtime > ckpt.stat().st_mtime:
         return dict(np.load(path, allow_pickle=False))
+    from plantid.config import TrustConfig
     from plantid.infer.checkpoint import load_trained
     from plantid.infer.predictor import TorchBackend
     from plantid.trust.features import features_and_logits, folder_pixels, manifest_pixels
+    from plantid.trust.fit import feature_layout
 
     trained = load_trained(run)
     backend = TorchBackend(trained, ())
-    taps = trained.model.last_stage()
     out: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     pixels, rows, labels = manifest_pixels(run, trained)
-    out["split"] = np.array(backend.features_and_logits(pixels[rows["val"][:1]])[0].shape[1])
+    # the columns `plantid trust` reads for the stage detector (penultimate only for a model without stages)
+    layout = feature_layout(TrustConfig(detector="mahalanobis+knn+stage"), trained.model, backend, pixels[rows["val"][:1]])
+    taps = tuple(layout.get("taps", ()))
     for split in ("train", "val", "test"):
         out[f"{split}_f"], out[f"{split}_z"] = features_and_logits(backend, pixels, rows[split], 64, taps)
         out[f"{split}_y"] = labels[split]
         print(f"  {run}: {split} features in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    out["split"] = np.array(layout.get("split", out["val_f"].shape[1]))
     foreign, used, skipped = folder_pixels(list_photos(ood_dir), trained.image_size)
     out["foreign_f"], out["foreign_z"] = features_and_logits(backend, foreign, None, 64, taps)
     out["foreign_half"] = np.array([half_of(p) for p in used], dtype=np.int64)
