@@ -50,6 +50,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("knn", {"k": 1}), ("knn", {"k": 5}), ("knn", {"k": 20}), ("knn", {"k": 50}),
     ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
     ("mahalanobis+knn+stage", {"k": 50}),
+    ("mahalanobis+knn", {"k": 50, "combine": "mean"}), ("mahalanobis+knn+stage", {"k": 50, "combine": "mean"}),
 ]
 KEEP = 0.95
 SHIFT_KEEP = 0.80  # a detector must keep this share of mildly shifted val photos (mean over the shifts)

@@ -241,9 +241,10 @@ def train(
 
 def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
-    taps = fitted.settings.get("taps")
-    return (f"trust fitted ({run}/trust.json): {fitted.detector} score"
-            + (f" (last stage {', '.join(taps)})" if taps else "") + f", unknown above {fitted.threshold:.4g} "
+    from plantid.trust.store import describe_detector
+
+    return (f"trust fitted ({run}/trust.json): {describe_detector(fitted.summary())} score"
+            f", unknown above {fitted.threshold:.4g} "
             f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
             f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%"
             + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else ""))
@@ -255,6 +256,7 @@ def trust_command(
     keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
     detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
+    combine: Annotated[Optional[str], typer.Option(help="How the mahalanobis+knn detectors join their parts: mean (default) or max.")] = None,
 ) -> None:
     """Fit (or refit) what judges a run's predictions: the "not one of my species" score and its
     threshold, and the temperature that calibrates the probabilities. Uses train and val photos only.
@@ -268,7 +270,8 @@ def trust_command(
     _setup_logging()
     config_path = RunFolder(run).config
     base = load_run_config(config_path).trust if config_path.is_file() else TrustConfig()
-    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k)) if value is not None}
+    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k),
+                                                             ("combine", combine)) if value is not None}
     from pydantic import ValidationError
 
     try:

@@ -199,12 +199,17 @@ class TrustConfig(_Section):
     """What `plantid train` (and `plantid trust RUN`) fit after training to judge predictions
     (plantid.trust): the out-of-distribution detector and the share of known photos it keeps."""
 
-    # mahalanobis+knn+stage: the largest of three val-scaled scores, Mahalanobis and k-NN on the
-    # penultimate features and Mahalanobis on the backbone's last stage; chosen with
-    # benchmarks/bench_ood.py over three split seeds of both shared sets, among detectors that
-    # keep photos of the known species taken a little differently (docs/decisions.md)
+    # mahalanobis+knn+stage: three scores, Mahalanobis and k-NN on the penultimate features and
+    # Mahalanobis on the backbone's last stage, each standardised on the val photos and averaged
+    # (`combine`); chosen with benchmarks/bench_ood.py over three split seeds of both shared sets,
+    # among detectors that keep photos of the known species taken a little differently
+    # (docs/decisions.md)
     detector: Literal["mahalanobis+knn+stage", "mahalanobis+knn", "knn", "mahalanobis", "energy", "maxlogit",
                       "msp"] = "mahalanobis+knn+stage"
+    # How the mahalanobis+knn detectors join their parts: "mean" of the standardised scores (a part
+    # that errs alone is outvoted), or "max" (unknown when any part finds the photo unusual; the
+    # rule of runs fitted before stop 28)
+    combine: Literal["mean", "max"] = "mean"
     k: int = Field(50, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".

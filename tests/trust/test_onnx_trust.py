@@ -12,9 +12,11 @@ import pytest
 from tests.trust.conftest import generated_ood
 
 
-@pytest.fixture(scope="module", params=["mahalanobis+knn", "mahalanobis+knn+stage"])
+@pytest.fixture(scope="module", params=[("mahalanobis+knn", "mean"), ("mahalanobis+knn+stage", "mean"),
+                                        ("mahalanobis+knn+stage", "max")], ids=lambda p: "/".join(p))
 def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run exported with the default detector, and with the one that also reads the last stage."""
+    """The run exported with the default detector (mean of its three parts), without the last stage,
+    and with the parts' maximum (runs fitted before stop 28)."""
     import shutil
 
     from plantid.config import TrustConfig
@@ -22,7 +24,8 @@ def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: 
     from plantid.trust.fit import fit_trust
 
     run = Path(shutil.copytree(trust_run, tmp_path_factory.mktemp("onnx-trust") / "run", symlinks=True))
-    fit_trust(run, TrustConfig(detector=request.param))
+    detector, combine = request.param
+    fit_trust(run, TrustConfig(detector=detector, combine=combine))
     export_run(run, "onnx")
     return run
 
@@ -37,6 +40,7 @@ def test_torch_and_onnx_agree_on_scores_and_unknown(exported: Path) -> None:
     assert meta["outputs"] == ["probabilities", "ood_score"]
     assert meta["trust"]["detector"] == trust["detector"] and meta["trust"].get("taps") == trust["settings"].get("taps")
     assert meta["trust"]["threshold"] == trust["threshold"] and meta["trust"]["temperature"] == trust["temperature"]
+    assert meta["trust"].get("combine") == trust["settings"].get("combine")
 
     torch_pred = Predictor.from_run(exported, backend="torch")
     onnx_pred = Predictor.from_run(exported, backend="onnx")

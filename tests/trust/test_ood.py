@@ -77,6 +77,39 @@ def test_the_stage_part_flags_photos_whose_stage_features_alone_are_unlike_train
     torch.testing.assert_close(no_stage(queries[:, :12], logits), plain(queries[:, :12], logits))
 
 
+def test_mean_combine_averages_the_parts_standardised_on_val_and_old_files_load_as_max() -> None:
+    from plantid.trust.ood import build_detector
+
+    train = torch.cat([_clusters(n=150, d=12)[0], _clusters(n=150, d=6, seed=1)[0]], 1)
+    labels = _clusters(n=150, d=12)[1]
+    val = torch.cat([_clusters(n=60, d=12, seed=2)[0], _clusters(n=60, d=6, seed=5)[0]], 1)
+    queries = torch.randn(25, 18, generator=torch.Generator().manual_seed(6)) * 3
+    no_logits = torch.zeros(60, 3), torch.zeros(25, 3)
+    mean = fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]), combine="mean")
+    largest = fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]), combine="max")
+    with torch.no_grad():
+        raw_val = [part(val, no_logits[0]).double() for part in mean.parts]
+        raw = torch.stack([part(queries, no_logits[1]).double() for part in mean.parts], 1)
+        median = torch.stack([torch.quantile(v, 0.5) for v in raw_val])
+        high = torch.stack([torch.quantile(v, 0.95) for v in raw_val])
+        torch.testing.assert_close(mean(queries, no_logits[1]).double(), ((raw - median) / (high - median)).mean(1),
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(largest(queries, no_logits[1]).double(), (raw / high).max(1).values,
+                                   rtol=1e-4, atol=1e-4)
+        # each part is put on the same footing: on val, every standardised part has median 0 and 95th percentile 1
+        standardised = (torch.stack(raw_val, 1) - median) / (high - median)
+        torch.testing.assert_close(torch.quantile(standardised, 0.95, dim=0), torch.ones(3, dtype=torch.float64))
+        # rebuilt from its tensors it scores the same; a file from before `combine` (no centres, no
+        # setting) is the max it was fitted as
+        rebuilt = build_detector("mahalanobis+knn+stage", mean.state(), k=5, split=12, combine="mean")
+        torch.testing.assert_close(rebuilt(queries, no_logits[1]), mean(queries, no_logits[1]))
+        old = {k: v for k, v in largest.state().items() if k != "centres"}
+        torch.testing.assert_close(build_detector("mahalanobis+knn+stage", old, k=5, split=12)(queries, no_logits[1]),
+                                   largest(queries, no_logits[1]))
+    with pytest.raises(PlantidError, match="combine detector parts 'median'"):
+        fit_detector("mahalanobis+knn", train, labels, k=5, val=(val, no_logits[0]), combine="median")
+
+
 def test_logit_detectors_score_flat_logits_as_less_known() -> None:
     confident = torch.tensor([[8.0, 0.0, 0.0]])
     flat = torch.tensor([[0.5, 0.4, 0.3]])
@@ -143,13 +176,14 @@ def test_auroc_counts_ties_half_and_orders_scores() -> None:
 
 
 def test_the_default_detector_reads_no_stage_and_rejects_noise(trust_run_copy: Path) -> None:
-    """mahalanobis+knn (the default) fits on the penultimate features alone: no taps in its settings."""
+    """mahalanobis+knn fits on the penultimate features alone: no taps in its settings, and the
+    config's way to combine its parts (mean by default) saved with them."""
     from plantid.config import TrustConfig
     from plantid.infer.predictor import Predictor
     from plantid.trust.fit import fit_trust
 
     trust, _ = fit_trust(trust_run_copy, TrustConfig(detector="mahalanobis+knn", k=5))
-    assert trust.settings == {"k": 5} and trust.head().taps == ()
+    assert trust.settings == {"k": 5, "combine": "mean"} and trust.head().taps == ()
     predictor = Predictor.from_run(trust_run_copy)
     noise = generated_ood(trust_run_copy)["noise"]
     _, scores = predictor.predict_scored(noise)

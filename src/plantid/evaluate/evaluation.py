@@ -296,7 +296,9 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     if not section:
         return
     cal = section["calibration"]
-    table = Table(title=f"trust: {section['detector']} score, unknown above {section['threshold']:.4g}; "
+    from plantid.trust.store import describe_detector
+
+    table = Table(title=f"trust: {describe_detector(section)} score, unknown above {section['threshold']:.4g}; "
                         f"temperature {section['temperature']:.3f}", title_justify="left")
     for name in ("", "value"):
         table.add_column(name, justify="left" if not name else "right")

@@ -275,6 +275,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     """Calibration and the "not one of my species" check (eval.json's "trust"), or how to get them."""
     from plantid.evaluate.plots import png_bytes
     from plantid.evaluate.trust_eval import reliability_figure, trust_figure_names
+    from plantid.trust.store import describe_detector
 
     trust = result.get("trust")
     if not trust:
@@ -283,8 +284,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
                 'evaluate again.</p>')
     cal = trust["calibration"]
     rows = [
-        ("unknown-photo score", f"{trust['detector']}" + (f" (k = {trust['k']})" if "k" in trust else "")
-         + (f", last stage {', '.join(trust['taps'])}" if trust.get("taps") else "")),
+        ("unknown-photo score", describe_detector(trust)),
         ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),

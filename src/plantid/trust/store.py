@@ -51,6 +51,18 @@ class FittedTrust:
                 "threshold": self.threshold, "keep": self.keep}
 
 
+def describe_detector(summary: dict[str, Any]) -> str:
+    """The unknown-photo score in words, from a trust summary (trust.json, eval.json's "trust"),
+    e.g. "mahalanobis+knn+stage (k = 50; mean of its parts; last stage blocks.6)": the CLI, the
+    evaluate table and the report name it the same way."""
+    details = [f"k = {summary['k']}"] if "k" in summary else []
+    if summary.get("combine") or str(summary.get("detector", "")).startswith("mahalanobis+knn"):
+        details.append("mean of its parts" if summary.get("combine") == "mean" else "largest of its parts")
+    if summary.get("taps"):
+        details.append(f"last stage {', '.join(summary['taps'])}")
+    return str(summary["detector"]) + (f" ({'; '.join(details)})" if details else "")
+
+
 def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path]:
     """Write RUN/trust.safetensors, then RUN/trust.json naming it and the checkpoint; return both paths."""
     from safetensors.torch import save_file
