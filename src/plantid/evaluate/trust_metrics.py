@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from plantid.trust.calibration import ECE_BINS, expected_calibration_error
+
 DECIMALS = 6
-BINS = 15
 
 
 def _r(x: float) -> float:
@@ -48,14 +49,12 @@ def share_above(scores: np.ndarray, threshold: float) -> float | None:
     return None if len(scores) == 0 else _r(np.mean(scores > threshold))
 
 
-def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict[str, Any]:
-    """Expected calibration error (torchmetrics, L1, equal-width bins) and the reliability diagram's bins:
-    per bin its mean confidence, accuracy and photo count."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
+def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Expected calibration error (`plantid.trust.calibration.expected_calibration_error`) and the
+    reliability diagram's bins: per bin its mean confidence, accuracy and photo count."""
     probs = torch.from_numpy(np.asarray(probabilities, np.float32))
     target = torch.from_numpy(np.asarray(labels, np.int64))
-    ece = multiclass_calibration_error(probs, target, num_classes=probs.shape[1], n_bins=bins, norm="l1")
+    ece = expected_calibration_error(probs, target, bins)
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == target).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)

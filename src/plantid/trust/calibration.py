@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from plantid.errors import PlantidError
 
 MIN_T, MAX_T = 0.05, 20.0
+ECE_BINS = 15  # torchmetrics' default; every ECE plantid prints and the reliability diagram use it
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -49,7 +50,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return min(MAX_T, max(MIN_T, t))
 
 
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Expected calibration error (L1, equal-width confidence bins), torchmetrics' definition."""
     from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -79,7 +80,7 @@ def crossfit_probabilities(logits: torch.Tensor, labels: torch.Tensor, folds: in
     return probabilities
 
 
-def ece_if_calibrated(probabilities: torch.Tensor, bins: int = 15, draws: int = 1000,
+def ece_if_calibrated(probabilities: torch.Tensor, bins: int = ECE_BINS, draws: int = 1000,
                       seed: int = 0) -> tuple[float, float, float]:
     """(mean, 5th, 95th percentile) of the ECE that a PERFECTLY calibrated model with these top
     probabilities would measure on this many photos.
