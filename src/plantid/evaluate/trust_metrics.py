@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plantid.trust.calibration import ECE_BINS, expected_calibration_error
+from plantid.trust.calibration import ECE_BINS, confidence_bins, expected_calibration_error
 
 DECIMALS = 6
 
@@ -57,8 +57,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     ece = expected_calibration_error(probs, target, bins)
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == target).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    index = torch.bucketize(confidence.double(), edges[1:-1], right=True)  # torchmetrics' right-closed bins
+    edges, index = confidence_bins(confidence, bins)
     rows = []
     for b in range(bins):
         mask = index == b

@@ -50,6 +50,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return min(MAX_T, max(MIN_T, t))
 
 
+def confidence_bins(confidence: torch.Tensor, bins: int = ECE_BINS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the bins' bins + 1 edges, each photo's bin index) for top probabilities `confidence` (N):
+    torchmetrics' equal-width bins, so the reliability diagram and the noise floor bin photos as
+    its ECE does."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    return edges, torch.bucketize(confidence.double(), edges[1:-1], right=True)
+
+
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
     """Expected calibration error (L1, equal-width confidence bins), torchmetrics' definition."""
     from torchmetrics.functional.classification import multiclass_calibration_error
@@ -95,8 +103,7 @@ def ece_if_calibrated(probabilities: torch.Tensor, bins: int = ECE_BINS, draws: 
         return float("nan"), float("nan"), float("nan")
     generator = torch.Generator().manual_seed(seed)
     correct = torch.rand((draws, len(confidence)), generator=generator, dtype=torch.float64) < confidence
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    index = torch.bucketize(confidence, edges[1:-1], right=True)  # torchmetrics' bins
+    _, index = confidence_bins(confidence, bins)
     gap = torch.zeros((draws, bins), dtype=torch.float64)
     gap.index_add_(1, index, confidence - correct.double())
     eces = gap.abs().sum(dim=1) / len(confidence)
