@@ -180,8 +180,8 @@ def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
                     **{kind: g[gen_half == 1] for kind, g in gen.items()}}
         selection = {k: {"rejected": round(float(np.mean(v > threshold)), 4), "auroc": auroc(val, v)}
                      for k, v in sel_sets.items()}
-        shift_kept = {name[6:-2]: round(float(np.mean(score(name[:-2]) <= threshold)), 4)
-                      for name in d if name.startswith("shift_") and name.endswith("_f")}
+        shift_kept = {key[6:-2]: round(float(np.mean(score(key[:-2]) <= threshold)), 4)
+                      for key in d if key.startswith("shift_") and key.endswith("_f")}
         test95 = choose_threshold(test, KEEP)
         report = {k: {"rejected": round(float(np.mean(v > threshold)), 4), "auroc": auroc(test, v), "n": int(len(v)),
                       "rejected_at_test95": round(float(np.mean(v > test95)), 4)}

@@ -56,7 +56,7 @@ def describe_detector(summary: dict[str, Any]) -> str:
     e.g. "mahalanobis+knn+stage (k = 50; mean of its parts; last stage blocks.6)": the CLI, the
     evaluate table and the report name it the same way."""
     details = [f"k = {summary['k']}"] if "k" in summary else []
-    if summary.get("combine") or str(summary.get("detector", "")).startswith("mahalanobis+knn"):
+    if str(summary["detector"]).startswith("mahalanobis+knn"):  # the detectors made of parts
         details.append("mean of its parts" if summary.get("combine") == "mean" else "largest of its parts")
     if summary.get("taps"):
         details.append(f"last stage {', '.join(summary['taps'])}")
