@@ -33,23 +33,6 @@ def test_seed_suite_has_the_reports_comparisons_and_every_arm_is_a_valid_config(
         assert cfg.data.manifest == tmp_path / "split.csv"
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("arms: {a: {recipe: simple-cnn}}\ncomparisons: {x: [a, b]}", "names arm 'b'"),
-    ("arms: {'a/b': {recipe: simple-cnn}}", "arm name 'a/b'"),
-    ("arms: {a: {set: [loss.name=focal]}}", "needs a recipe"),
-    ("arms: {a: {recipe: simple-cnn, set: loss.name=focal}}", "'set' must be a list"),
-    ("arms: [", "not valid YAML"),
-])
-def test_bad_suite_file_is_a_one_line_error_naming_it(tmp_path: Path, text: str, words: str):
-    from plantid.tune.ablate import load_suite
-
-    path = tmp_path / "suite.yaml"
-    path.write_text(text + "\n")
-    with pytest.raises(PlantidError) as err:
-        load_suite(str(path))
-    assert str(path) in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
-
-
 def _row(markdown: str, arm: str) -> list[str]:
     line = next(line for line in markdown.splitlines() if re.match(rf"\| (\*\*)?{arm}(\*\*)? ", line))
     return [cell.strip() for cell in line.strip("|").split("|")]

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from plantid.errors import PlantidError
 from tests.support.cli import PLANTID
+from tests.support.refusals import refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,24 +71,32 @@ def test_space_file_parses_and_trials_draw_inside_it(tmp_path: Path):
                                                                    params["loss.name"])
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("optim.lr: {type: float, low: [", "not valid YAML"),
-    ("optim.nope: {type: float, low: 0.1, high: 1}", "unknown setting 'optim.nope'"),
-    ("optim.lr: {type: float, low: 0.1, high: 0.01}", "'optim.lr'"),
-    ("optim.lr: {type: gaussian, low: 0.1, high: 1}", "unknown type 'gaussian'"),
-    ("optim.lr: 0.001", "must be a mapping with a type"),
-    ("train.epochs: {type: int, low: 1.5, high: 3}", "whole numbers"),
-    ("- optim.lr", "must be a YAML mapping"),
-])
-def test_bad_space_file_is_a_one_line_error_naming_it(tmp_path: Path, text: str, words: str):
+# What `plantid tune --space FILE` and `plantid ablate --suite FILE` refuse: one line naming the file.
+BAD_TUNE_FILES = [
+    ("space", "optim.lr: {type: float, low: [", "not valid YAML"),
+    ("space", "optim.nope: {type: float, low: 0.1, high: 1}", "unknown setting 'optim.nope'"),
+    ("space", "optim.lr: {type: float, low: 0.1, high: 0.01}", "'optim.lr'"),
+    ("space", "optim.lr: {type: gaussian, low: 0.1, high: 1}", "unknown type 'gaussian'"),
+    ("space", "optim.lr: 0.001", "must be a mapping with a type"),
+    ("space", "train.epochs: {type: int, low: 1.5, high: 3}", "whole numbers"),
+    ("space", "- optim.lr", "must be a YAML mapping"),
+    ("suite", "arms: {a: {recipe: simple-cnn}}\ncomparisons: {x: [a, b]}", "names arm 'b'"),
+    ("suite", "arms: {'a/b': {recipe: simple-cnn}}", "arm name 'a/b'"),
+    ("suite", "arms: {a: {set: [loss.name=focal]}}", "needs a recipe"),
+    ("suite", "arms: {a: {recipe: simple-cnn, set: loss.name=focal}}", "'set' must be a list"),
+    ("suite", "arms: [", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "words"), BAD_TUNE_FILES)
+def test_bad_space_or_suite_file_is_a_one_line_error_naming_it(tmp_path: Path, kind: str, text: str, words: str):
+    from plantid.tune.ablate import load_suite
     from plantid.tune.search_space import load_space
 
-    path = tmp_path / "bad space.yaml"
+    path = tmp_path / f"bad {kind}.yaml"
     path.write_text(text + "\n")
-    with pytest.raises(PlantidError) as err:
-        load_space(str(path))
-    message = str(err.value)
-    assert str(path) in message and words in message and "\n" not in message
+    message = refusal({"space": load_space, "suite": load_suite}[kind], str(path))
+    assert str(path) in message and words in message
 
 
 def test_keys_set_on_the_command_line_are_fixed_and_bounds_are_checked_against_the_recipe(tmp_path: Path):

@@ -18,40 +18,28 @@ from pathlib import Path
 STUDY_NAME = "plantid"
 
 
+def _file(name: str) -> property:
+    """A read-only attribute: the path of the file `name` in the folder."""
+    return property(lambda folder: folder.root / name, doc=f"OUT/{name}")
+
+
 @dataclass(frozen=True)
 class TuneFolder:
     """Paths of one tune folder's files (building one reads or creates nothing)."""
 
     root: Path
 
-    @property
-    def study_db(self) -> Path:
-        return self.root / "study.db"
+    study_db = _file("study.db")
+    lock = _file("study.lock")
+    trials_manifest = _file("split_trials.csv")
+    best_recipe = _file("best.yaml")
+    history_png = _file("history.png")
+    importances_png = _file("importances.png")
 
     @property
     def storage_url(self) -> str:
         """SQLAlchemy URL of the study database (absolute, so the working directory never matters)."""
         return f"sqlite:///{self.study_db.resolve()}"
 
-    @property
-    def lock(self) -> Path:
-        return self.root / "study.lock"
-
-    @property
-    def trials_manifest(self) -> Path:
-        return self.root / "split_trials.csv"
-
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"{number:03d}"
-
-    @property
-    def best_recipe(self) -> Path:
-        return self.root / "best.yaml"
-
-    @property
-    def history_png(self) -> Path:
-        return self.root / "history.png"
-
-    @property
-    def importances_png(self) -> Path:
-        return self.root / "importances.png"
