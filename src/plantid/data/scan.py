@@ -79,6 +79,9 @@ class BadFile:
 
 @dataclass
 class ScanReport:
+    """What `plantid scan` found in an image folder: readable photos, unreadable files, and groups of
+    identical or near-identical photos (the groups `plantid split` keeps on one side)."""
+
     root: Path
     classes: list[str]
     entries: list[ScanEntry]

@@ -41,6 +41,8 @@ HEADER = ["path", "label", "split", "sha256"]
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One photo of split.csv: where it is, its class, its split and its content hash."""
+
     path: str  # absolute path of the photo
     label: str
     split: str  # 'train' | 'val' | 'test'
@@ -142,6 +144,8 @@ def write_manifest(rows: Iterable[ManifestRow], path: Path) -> Path:
 
 @dataclass
 class Manifest:
+    """split.csv in memory: every photo's row and the class list that fixes the class indices."""
+
     path: Path
     rows: list[ManifestRow]
     classes: list[str]  # sorted labels over all splits; class index = position in this list

@@ -106,6 +106,7 @@ def _csv_flag(value: bool | None) -> str:
 
 
 def format_csv(rows: list[Row]) -> str:
+    """`plantid predict --format csv`: one line per photo and rank, with the unknown flag and score."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -116,6 +117,7 @@ def format_csv(rows: list[Row]) -> str:
 
 
 def format_json(rows: list[Row]) -> str:
+    """`plantid predict --format json`: one object per photo, the shape the JSON API answers with."""
     data = [{"file": file, "unknown": unknown, "ood_score": None if score is None else float(f"{score:.6g}"),
              "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
             for file, top, unknown, score in rows]
@@ -123,6 +125,7 @@ def format_json(rows: list[Row]) -> str:
 
 
 def build_table(rows: list[Row], top_k: int, title: str | None = None) -> Table:
+    """`plantid predict`'s terminal table: top answer, its probability, the runners-up, and unknowns."""
     table = Table(title=title, show_lines=False)
     scored = any(score is not None for *_, score in rows)
     table.add_column("file", overflow="fold")

@@ -54,6 +54,7 @@ def physical_cores() -> int:
 
 
 def default_threads() -> int:
+    """onnxruntime threads: the environment override when set (checked), else the physical cores."""
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:

@@ -46,6 +46,8 @@ def lite_package_file(model_name: str) -> Path | None:
 
 
 def timm_reference_shapes(model_name: str) -> dict[str, torch.Size]:
+    """Tensor shapes of timm's model of that name, in order, built on the meta device (no memory):
+    what a package's weights must match key for key before they are remapped."""
     import timm
 
     with torch.device("meta"):

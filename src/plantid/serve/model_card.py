@@ -20,6 +20,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def finite(value: Any) -> float | None:
+    """The value as a float, or None when it is missing or not finite (JSON has no NaN)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -29,6 +30,7 @@ def finite(value: Any) -> float | None:
 
 def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: bool, max_upload_bytes: int,
                      top_k: int) -> dict[str, Any]:
+    """`GET /api/model`: what the served model knows and how well it did, for the page and clients."""
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     summary = _read_json(RunFolder(run_dir).summary) or {}
     evaluation = _read_json(RunFolder(run_dir).eval)
@@ -84,6 +86,7 @@ def _read_config(run_dir: Path) -> Any:
 
 
 def package_version() -> str:
+    """The installed plantid version, or "0" when running from an uninstalled source tree."""
     try:
         from importlib.metadata import version
 

@@ -29,6 +29,8 @@ NEUTRAL_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"
 
 @dataclass
 class Upload:
+    """One uploaded photo as the server received it, with the form's other fields."""
+
     data: bytes
     content_type: str
     filename: str | None
