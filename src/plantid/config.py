@@ -72,6 +72,10 @@ class AugmentConfig(_Section):
     # Swap rows and columns of a random half of the photos: with both flips, every quarter turn
     # and mirror (the 8 symmetries of the square) becomes equally likely. Exact, no resampling.
     transpose: bool = False
+    # Upside-down flips of half the photos: null keeps the preset's (the seed preset flips both
+    # ways, right for leaves shot from above); false for photos that have an up, such as plants
+    # photographed standing.
+    vflip: bool | None = None
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
     mix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is mixed (CutMix or MixUp)

@@ -137,6 +137,17 @@ def test_transpose_with_flips_gives_every_symmetry_of_the_square_exactly():
     assert bool((without >= 0).all()) and int(without.max()) < 4  # flips alone never transpose
 
 
+def test_vflip_false_keeps_every_photo_upright_and_none_keeps_the_presets_flips():
+    torch.manual_seed(4)
+    x = to_unit_float(_batch(n=120))
+    upright = _symmetry_index(x, build_augment(AugmentConfig(preset="flip", vflip=False))(x))
+    assert set(upright.tolist()) == {0, 1}  # the photo or its mirror, never upside down
+    preset = _symmetry_index(x, build_augment(AugmentConfig(preset="flip"))(x))
+    assert set(preset.tolist()) == {0, 1, 2, 3}
+    added = _symmetry_index(x, build_augment(AugmentConfig(preset="none", vflip=True))(x))
+    assert set(added.tolist()) == {0, 2}
+
+
 def test_transpose_keeps_warped_samples_warped_and_the_rest_exact():
     torch.manual_seed(3)
     x = to_unit_float(_batch(n=64))

@@ -152,7 +152,8 @@ class BatchAugment(nn.Module):
 def build_augment(cfg: AugmentConfig) -> BatchAugment:
     """The training augmentation for a config: a named preset scaled by `strength`."""
     spec = PRESETS[cfg.preset].scaled(cfg.strength)
-    return BatchAugment(replace(spec, warp_prob=cfg.warp_prob, transpose=spec.transpose or cfg.transpose))
+    vflip = spec.vflip if cfg.vflip is None else cfg.vflip
+    return BatchAugment(replace(spec, warp_prob=cfg.warp_prob, transpose=spec.transpose or cfg.transpose, vflip=vflip))
 
 
 def train_image_size(phases: Sequence[ResizePhase], final_size: int, epoch: int) -> int:
