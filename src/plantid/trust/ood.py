@@ -29,6 +29,11 @@ photos; a photo is "unknown" when its score is above the run's threshold.
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
+
+Why not pytorch-ood's detectors: there a detector (`pytorch_ood.api.Detector`) is a plain Python
+object fitted from a DataLoader, not an `nn.Module` whose state is buffers, so it could be neither
+saved as safetensors beside the checkpoint nor traced into the exported ONNX graph, which is
+where a deployed model needs its score. The formulas are the papers' few lines each.
 """
 
 from __future__ import annotations
