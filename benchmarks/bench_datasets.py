@@ -80,8 +80,9 @@ def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method
         if (run / "last.ckpt").is_file():
             plantid("train", "--resume", str(run), log=log)
         else:
+            unread = [] if "test" in splits else ["train.score_test=false"]  # not even in train's summary
             plantid("train", "--data", str(manifest), "--recipe", "cpu-default", "--out", str(run),
-                    "train.progress=false", *overrides, log=log)
+                    "train.progress=false", *unread, *overrides, log=log)
     from plantid.trust.store import read_trust_json
 
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))

@@ -152,6 +152,9 @@ class TrainConfig(_Section):
     # 'auto': two thirds of the epochs at two thirds of the final size (plantid.train.plan).
     resize_phases: list[ResizePhase] | Literal["auto"] = Field(default_factory=list)
     deterministic: bool = True
+    # false: the run never scores its test split (train_summary's test_acc is null). For choosing
+    # settings on val, where a test split is read once per decision, to report it.
+    score_test: bool = True
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = Field(10, ge=1)

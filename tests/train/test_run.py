@@ -63,6 +63,19 @@ def test_tiny_model_learns_the_tiny_data(tmp_path: Path, make_image_folder):
     assert "test acc" in proc.stdout
 
 
+def test_score_test_false_leaves_the_test_split_unread(tmp_path: Path, make_image_folder):
+    data = make_image_folder(tmp_path / "photos", per_class=8)
+    out = tmp_path / "run"
+    proc = _run_cli("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
+                    "data.image_size=32", "train.epochs=1", "train.progress=false", "data.batch_size=8",
+                    f"data.cache_dir={tmp_path / 'cache'}", "data.val=0.25", "data.test=0.25",
+                    "train.score_test=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "train_summary.json").read_text())["test_acc"] is None
+    assert all(not r.get("test_acc") for r in _metrics(out))
+    assert "test acc n/a" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

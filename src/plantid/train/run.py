@@ -311,7 +311,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
 
     checkpoint = run.checkpoint() or last
     test_acc = None
-    if data.split_size("test"):
+    if cfg.train.score_test and data.split_size("test"):
         results = trainer.test(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
         test_acc = float(results[0]["test_acc"]) if results else None
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
