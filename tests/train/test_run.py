@@ -51,13 +51,19 @@ def test_trained_run_folder_holds_everything(trained_run: Path, tiny_photos: Pat
     assert last["global_step"] == 2 * 3  # 2 epochs x 3 batches of 8 out of 24 train photos
 
 
+def _train_simple_cnn(tmp_path: Path, data: Path, out: Path, *settings: str) -> subprocess.CompletedProcess:
+    """`plantid train` of the from-scratch CNN at 32 px on a generated folder split 50/25/25."""
+    proc = _run_cli("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
+                    "data.image_size=32", "train.progress=false", "data.batch_size=8",
+                    f"data.cache_dir={tmp_path / 'cache'}", "data.val=0.25", "data.test=0.25", *settings)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def test_tiny_model_learns_the_tiny_data(tmp_path: Path, make_image_folder):
     data = make_image_folder(tmp_path / "photos", per_class=16)
     out = tmp_path / "run"
-    proc = _run_cli("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
-                    "data.image_size=32", "train.epochs=6", "train.progress=false", "data.batch_size=8",
-                    f"data.cache_dir={tmp_path / 'cache'}", "data.val=0.25", "data.test=0.25")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _train_simple_cnn(tmp_path, data, out, "train.epochs=6")
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["best_val_acc"] >= 0.8  # colours are easy; a broken loop stays near 1/3
     assert "test acc" in proc.stdout
@@ -66,11 +72,7 @@ def test_tiny_model_learns_the_tiny_data(tmp_path: Path, make_image_folder):
 def test_score_test_false_leaves_the_test_split_unread(tmp_path: Path, make_image_folder):
     data = make_image_folder(tmp_path / "photos", per_class=8)
     out = tmp_path / "run"
-    proc = _run_cli("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
-                    "data.image_size=32", "train.epochs=1", "train.progress=false", "data.batch_size=8",
-                    f"data.cache_dir={tmp_path / 'cache'}", "data.val=0.25", "data.test=0.25",
-                    "train.score_test=false")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _train_simple_cnn(tmp_path, data, out, "train.epochs=1", "train.score_test=false")
     assert json.loads((out / "train_summary.json").read_text())["test_acc"] is None
     assert all(not r.get("test_acc") for r in _metrics(out))
     assert "test acc n/a" in proc.stdout
