@@ -143,18 +143,23 @@ def split(
 ) -> None:
     """Deterministic stratified train/val/test split, written as a split.csv manifest.
 
+    When --out already holds a split.csv, it grows: every photo it lists keeps its split, only new
+    photos are assigned, removed ones drop out (delete the file to split afresh).
+
     Example: plantid split photos/ --out splits/ --val 0.15 --test 0.15 --seed 0 --materialize link
     """
     _require_data(data)
     from plantid.data.scan import scan_folder
-    from plantid.data.split import make_split, write_manifest
+    from plantid.data.split import describe_growth, split_or_grow, write_manifest
     from plantid.data.split import materialize as write_layout
     from plantid.runfolder import MANIFEST_FILE
 
     if materialize not in (None, "copy", "link"):
         raise PlantidError(f"--materialize must be copy or link, not '{materialize}'")
     report = scan_folder(data, progress=True, **_near_dup_option(near_dup_distance))
-    rows = make_split(report, val=val, test=test, seed=seed)
+    rows, growth = split_or_grow(report, out / MANIFEST_FILE, val=val, test=test, seed=seed)
+    if growth is not None:
+        console.print(describe_growth(growth), highlight=False)
     manifest = write_manifest(rows, out / MANIFEST_FILE)
     counts: dict[str, int] = {}
     for row in rows:

@@ -16,6 +16,14 @@ How the split is chosen (when the folder is not already split):
 * units are ordered by ``sha256(seed, content hash)`` (the smallest content hash of a merged unit),
   larger units first, and each goes to the split whose remaining quota (summed over its files'
   classes) is largest. Without near duplicates this is exactly the split of earlier versions.
+
+A split that grows (`grow_split`): given the previous manifest of the same folder, every photo it
+listed keeps its split (matched by content hash, so a photo moved to another class folder keeps
+its side; by path when the manifest has no hash), photos gone from the folder drop out, and only
+new photos are assigned, by the same quotas counted over the whole folder. A new photo that is a
+copy or near duplicate of a listed one follows its group (into train when the group already
+spans splits), so no new photo can carry a train photo's content into val or test, and no photo
+that was in train is ever moved: before/after accuracies stay comparable.
 """
 
 from __future__ import annotations
@@ -66,12 +74,7 @@ def _targets(n: int, val: float, test: float) -> dict[str, int]:
 
 def make_split(report: ScanReport, val: float = 0.15, test: float = 0.15, seed: int = 0) -> list[ManifestRow]:
     """Split the scanned photos; an already split root keeps its given splits (val/test ignored)."""
-    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
-        raise PlantidError(
-            f"bad split fractions val={val} test={test}: each must be in [0, 1) and val + test below 1"
-        )
-    if not report.entries:
-        raise PlantidError(f"{report.root}: no usable photos to split; run `plantid scan` to see why")
+    make_split_checks(report, val, test)
     if report.presplit:
         rows = [ManifestRow(e.path, e.label, e.given_split or "train", e.sha256) for e in report.entries]
         return _sorted_rows(rows)
@@ -90,6 +93,114 @@ def make_split(report: ScanReport, val: float = 0.15, test: float = 0.15, seed: 
             deficit[e.label][best] -= 1
             rows.append(ManifestRow(e.path, e.label, best, e.sha256))
     return _sorted_rows(rows)
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How `grow_split` changed a manifest: photos kept where they were, new ones by split, removed ones."""
+
+    kept: int
+    relabelled: int  # kept photos whose class folder changed (same content, new label)
+    added: dict[str, int]  # new photos per split
+    removed: int
+    spanning_groups: int  # groups of copies/near duplicates already on more than one side (left as they were)
+
+
+def grow_split(report: ScanReport, previous: Manifest, val: float = 0.15, test: float = 0.15,
+               seed: int = 0) -> tuple[list[ManifestRow], Growth]:
+    """Extend `previous` (a manifest of the same folder) to the folder as scanned now, moving no listed photo.
+
+    Why: a split that reshuffles when photos are added mixes former train photos into test, so the
+    model before and after cannot be compared and the new test score is inflated. Listed photos
+    keep their split (by sha256, else by path), removed ones drop out, and new photos are assigned
+    per class by the quotas of `make_split` over the whole folder, new groups of copies or near
+    duplicates as one unit, new members of a known group to the group's split. An already split
+    root keeps its given splits, as in `make_split`.
+    """
+    if report.presplit:
+        return make_split(report, val=val, test=test, seed=seed), Growth(0, 0, {}, 0, 0)
+    make_split_checks(report, val, test)
+    by_sha: dict[str, str] = {}
+    for r in previous.rows:
+        if r.sha256:  # a copy listed on two sides (a hand-made manifest) counts as train: never leak it
+            by_sha[r.sha256] = min(by_sha.get(r.sha256, r.split), r.split, key=SPLITS.index)
+    by_path = {r.path: r.split for r in previous.rows}
+
+    def listed_split(e: ScanEntry) -> str | None:
+        return by_sha.get(e.sha256) or by_path.get(e.path)
+
+    units = _units(report)
+    counts = Counter(e.label for e in report.entries)
+    deficit = {label: _targets(n, val, test) for label, n in counts.items()}
+    rows: list[ManifestRow] = []
+    fresh: dict[str, list[ScanEntry]] = {}
+    spanning = 0
+    for key, members in units.items():
+        known = {s for e in members if (s := listed_split(e)) is not None}
+        if not known:
+            fresh[key] = members
+            continue
+        spanning += len(known) > 1
+        group_split = min(known, key=SPLITS.index)
+        for e in members:
+            split = listed_split(e) or group_split
+            deficit[e.label][split] -= 1
+            rows.append(ManifestRow(e.path, e.label, split, e.sha256))
+    for key in sorted(fresh, key=lambda k: (-len(fresh[k]), _rank(seed, k))):
+        members = fresh[key]
+        score = {s: sum(deficit[e.label][s] for e in members) for s in SPLITS}
+        best = max(SPLITS, key=lambda s: score[s])
+        for e in members:
+            deficit[e.label][best] -= 1
+            rows.append(ManifestRow(e.path, e.label, best, e.sha256))
+    return _sorted_rows(rows), _growth(previous, rows, spanning)
+
+
+def _growth(previous: Manifest, rows: list[ManifestRow], spanning: int) -> Growth:
+    """Count what growing did: a listed photo is kept when its path or its content is still there."""
+    now_paths = {r.path for r in rows}
+    now_label = {r.sha256: r.label for r in rows if r.sha256}
+    kept = [r for r in previous.rows if r.path in now_paths or (r.sha256 and r.sha256 in now_label)]
+    old_paths = {r.path for r in kept}
+    old_shas = {r.sha256 for r in kept if r.sha256}
+    relabelled = sum(1 for r in kept if r.sha256 and now_label.get(r.sha256, r.label) != r.label)
+    added = Counter(r.split for r in rows if r.path not in old_paths and not (r.sha256 and r.sha256 in old_shas))
+    return Growth(kept=len(kept), relabelled=relabelled, added={s: added.get(s, 0) for s in SPLITS},
+                  removed=len(previous.rows) - len(kept), spanning_groups=spanning)
+
+
+def split_or_grow(report: ScanReport, existing: Path | None, val: float = 0.15, test: float = 0.15,
+                  seed: int = 0) -> tuple[list[ManifestRow], Growth | None]:
+    """`grow_split` from the manifest at `existing` when that file exists, else a fresh `make_split`.
+
+    The one rule `plantid split --out DIR` and `plantid train --data FOLDER` share: a split.csv
+    already in the output folder is grown, never reshuffled.
+    """
+    if existing is not None and Path(existing).is_file():
+        return grow_split(report, read_manifest(existing), val=val, test=test, seed=seed)
+    return make_split(report, val=val, test=test, seed=seed), None
+
+
+def describe_growth(growth: Growth) -> str:
+    """One line for the terminal: what stayed, what was added where, what dropped out."""
+    added = ", ".join(f"{s} {n}" for s, n in growth.added.items() if n) or "none"
+    line = (f"grew the existing split: {growth.kept} photo(s) kept their split"
+            + (f" ({growth.relabelled} under a new label)" if growth.relabelled else "")
+            + f", new photos added: {added}, {growth.removed} removed photo(s) dropped out")
+    if growth.spanning_groups:
+        line += (f"; {growth.spanning_groups} group(s) of copies/near duplicates already sat on more than one side "
+                 "and were left there")
+    return line
+
+
+def make_split_checks(report: ScanReport, val: float, test: float) -> None:
+    """PlantidError for fractions that cannot split, or a scan with no usable photos."""
+    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
+        raise PlantidError(
+            f"bad split fractions val={val} test={test}: each must be in [0, 1) and val + test below 1"
+        )
+    if not report.entries:
+        raise PlantidError(f"{report.root}: no usable photos to split; run `plantid scan` to see why")
 
 
 def _units(report: ScanReport) -> dict[str, list[ScanEntry]]:

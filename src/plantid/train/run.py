@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from plantid.config import RunConfig, dump_config, load_run_config
 from plantid.data.datamodule import PlantDataModule
 from plantid.data.scan import scan_folder, write_scan_json
-from plantid.data.split import make_split, read_manifest, write_manifest
+from plantid.data.split import describe_growth, read_manifest, split_or_grow, write_manifest
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.models import members_of
@@ -97,7 +97,8 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
     """Put the split manifest the run trains on into the run folder and return its path.
 
     Uses `data.manifest` when given; otherwise scans `data.root` and splits it
-    deterministically with `data.split_seed`.
+    deterministically with `data.split_seed`, growing (never reshuffling) a split.csv already in
+    the run folder.
     """
     target = RunFolder(run_dir).manifest
     if cfg.data.manifest is not None:
@@ -115,7 +116,10 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
     write_scan_json(report, RunFolder(run_dir).scan)
     for bad in report.bad:
         log.warning("skipping %s: %s", bad.path, bad.reason)
-    rows = make_split(report, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
+    previous = target if target.is_file() else None
+    rows, growth = split_or_grow(report, previous, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
+    if growth is not None:
+        log.info("%s (from %s)", describe_growth(growth), previous)
     write_manifest(rows, target)
     return target
 
