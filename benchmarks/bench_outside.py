@@ -1,0 +1,240 @@
+"""Accuracy as a user meets it: plantid given a folder, scored on an outside folder it never saw.
+
+For each shared data set and outer seed S, a fixed share of the photos (`OUTSIDE_SHARE`, chosen by
+a salted hash of each file's content, so byte-identical copies fall on one side) becomes the
+outside folder; the rest is the inner folder, handed over as a user would hand it over:
+
+* plantid: `plantid train --data inner/ --out RUN` (the default recipe, nothing else), then
+  `plantid evaluate RUN --split outside/ --tta default`: outside accuracy without and with the
+  default views, beside what the run itself reports (its best val accuracy, its own test split);
+* yardstick: `benchmarks/baseline_finetune.py inner/` with the wall time plantid's `train` took
+  (a plain timm fine-tune on every inner photo, fixed recipe, no plantid code in training);
+* linear-probe: `benchmarks/linear_probe.py inner/` (frozen features + logistic regression).
+
+The two folders are symlink trees under --work (runs/bench-outside/<set>/seed<S>/{inner,outside}).
+Every finished cell is written to the results JSON at once (atomically), so an interrupted run
+goes on where it stopped; a cell already there is skipped. `--variant NAME --set key=value ...`
+trains plantid with overrides as a separate arm (`plantid+NAME`), for levers under study, which
+are chosen on the inner folder's own val numbers (docs/decisions.md), never on the outside ones.
+
+    .venv/bin/python benchmarks/bench_outside.py                          # every set, seeds 0 1 2
+    .venv/bin/python benchmarks/bench_outside.py --datasets oxford17-flowers --seeds 0
+    .venv/bin/python benchmarks/bench_outside.py --table                  # the table of the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+RESULTS = REPO / "benchmarks" / "results" / "outside.json"
+SCRIPTS = REPO / "benchmarks"
+SETS = ("an2dl2022-plants", "oxford17-flowers", "plantvillage39-leaves", "fruits10-web")
+METHODS = ("plantid", "yardstick", "linear-probe")
+OUTSIDE_SHARE = 0.2
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def is_outside(content_sha256: str, seed: int) -> bool:
+    """Whether a photo with this content hash is in outer seed `seed`'s outside folder."""
+    key = hashlib.sha256(f"plantid-outside-{seed}:{content_sha256}".encode()).hexdigest()
+    return int(key[:12], 16) / 16**12 < OUTSIDE_SHARE
+
+
+def outer_split(data: Path, seed: int, cell_dir: Path) -> tuple[Path, Path]:
+    """The inner and outside symlink folders of `data` for outer seed `seed` (made once)."""
+    inner, outside = cell_dir / "inner", cell_dir / "outside"
+    done = cell_dir / "outer_split.json"
+    if done.is_file():
+        return inner, outside
+    counts: dict[str, dict[str, int]] = {}
+    for class_dir in sorted(p for p in data.iterdir() if p.is_dir()):
+        for photo in sorted(class_dir.rglob("*")):
+            if not photo.is_file() or photo.suffix.lower() not in PHOTO_SUFFIXES:
+                continue
+            side = "outside" if is_outside(hashlib.sha256(photo.read_bytes()).hexdigest(), seed) else "inner"
+            link = cell_dir / side / class_dir.name / photo.relative_to(class_dir)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(photo.resolve())
+            counts.setdefault(class_dir.name, {"inner": 0, "outside": 0})[side] += 1
+    done.write_text(json.dumps({"seed": seed, "share": OUTSIDE_SHARE, "counts": counts}, indent=1), encoding="utf-8")
+    return inner, outside
+
+
+def run_logged(cmd: list[str], log: Path) -> float:
+    """Run `cmd` with its output appended to `log`; its wall seconds. Exits with the log's tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        started = time.perf_counter()
+        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
+        seconds = time.perf_counter() - started
+    if code != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); last lines of {log}:\n{tail}")
+    return seconds
+
+
+def plantid_cmd(*args: str) -> list[str]:
+    """The `plantid` command line, as this interpreter's environment runs it."""
+    return [sys.executable, "-m", "plantid.cli", *args]
+
+
+def run_plantid(inner: Path, outside: Path, cell_dir: Path, method: str, overrides: list[str]) -> dict:
+    """Train plantid on `inner` as a user would, score `outside` with and without the default views."""
+    run, log = cell_dir / method, cell_dir / f"{method}.log"
+    timing = cell_dir / f"{method}.seconds"
+    if not (run / "train_summary.json").is_file():
+        if (run / "last.ckpt").is_file():
+            seconds = run_logged(plantid_cmd("train", "--resume", str(run)), log)
+            seconds += float(timing.read_text()) if timing.is_file() else 0.0
+        else:
+            seconds = run_logged(plantid_cmd("train", "--data", str(inner), "--out", str(run),
+                                             "train.progress=false", *overrides), log)
+        timing.write_text(f"{seconds:.1f}")
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    run_logged(plantid_cmd("evaluate", str(run), "--split", str(outside), "--tta", "default"), log)
+    scored = json.loads((run / "eval_outside.json").read_text(encoding="utf-8"))
+    return {
+        "outside_acc": scored["metrics"]["accuracy"],
+        "outside_acc_views": scored["tta"]["metrics"]["accuracy"] if scored["tta"] else None,
+        "val_acc": summary["best_val_acc"],
+        "own_test_acc": summary["test_acc"],
+        "n_outside": scored["n_images"],
+        "wall_seconds": float(timing.read_text()),
+        "train_seconds": summary["train_seconds"],
+        "epochs": summary["epochs_run"],
+        "image_size": summary["image_size"],
+        "overrides": overrides,
+    }
+
+
+def run_script(script: str, inner: Path, outside: Path, cell_dir: Path, method: str, extra: list[str]) -> dict:
+    """Run a plain benchmark script (yardstick or probe) on `inner`, scoring `outside`."""
+    out = cell_dir / f"{method}.json"
+    if not out.is_file():
+        run_logged([sys.executable, str(SCRIPTS / script), str(inner), "--eval", f"outside={outside}",
+                    "--out", str(out), *extra], cell_dir / f"{method}.log")
+    result = json.loads(out.read_text(encoding="utf-8"))
+    return {"outside_acc": result["accuracy"]["outside"], "wall_seconds": result["wall_seconds"],
+            "epochs": result.get("epochs"), "image_size": result["image_size"],
+            "budget_seconds": result.get("budget_seconds")}
+
+
+def load_results(path: Path) -> dict:
+    """The results JSON so far ({"cells": [...]}), or an empty one."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"cells": []}
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    """Per (data set, method): the seeds, and mean / sample std / min / max of every number."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for cell in cells:
+        groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
+    rows = []
+    for (dataset, method), group in sorted(groups.items()):
+        row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
+        for key in ("outside_acc", "outside_acc_views", "val_acc", "own_test_acc", "wall_seconds", "val_gap"):
+            values = [c[key] for c in group if c.get(key) is not None]
+            if values:
+                row[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            "min": min(values), "max": max(values)}
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: data set x method, outside accuracy mean ± std (%), seconds, val - outside gap."""
+
+    def cell(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+        return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}" if stat else "–"
+
+    lines = ["| data set | method | seeds | outside % | outside % (views) | wall s | val % | val − outside (points) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['method']} | {','.join(map(str, r['seeds']))} | {cell(r.get('outside_acc'))} "
+                     f"| {cell(r.get('outside_acc_views'))} | {cell(r.get('wall_seconds'), 1.0, 0)} "
+                     f"| {cell(r.get('val_acc'))} | {cell(r.get('val_gap'))} |")
+    return "\n".join(lines)
+
+
+def save(results: dict, path: Path) -> None:
+    """Write the results with their summary, atomically."""
+    results["summary"] = summarize(results["cells"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit, so each cell says which code produced it."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return proc.stdout.strip() or None
+
+
+def main() -> None:
+    """Run the missing cells one after the other (plantid before the yardstick it times) and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(SETS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--root", type=Path, default=DATASETS)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-outside")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--variant", help="name a plantid arm trained with the --set overrides (plantid+NAME)")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="plantid overrides (key=value)")
+    ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
+    args = ap.parse_args()
+
+    if args.table:
+        print(table(summarize(load_results(args.out)["cells"])))
+        return
+    plantid_method = f"plantid+{args.variant}" if args.variant else "plantid"
+    methods = [plantid_method if m == "plantid" else m for m in args.methods]
+    for seed in args.seeds:  # seed-major: a short session still covers every set once
+        for name in args.datasets:
+            cell_dir = args.work / name / f"seed{seed}"
+            inner, outside = outer_split(args.root / name, seed, cell_dir)
+            for method in methods:
+                done = {(c["dataset"], c["seed"], c["method"]) for c in load_results(args.out)["cells"]}
+                if (name, seed, method) in done:
+                    continue
+                print(f"run {name} seed {seed} {method} ...", flush=True)
+                if method.startswith("plantid"):
+                    scores = run_plantid(inner, outside, cell_dir, method, args.overrides)
+                    scores["val_gap"] = scores["val_acc"] - (scores["outside_acc_views"] or scores["outside_acc"])
+                elif method == "yardstick":
+                    timing = cell_dir / "plantid.seconds"
+                    if not timing.is_file():
+                        raise SystemExit(f"{name} seed {seed}: run plantid first; the yardstick gets its wall time")
+                    scores = run_script("baseline_finetune.py", inner, outside, cell_dir, method,
+                                        ["--budget-seconds", timing.read_text().strip(), "--seed", str(seed)])
+                else:
+                    scores = run_script("linear_probe.py", inner, outside, cell_dir, method, [])
+                cell = {"dataset": name, "seed": seed, "method": method, **scores, "commit": git_commit(),
+                        "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0]}
+                results = load_results(args.out)
+                results["cells"].append(cell)
+                save(results, args.out)
+                print(f"  outside {cell['outside_acc']:.4f}  ({cell['wall_seconds']:.0f} s)", flush=True)
+    results = load_results(args.out)
+    results["command"] = "python benchmarks/bench_outside.py " + " ".join(sys.argv[1:])
+    save(results, args.out)
+    print(table(summarize(results["cells"])))
+
+
+if __name__ == "__main__":
+    main()
