@@ -565,6 +565,31 @@ def audit(
                   f"{result.folds}-fold); wrote {result.csv_path} and {result.html_path}", highlight=False, soft_wrap=True)
 
 
+@app.command(name="sort")
+def sort_command(
+    run: RunArg,
+    photos: Annotated[Path, typer.Argument(help="A folder of unlabelled photos (searched recursively; never changed).")],
+    out: Annotated[Path, typer.Option(help="The new folder to file them into: <species>/, unsure/, unknown/, sorted.csv.")],
+    copy: Annotated[bool, typer.Option("--copy", help="Copy the photos instead of linking to them.")] = False,
+    sure: Annotated[float, typer.Option(help="Smallest (calibrated) probability filed under a species; below it: unsure/.")] = 0.8,
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
+) -> None:
+    """File unlabelled photos by species: OUT/<species>/, OUT/unsure/ or OUT/unknown/ (links, or copies
+    with --copy), and OUT/sorted.csv with every decision. The originals are never moved or changed.
+
+    Example: plantid sort runs/lite0 new_photos/ --out sorted/
+    """
+    _require_run(run, backend)
+    from plantid.curate.sort import sort_photos
+
+    result = sort_photos(run, photos, out, copy=copy, sure=sure, backend=backend)
+    if result.note:
+        err_console.print(f"note: {result.note}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(result.counts().items()))
+    console.print(f"sorted {len(result.decisions)} photo(s) into {result.out}: {counts}; every decision in "
+                  f"{result.csv_path}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning PlantidError into a one-line message."""
     keep_freed_memory()

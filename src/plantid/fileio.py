@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,3 +72,22 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "link") -> str:
+    """Place `src` at `dst` without touching `src`: 'link' tries a symlink (absolute target), then a
+    hard link, then copies; 'copy' copies (with metadata). Returns how it was placed: symlink,
+    hardlink or copy. Why the fallbacks: some filesystems (FAT, some network shares) refuse links."""
+    if mode == "link":
+        try:
+            os.symlink(os.path.abspath(src), dst)
+            return "symlink"
+        except OSError:
+            pass
+        try:
+            os.link(src, dst)
+            return "hardlink"
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    return "copy"

@@ -41,7 +41,7 @@ from typing import Iterable, Literal
 
 from plantid.data.scan import ScanEntry, ScanReport
 from plantid.errors import PlantidError
-from plantid.fileio import write_text_atomic
+from plantid.fileio import link_or_copy, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 HEADER = ["path", "label", "split", "sha256"]
@@ -388,7 +388,7 @@ def materialize(rows: Iterable[ManifestRow], out_dir: Path, mode: Literal["copy"
                 while name.casefold() in taken:
                     name, k = f"{base}_{k}{src.suffix}", k + 1
             taken.add(name.casefold())
-            _place(src, folder / name, mode)
+            link_or_copy(src, folder / name, mode)
         for s in splits:
             os.replace(tmp / s, out_dir / s)
     except PlantidError:
@@ -398,18 +398,3 @@ def materialize(rows: Iterable[ManifestRow], out_dir: Path, mode: Literal["copy"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _place(src: Path, dst: Path, mode: str) -> None:
-    if mode == "link":
-        try:
-            os.symlink(os.path.abspath(src), dst)
-            return
-        except OSError:
-            pass
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copy2(src, dst)
