@@ -14,7 +14,7 @@ A recipe may leave three settings to the data and the machine (cpu-default does)
 `plan_run` resolves every 'auto' into a plain number before the run's config.yaml is written, and
 notes how in ``train.planned``, so a run folder records what it trained with and reproduces
 without a new probe. A setting given explicitly (``train.epochs=12``, ``data.image_size=160``)
-is never changed. Every constant here was chosen on validation accuracy (docs/benchmarks.md).
+is never changed. Each constant's measurement is in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -32,22 +32,16 @@ from plantid.data.split import Manifest
 
 log = logging.getLogger("plantid")
 
-# The final image size by the photos' median short side: (smallest short side, size). 96-px
-# leaves train best upsampled to 192 px; on the 500-px flowers 160 -> 224 px was no better on
-# validation than 128 -> 192 (96.6% against 96.1% best-epoch val, 95.6% against 96.1% with the
-# flip views, split seed 0) for 1.4x the training time, so every resolution gets 192 px until a
-# measurement says otherwise (docs/decisions.md, "Image size from the photos' resolution").
+# The final image size by the photos' median short side: (smallest short side, size). 192 px for
+# every resolution until a measurement says otherwise (docs/decisions.md, "Image size from the
+# photos' resolution").
 SIZE_BY_RESOLUTION: tuple[tuple[int, int], ...] = ((0, 192),)
 PHASE_SHARE = 2 / 3  # of the epochs (and of the final size) spent in the small first phase
 MIN_PHASED_SIZE = 160  # below this final size, no progressive resizing
-MAX_EPOCHS = 9  # leaves: 10 and 11 epochs did not beat 9 (docs/benchmarks.md)
-# The cap is really a number of optimizer steps: 9 epochs of the leaves' 2,081 training photos are
-# 594 steps of 32. A smaller set gets more epochs for about the same steps when the budget has
-# room, a larger one never fewer than 9. On the 952 flower photos (30 steps an epoch) 18 epochs
-# instead of 9 raised val accuracy on two split seeds and matched it on the third, 95.1% -> 96.2%
-# on average (test, read once to report: 94.3% -> 95.4%), in ~4.5 minutes on 2 cores
-# (docs/decisions.md).
-MAX_STEPS = 540  # keeps the leaves at 9 epochs and gives the flowers the 18 measured
+MAX_EPOCHS = 9  # more did not beat 9 on the leaves (docs/decisions.md, "9 epochs")
+# The cap is a number of optimizer steps: smaller sets get more epochs for about the same steps,
+# larger ones never fewer than MAX_EPOCHS (docs/decisions.md, "The epoch cap as a number of steps").
+MAX_STEPS = 540
 MAX_EPOCHS_SMALL_DATA = 3 * MAX_EPOCHS  # however few the photos
 MIN_EPOCHS = 3  # fewer passes are taken as shares of the photos per epoch instead
 BUDGET_SHARE = 0.8  # of the budget the plan fills: the probe skips data loading, augmentation and logging
