@@ -5,8 +5,8 @@ for training (the one conversion of the packaged weights aside), the same backbo
 weights as plantid's default, and a short recipe fixed before any comparison and never tuned on
 an outside folder (docs/decisions.md, "2026-12-07: the yardstick and the outside benchmark"):
 
-* image size: the photos' median short side rounded up to 32 px, kept within 128-192 px (192 is
-  plantid's final size too, and 224 px leaves few epochs in a CPU budget);
+* image size: the photos' median short side rounded up to 32 px, kept within 96-192 px (192 is
+  plantid's final size too; upscaling small photos or 224 px leaves few epochs in a CPU budget);
 * every photo of the given folder trains (no val split, no selection, the last weights are kept);
 * AdamW (lr 1e-3, weight decay 0.05) with a one-cycle schedule, batch 32, label smoothing 0.1;
 * horizontal flips, a light affine warp (15 degrees, 10% shift, 0.9-1.1 zoom), colour jitter 0.2;
@@ -50,7 +50,7 @@ from torchvision import transforms
 MODEL = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = Path.home() / ".cache" / "plantid" / f"{MODEL}.timm.safetensors"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-MIN_SIZE, MAX_SIZE = 128, 192
+MIN_SIZE, MAX_SIZE = 96, 192
 MAX_EPOCHS = 40
 TIMED_STEPS = 4
 
@@ -87,7 +87,7 @@ def manifest_items(manifest: Path) -> tuple[list[str], dict[str, list[tuple[str,
 
 
 def image_size_for(paths: list[str], sample: int = 200) -> int:
-    """The recipe's size: median short side of an even sample, rounded up to 32, within 128-192."""
+    """The recipe's size: median short side of an even sample, rounded up to 32, within 96-192."""
     step = max(1, len(paths) // sample)
     sides = []
     for p in paths[::step][:sample]:

@@ -179,9 +179,9 @@ def save(results: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def git_commit() -> str | None:
-    """The repository's HEAD commit, so each cell says which code produced it."""
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+def git_commit(*paths: str) -> str | None:
+    """The last commit (of `paths`, or HEAD), so each cell says which code produced it."""
+    proc = subprocess.run(["git", "log", "-1", "--format=%h", "--", *paths], capture_output=True, text=True, cwd=REPO)
     return proc.stdout.strip() or None
 
 
@@ -225,7 +225,8 @@ def main() -> None:
                 else:
                     scores = run_script("linear_probe.py", inner, outside, cell_dir, method, [])
                 cell = {"dataset": name, "seed": seed, "method": method, **scores, "commit": git_commit(),
-                        "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0]}
+                        "plantid_commit": git_commit("src"), "cpu_count": os.cpu_count(),
+                        "load_average": os.getloadavg()[0]}
                 results = load_results(args.out)
                 results["cells"].append(cell)
                 save(results, args.out)

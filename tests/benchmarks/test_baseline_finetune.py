@@ -1,31 +1,78 @@
-"""benchmarks/baseline_finetune.py end to end: a real process on a tiny generated split, 1 epoch."""
+"""The outside benchmark's plain scripts end to end: real processes on tiny generated folders."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "baseline_finetune.py"
+BENCH = REPO / "benchmarks"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def test_baseline_finetune_runs_and_reports_json(tiny_manifest: Path, tmp_path: Path) -> None:
-    """The baseline trains one epoch at 32 px and writes val/test accuracy and seconds as JSON."""
-    out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_manifest), "--out", str(out), "--epochs", "1",
-         "--size", "32", "--batch-size", "8"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-    )
+def run_script(name: str, *args: str) -> dict:
+    """Run benchmarks/<name> with `args`; the JSON it printed (and wrote with --out)."""
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True,
+                          timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert result == json.loads(proc.stdout[proc.stdout.index("{"):])  # printed and written alike
-    assert result["classes"] == 3 and result["epochs"] == 1 and result["image_size"] == 32
-    assert result["n"]["train"] + result["n"]["val"] + result["n"]["test"] == 36
-    for key in ("val_acc", "test_acc"):
-        assert 0.0 <= result[key] <= 1.0
-    assert result["train_seconds"] > 0
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def test_yardstick_trains_on_every_photo_of_a_folder_and_scores_another(make_image_folder, tmp_path: Path) -> None:
+    """Folder mode: all 36 photos train, the outside folder is scored, and the file equals the print."""
+    inner = make_image_folder(tmp_path / "inner")
+    outside = make_image_folder(tmp_path / "outside", seed=1)
+    out = tmp_path / "result.json"
+    result = run_script("baseline_finetune.py", str(inner), "--eval", f"outside={outside}", "--out", str(out),
+                        "--epochs", "1", "--size", "32", "--batch-size", "8")
+    assert result == json.loads(out.read_text())
+    assert result["n"] == {"train": 36, "outside": 36} and result["epochs"] == 1 and result["image_size"] == 32
+    assert 0.0 <= result["accuracy"]["outside"] <= 1.0 and result["train_seconds"] > 0
+
+
+def test_yardstick_on_a_manifest_trains_on_train_rows_and_sizes_itself_from_the_photos(tiny_manifest: Path) -> None:
+    """Split mode scores val and test; with no --size the 32-px photos get the recipe's smallest size."""
+    result = run_script("baseline_finetune.py", str(tiny_manifest), "--epochs", "1", "--batch-size", "8")
+    assert result["n"] == {"train": 18, "val": 9, "test": 9}
+    assert result["image_size"] == 96  # 32-px photos round up to the 96-px floor
+    assert set(result["accuracy"]) == {"val", "test"}
+
+
+def test_linear_probe_fits_frozen_features_and_separates_the_classes(make_image_folder, tmp_path: Path) -> None:
+    """The generated classes differ by colour: frozen ImageNet features separate them well."""
+    inner = make_image_folder(tmp_path / "inner")
+    outside = make_image_folder(tmp_path / "outside", seed=1)
+    result = run_script("linear_probe.py", str(inner), "--eval", f"outside={outside}")
+    assert result["n"] == {"train": 36} and result["accuracy"]["outside"] >= 0.9
+
+
+def _bench_outside():
+    spec = importlib.util.spec_from_file_location("bench_outside", BENCH / "bench_outside.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_outer_split_keeps_identical_files_together_and_depends_on_the_seed(make_image_folder, tmp_path: Path) -> None:
+    """Byte-identical copies land on one side; seeds give different outside folders of about the share."""
+    bench = _bench_outside()
+    data = make_image_folder(tmp_path / "data", per_class=40)
+    shutil.copyfile(data / "a" / "a_000.jpg", data / "a" / "copy_of_a_000.jpg")
+    sides = []
+    for seed in (0, 1):
+        inner, outside = bench.outer_split(data, seed, tmp_path / f"seed{seed}")
+        names = {p.relative_to(outside).as_posix() for p in outside.rglob("*.jpg")}
+        inner_names = {p.relative_to(inner).as_posix() for p in inner.rglob("*.jpg")}
+        assert not names & inner_names and len(names | inner_names) == 121
+        assert ("a/a_000.jpg" in names) == ("a/copy_of_a_000.jpg" in names)
+        assert 0.08 < len(names) / 121 < 0.35
+        sides.append(names)
+    assert sides[0] != sides[1]
+    digest = hashlib.sha256((data / "b" / "b_003.jpg").read_bytes()).hexdigest()
+    assert bench.is_outside(digest, 0) == ("b/b_003.jpg" in sides[0])
