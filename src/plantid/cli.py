@@ -195,6 +195,8 @@ def train(
     recipe: Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")] = "cpu-default",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run's weights (same network; "
+                                                     "new classes get fresh rows), on a shorter plan, growing its split.")] = None,
     verbose: Annotated[bool, typer.Option(help="More logging.")] = False,
 ) -> None:
     """Train a classifier; extra arguments are key=value overrides of the recipe.
@@ -206,6 +208,8 @@ def train(
       plantid train --data photos/ --recipe seed-convnext-large train.devices=4 train.strategy=ddp
 
       plantid train --resume runs/lite0
+
+      plantid train --data photos/ --from runs/lite0 --out runs/lite0-2
     """
     from plantid.config import load_config
 
@@ -213,14 +217,21 @@ def train(
     overrides = list(ctx.args)
     cfg = None
     if resume is not None:
-        if overrides or data is not None:
-            raise PlantidError("--resume continues a run with its saved config; drop --data and overrides")
+        if overrides or data is not None or from_run is not None:
+            raise PlantidError("--resume continues a run with its saved config; drop --data, --from and overrides")
     else:
         if data is not None:
             _require_data(data)
             key = "data.manifest" if data.suffix == ".csv" else "data.root"
             overrides.insert(0, f"{key}={data}")
+        if from_run is not None:
+            _require_run(from_run)
+            overrides.insert(0, f"train.init_from={from_run.resolve()}")
         cfg = load_config(recipe, overrides)  # validate before the heavy imports below
+        if from_run is not None:
+            from plantid.train.warm_start import shorter_plan
+
+            cfg = shorter_plan(cfg, list(ctx.args))
 
     from plantid.train.run import train_run
 
@@ -588,6 +599,60 @@ def sort_command(
     counts = ", ".join(f"{name} {n}" for name, n in sorted(result.counts().items()))
     console.print(f"sorted {len(result.decisions)} photo(s) into {result.out}: {counts}; every decision in "
                   f"{result.csv_path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def review(
+    run: RunArg,
+    sorted_folder: Annotated[Optional[list[Path]], typer.Option("--sorted", help="A folder written by `plantid sort`: "
+                                                                 "its unsure photos are shown too (repeat for more).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (1-65535).")] = 8001,
+) -> None:
+    """A local page of the photos the run doubts (audit suspects, val/test errors, unsure sorted photos):
+    keep, relabel, exclude or undo each, by click or key. Decisions go to RUN/corrections.jsonl.
+
+    Example: plantid audit runs/lite0 && plantid review runs/lite0 --sorted sorted/, then open http://127.0.0.1:8001
+    """
+    _require_run(run)
+    _require_free_port(host, port)
+    import uvicorn
+
+    from plantid.serve.review import create_review_app
+
+    application = create_review_app(run, list(sorted_folder or []))
+    console.print(f"reviewing {run} on http://{host}:{port} (Ctrl+C to stop); then `plantid apply {run} --to FOLDER`")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command(name="apply")
+def apply_command(
+    run: RunArg,
+    to: Annotated[Path, typer.Option("--to", help="The photo folder (one subfolder per species) to carry the decisions out in.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be moved or copied.")] = False,
+    undo: Annotated[bool, typer.Option("--undo", help="Put every photo back where it was before apply.")] = False,
+) -> None:
+    """Carry out a review's decisions in the photo folder: relabelled photos move to their new class
+    folder, excluded ones into FOLDER/_excluded/ (never deleted); RUN/applied.json records every move
+    for --undo. Running it again does nothing new.
+
+    Example: plantid apply runs/lite0 --to photos/ --dry-run
+    """
+    _require_run(run)
+    from plantid.curate.apply import apply_decisions, undo_apply
+
+    result = (undo_apply if undo else apply_decisions)(run, to, dry_run=dry_run)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for op in result.operations:
+        console.print(("would " if dry_run else "") + op.describe(), highlight=False, soft_wrap=True)
+    what = "undo" if undo else "apply"
+    if not result.operations:
+        console.print(f"{what}: nothing to do; {to} already matches the decisions" if not undo else
+                      f"undo: nothing to undo in {to}", highlight=False)
+    elif not dry_run:
+        console.print(f"{what}: {len(result.operations)} change(s) made in {to}"
+                      + ("" if undo else f" (undo with `plantid apply {run} --to {to} --undo`)"), highlight=False)
 
 
 def main() -> None:

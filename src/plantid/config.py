@@ -155,6 +155,9 @@ class TrainConfig(_Section):
     # false: the run never scores its test split (train_summary's test_acc is null). For choosing
     # settings on val, where a test split is read once per decision, to report it.
     score_test: bool = True
+    # A run folder whose weights this run starts from (`plantid train --from RUN`): its classes
+    # keep their head rows, new classes get fresh ones, removed ones are dropped (plantid.train.warm_start).
+    init_from: Path | None = None
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = Field(10, ge=1)

@@ -18,6 +18,8 @@ read (and changed) in one place. Torch-free, so commands can check a folder befo
       submission/            `plantid export --format submission`
       trust.json, trust.safetensors   fitted after training: temperature, unknown-photo detector
       audit.csv, audit.html  `plantid audit`: photos most likely mislabelled
+      corrections.jsonl      `plantid review`: keep / relabel / exclude decisions, append-only, timestamped
+      applied.json           `plantid apply`: the moves made in the photo folder, in order (its undo log)
       mlflow.json            which MLflow run tracks this one (store URI, experiment and run id)
 
     beside the run folders (not in them), unless track.tracking_uri or $MLFLOW_TRACKING_URI says
@@ -51,6 +53,8 @@ TRUST_JSON = "trust.json"  # plantid.trust: temperature, OOD detector, threshold
 TRUST_TENSORS = "trust.safetensors"  # the detector's fitted tensors (class means, training features)
 AUDIT_CSV = "audit.csv"
 AUDIT_HTML = "audit.html"
+CORRECTIONS_FILE = "corrections.jsonl"  # plantid.curate: review decisions, one JSON object a line
+APPLY_LOG = "applied.json"  # plantid.curate: what `plantid apply` did to the photo folder, to undo it
 MLFLOW_FILE = "mlflow.json"  # plantid.track: the MLflow run this run folder logs to
 MLFLOW_DIR = "mlruns"  # the default MLflow store, beside the run folders
 
@@ -113,6 +117,18 @@ class RunFolder:
     @property
     def submission_dir(self) -> Path:
         return self.root / SUBMISSION_DIR
+
+    @property
+    def corrections(self) -> Path:
+        return self.root / CORRECTIONS_FILE
+
+    @property
+    def apply_log(self) -> Path:
+        return self.root / APPLY_LOG
+
+    @property
+    def audit_csv(self) -> Path:
+        return self.root / AUDIT_CSV
 
     @property
     def mlflow(self) -> Path:

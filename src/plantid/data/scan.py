@@ -10,7 +10,8 @@ Layout accepted (never modified):
 Every file with an image extension is decoded with `plantid.data.images.decode_image`, so a file
 that would crash training later (empty, truncated, not really an image, decompression bomb,
 unreadable) is listed in ``report.bad`` with the reason instead. Hidden files and OS litter
-(dot-files, ``Thumbs.db``, ``desktop.ini``, ``__MACOSX``/``@eaDir`` folders) are skipped silently. Files with another extension
+(dot-files, ``Thumbs.db``, ``desktop.ini``, ``__MACOSX``/``@eaDir`` folders) and the ``_excluded``
+folder of photos a review set aside (`plantid apply`) are skipped silently. Files with another extension
 (``notes.txt``), files lying directly in ``root`` or a split folder, broken symlinks and symlinked
 folders already visited (loops) are listed in ``report.bad`` too, with a reason, and excluded.
 
@@ -39,12 +40,14 @@ from plantid.fileio import write_json_atomic
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 LITTER_FOLDERS = frozenset({"__MACOSX", "@eaDir"})  # zip resource forks, NAS thumbnails: never classes
+# Where `plantid apply` puts photos a review excluded: inside the folder (never deleted), never a class.
+EXCLUDED_FOLDER = "_excluded"
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a larger file is not a photo we can train on
 
 
 def _skip(path: Path) -> bool:
-    """Hidden files/folders and OS litter, skipped silently."""
-    return is_hidden(path) or path.name in LITTER_FOLDERS
+    """Hidden files/folders, OS litter and the excluded photos' folder, skipped silently."""
+    return is_hidden(path) or path.name in LITTER_FOLDERS or path.name == EXCLUDED_FOLDER
 
 
 def default_workers() -> int:

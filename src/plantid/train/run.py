@@ -48,6 +48,7 @@ from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
 from plantid.train.throughput import EpochThroughput
+from plantid.train.warm_start import load_parent_weights, parent_manifest
 
 log = logging.getLogger("plantid")
 
@@ -98,7 +99,7 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
 
     Uses `data.manifest` when given; otherwise scans `data.root` and splits it
     deterministically with `data.split_seed`, growing (never reshuffling) a split.csv already in
-    the run folder.
+    the run folder, or else the split of the run it starts from (`train.init_from`).
     """
     target = RunFolder(run_dir).manifest
     if cfg.data.manifest is not None:
@@ -116,7 +117,7 @@ def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
     write_scan_json(report, RunFolder(run_dir).scan)
     for bad in report.bad:
         log.warning("skipping %s: %s", bad.path, bad.reason)
-    previous = target if target.is_file() else None
+    previous = target if target.is_file() else parent_manifest(cfg)
     rows, growth = split_or_grow(report, previous, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
     if growth is not None:
         log.info("%s (from %s)", describe_growth(growth), previous)
@@ -300,6 +301,10 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     write_json_atomic(run.labels, data.classes)
 
     module = PlantClassifierModule(cfg.model_dump(mode="json"), data.classes, data.class_counts)
+    if cfg.train.init_from is not None and not resume:
+        carried = load_parent_weights(module.model, cfg, data.classes)
+        log.info("starting from the weights of %s: %d class(es) kept, %d new, %d dropped", cfg.train.init_from,
+                 carried["kept"], carried["new"], carried["dropped"])
     counts = module.model.parameter_counts()
     log.info("parameters: %s trainable, %s frozen", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
     if cfg.train.compile:
