@@ -8,14 +8,18 @@ string that comes from the run (class names, paths, config values) is HTML-escap
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as dt
 import html
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from plantid.data.split import read_manifest
 from plantid.errors import PlantidError
+from plantid.evaluate.next_steps import advise
 from plantid.fileio import write_text_atomic
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
 
@@ -79,6 +83,8 @@ pre { background: #1f2933; color: #e4e7eb; padding: 14px 16px; border-radius: 8p
 .cfg td:first-child { color: #3e4c59; width: 42%; }
 details { margin-top: 12px; } summary { cursor: pointer; color: var(--accent); font-size: 14px; }
 .empty { color: var(--muted); font-style: italic; }
+.advice { border-left: 3px solid var(--warn); padding: 2px 0 2px 14px; margin: 12px 0; }
+.advice h3 { margin: 4px 0; } .advice ul { margin: 4px 0; padding-left: 20px; }
 footer { margin-top: 36px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 12.5px; }
 code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--soft); padding: 1px 4px; border-radius: 4px; }
 /* Phones: the page never scrolls sideways; a wide table or plot scrolls inside its own box, and
@@ -346,6 +352,86 @@ def _per_class_table(result: dict) -> str:
     return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{note}'
 
 
+def _next_steps_section(run_dir: Path, result: dict) -> str:
+    """Per weak class: its confusions, photo counts, audit suspects and what to do about it."""
+    advice = advise(run_dir, result, weak_classes(result))
+    if not advice:
+        return '<p class="note">No weak class: nothing stands out to fix.</p>'
+    blocks = []
+    for a in advice:
+        pairs = lambda items: ", ".join(f"{e(c)} ({n})" for c, n in items) or "none"  # noqa: E731
+        photos = (f"{a.train_photos:,} training photos (median class {a.median_train_photos:g})"
+                  if a.train_photos is not None and a.median_train_photos is not None else "photo count unknown")
+        facts = (f"<li>taken for: {pairs(a.taken_for)}; taken for it: {pairs(a.mistaken_for_it)}</li>"
+                 f"<li>{e(photos)}</li>"
+                 f"<li>audit: {a.audit_given} flagged photo(s) labelled {e(a.name)}, {a.audit_suggested} "
+                 f"suggested to be {e(a.name)}</li>")
+        todo = "".join(f"<li><b>{e(s)}</b></li>" for s in a.suggestions)
+        blocks.append(f'<div class="advice"><h3>{e(a.name)} <span class="tag">F1 {a.f1:.2f}</span></h3>'
+                      f"<ul>{facts}</ul><ul>{todo}</ul></div>")
+    return "".join(blocks)
+
+
+def _audit_section(run_dir: Path, limit: int = 10) -> str:
+    """The label audit's result (audit.csv), when `plantid audit` has run."""
+    path = RunFolder(run_dir).audit_csv
+    if not path.is_file():
+        return (f'<p class="empty">No label audit yet: <code>plantid audit {e(run_dir)}</code> lists the photos most '
+                "likely mislabelled.</p>")
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    flagged = [r for r in rows if r.get("flagged") == "1"]
+    body = "".join(f'<tr><td class="name">{e(Path(r["path"]).name)}</td><td>{e(r["split"])}</td><td>{e(r["given"])}</td>'
+                   f'<td>{e(r["suggested"])}</td><td>{_pct(r["suggested_prob"], 0)}</td></tr>' for r in flagged[:limit])
+    table = ('<table class="narrow"><thead><tr><th>photo</th><th>split</th><th>given</th><th>suggested</th>'
+             f"<th>probability</th></tr></thead><tbody>{body}</tbody></table>") if flagged else ""
+    return (f'<p class="note">{len(flagged):,} of {len(rows):,} audited photos flagged as likely mislabelled '
+            f"(all in <code>{e(path.name)}</code>; review them with <code>plantid review {e(run_dir)}</code>).</p>{table}")
+
+
+def _other_evaluations_section(run_dir: Path, shown: dict | None) -> str:
+    """Every evaluation of the run besides the one the report is built on: val, train, folders."""
+    rows = []
+    for path in sorted(run_dir.glob("eval*.json")):
+        data = _read_json(path)
+        main = shown is not None and path.name == evaluation_files(shown["split"])["json"]
+        if main or not isinstance(data, dict) or "metrics" not in data:
+            continue
+        tta = data.get("tta") or {}
+        rows.append(f'<tr><td class="name">{e(data.get("split", path.stem))}</td><td>{int(data.get("n_images", 0)):,}</td>'
+                    f'<td>{_pct(data["metrics"].get("accuracy"))}</td><td>{_pct(data["metrics"].get("macro_f1"))}</td>'
+                    f'<td>{_pct((tta.get("metrics") or {}).get("accuracy")) if tta else "not run"}</td>'
+                    f"<td><code>{e(path.name)}</code></td></tr>")
+    if not rows:
+        return ('<p class="empty">No other evaluation: <code>plantid evaluate RUN --split val</code> or '
+                "<code>--split FOLDER</code> adds one.</p>")
+    return ('<table><thead><tr><th>split or folder</th><th>photos</th><th>accuracy</th><th>macro-F1</th>'
+            f'<th>accuracy with TTA</th><th>file</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def _since_section(run_dir: Path, config) -> str:
+    """For a run started from another (train.init_from): photos per class and accuracy, before and now."""
+    parent = Path(config.train.init_from)
+    before, now = RunFolder(parent), RunFolder(run_dir)
+    try:
+        old_counts, new_counts = read_manifest(before.manifest).class_counts(), read_manifest(now.manifest).class_counts()
+    except PlantidError as exc:
+        return f'<p class="empty">Cannot compare with {e(parent)}: {e(exc)}</p>'
+    old_summary, new_summary = _read_json(before.summary) or {}, _read_json(now.summary) or {}
+    names = sorted(set(old_counts) | set(new_counts))
+    body = "".join(f'<tr><td class="name">{e(c)}</td><td>{old_counts.get(c, 0):,}</td><td>{new_counts.get(c, 0):,}</td>'
+                   f"<td>{new_counts.get(c, 0) - old_counts.get(c, 0):+,}</td></tr>" for c in names)
+    applied = _read_json(before.apply_log) or {}
+    kinds = Counter(op.get("kind") for op in applied.get("operations", []) if isinstance(op, dict))
+    moves = (f"{kinds.get('move', 0)} photo(s) moved (relabelled or excluded) and {kinds.get('copy', 0)} added by "
+             f"<code>plantid apply</code> from its review" if kinds else "no review applied from it")
+    return (f'<p class="note">Started from the weights of <code>{e(parent)}</code> ({moves}). Best val accuracy '
+            f'{_pct(old_summary.get("best_val_acc"))} then, {_pct(new_summary.get("best_val_acc"))} now; test '
+            f'{_pct(old_summary.get("test_acc"))} then, {_pct(new_summary.get("test_acc"))} now.</p>'
+            '<table class="narrow"><thead><tr><th>class</th><th>photos then</th><th>photos now</th><th>change</th>'
+            f"</tr></thead><tbody>{body}</tbody></table>")
+
+
 def _config_value(value: Any) -> str:
     if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
         return ", ".join(str(v) for v in value)
@@ -406,7 +492,8 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     split_label = "Validation" if result is not None and result.get("split") == "val" else "Test"
 
     nav = [("summary", "Summary"), ("data", "Data"), ("training", "Training"), ("evaluation", "Evaluation"),
-           ("confusion", "Confusion matrix"), ("classes", "Per class"), ("errors", "Errors"), ("trust", "Trust"), ("config", "Config")]
+           ("confusion", "Confusion matrix"), ("classes", "Per class"), ("next", "Next steps"), ("errors", "Errors"), ("trust", "Trust"),
+           ("audit", "Audit"), ("evaluations", "Other evaluations"), ("config", "Config")]
     sub_bits = [f"model <b>{e(config_model)}</b>"]
     if summary.get("recipe"):
         sub_bits.append(f"recipe <b>{e(summary['recipe'])}</b>")
@@ -457,6 +544,7 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
                         "Confusion matrix", "Rows: true class; columns: predicted class (without TTA)."))
         out.append("</section>")
         out.append(f'<section id="classes"><h2>Per class</h2>{_per_class_table(result)}</section>')
+        out.append(f'<section id="next"><h2>What to do next</h2>{_next_steps_section(run_dir, result)}</section>')
         worst = result.get("worst") or []
         n_errors = result["n_images"] - sum(result["confusion"][i][i] for i in range(len(classes)))
         out.append('<section id="errors"><h2>Errors</h2>')
@@ -468,6 +556,11 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
         out.append('<section id="trust"><h2>Trust: unknown photos and calibration</h2>'
                    f"{_trust_section(run_dir, result)}</section>")
 
+    out.append(f'<section id="audit"><h2>Label audit</h2>{_audit_section(run_dir)}</section>')
+    out.append('<section id="evaluations"><h2>Other evaluations</h2>'
+               f"{_other_evaluations_section(run_dir, result)}</section>")
+    if config is not None and config.train.init_from is not None:
+        out.append(f'<section id="since"><h2>Since the earlier run</h2>{_since_section(run_dir, config)}</section>')
     out.append(f'<section id="config"><h2>Configuration</h2>{_config_section(run_dir)}</section>')
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     out.append(f"<footer>Generated by plantid on {e(generated)} from <code>{e(run_dir.resolve())}</code>. "
