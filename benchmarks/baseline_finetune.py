@@ -6,7 +6,8 @@ weights as plantid's default, and a short recipe fixed before any comparison and
 an outside folder (docs/decisions.md, "2026-12-07: the yardstick and the outside benchmark"):
 
 * image size: the photos' median short side rounded up to 32 px, kept within 96-192 px (192 is
-  plantid's final size too; upscaling small photos or 224 px leaves few epochs in a CPU budget);
+  plantid's final size too); with a budget, the largest of 192/160/128/96 px up to that at which
+  the budget fits at least 8 epochs (a fine-tune needs its passes more than its pixels);
 * every photo of the given folder trains (no val split, no selection, the last weights are kept);
 * AdamW (lr 1e-3, weight decay 0.05) with a one-cycle schedule, batch 32, label smoothing 0.1;
 * horizontal flips, a light affine warp (15 degrees, 10% shift, 0.9-1.1 zoom), colour jitter 0.2;
@@ -53,6 +54,9 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 MIN_SIZE, MAX_SIZE = 96, 192
 MAX_EPOCHS = 40
 TIMED_STEPS = 4
+SIZES = (192, 160, 128, 96)
+MIN_EPOCHS_WANTED = 8
+DATA_OVERHEAD = 1.25  # per-photo augmentation on the main thread, on top of the model's step
 
 
 def make_weights_file(path: Path) -> Path:
@@ -143,6 +147,37 @@ def seconds_per_step(model: nn.Module, loader: DataLoader, criterion: nn.Module,
     return float(np.median(timings[1:]))
 
 
+def model_step_seconds(model: nn.Module, size: int, batch_size: int, n_classes: int) -> float:
+    """Seconds of one training step of the model alone on a random batch at `size` px, timed on a
+    throwaway copy with the random state restored after, so the run trains as without it."""
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW(probe.parameters())
+        x = torch.rand(batch_size, 3, size, size)
+        y = torch.arange(batch_size) % n_classes
+        timings = []
+        for _ in range(3):  # the first step warms up kernels and allocations
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(probe(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            timings.append(time.perf_counter() - t0)
+    return float(np.median(timings[1:]))
+
+
+def size_for_budget(model: nn.Module, largest: int, n_train: int, batch_size: int, n_classes: int,
+                    seconds: float) -> int:
+    """The largest of `SIZES` up to `largest` at which `seconds` fit `MIN_EPOCHS_WANTED` epochs."""
+    candidates = [s for s in SIZES if s <= largest] or [min(SIZES)]
+    steps = math.ceil(n_train / batch_size)
+    for size in candidates:
+        epoch = DATA_OVERHEAD * steps * model_step_seconds(model, size, batch_size, n_classes)
+        if seconds >= MIN_EPOCHS_WANTED * epoch:
+            return size
+    return candidates[-1]
+
+
 def parse_args() -> argparse.Namespace:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,11 +218,13 @@ def main() -> None:
         name, _, folder = spec.partition("=")
         scored[name] = folder_items(Path(folder))[1]
     index = {c: i for i, c in enumerate(classes)}
-    size = args.size or image_size_for([p for p, _ in train_items])
-
     weights = make_weights_file(args.weights)
     model = timm.create_model(MODEL, pretrained=True, num_classes=len(classes),
                               pretrained_cfg_overlay=dict(file=str(weights)))
+    size = args.size or image_size_for([p for p, _ in train_items])
+    if args.size is None and args.budget_seconds is not None:
+        left = args.budget_seconds - (time.perf_counter() - started)
+        size = size_for_budget(model, size, len(train_items), args.batch_size, len(classes), left)
     data_cfg = timm.data.resolve_data_config({}, model=model)  # the weights' mean and std
     normalize = transforms.Normalize(data_cfg["mean"], data_cfg["std"])
     train_tf = transforms.Compose([

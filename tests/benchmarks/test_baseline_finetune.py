@@ -76,3 +76,24 @@ def test_outer_split_keeps_identical_files_together_and_depends_on_the_seed(make
     assert sides[0] != sides[1]
     digest = hashlib.sha256((data / "b" / "b_003.jpg").read_bytes()).hexdigest()
     assert bench.is_outside(digest, 0) == ("b/b_003.jpg" in sides[0])
+
+
+def _yardstick():
+    sys.path.insert(0, str(BENCH))  # linear_probe imports it by its file name, as a script does
+    spec = importlib.util.spec_from_file_location("baseline_finetune", BENCH / "baseline_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_yardstick_size_shrinks_until_its_budget_fits_enough_epochs() -> None:
+    """Room for every epoch keeps the photos' size; a set too large for the budget gets the smallest."""
+    import timm
+    import torch
+
+    yardstick = _yardstick()
+    model = timm.create_model(yardstick.MODEL, pretrained=False, num_classes=3)
+    state = torch.random.get_rng_state()
+    assert yardstick.size_for_budget(model, 160, n_train=2, batch_size=2, n_classes=3, seconds=1e6) == 160
+    assert yardstick.size_for_budget(model, 192, n_train=10**7, batch_size=2, n_classes=3, seconds=60) == 96
+    assert torch.equal(state, torch.random.get_rng_state())  # the timing leaves training's randomness alone
