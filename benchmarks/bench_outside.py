@@ -139,10 +139,12 @@ def load_results(path: Path) -> dict:
 
 
 def summarize(cells: list[dict]) -> list[dict]:
-    """Per (data set, method): the seeds, and mean / sample std / min / max of every number."""
+    """Per (data set, method): the seeds, and mean / sample std / min / max of every number.
+    Cells marked `superseded` (a yardstick rule corrected in docs/decisions.md) are left out."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for cell in cells:
-        groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
+        if not cell.get("superseded"):
+            groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
     rows = []
     for (dataset, method), group in sorted(groups.items()):
         row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
@@ -155,18 +157,33 @@ def summarize(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: data set x method, outside accuracy mean ± std (%), seconds, val - outside gap."""
-
-    def cell(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-        return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}" if stat else "–"
-
-    lines = ["| data set | method | seeds | outside % | outside % (views) | wall s | val % | val − outside (points) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+def table(rows: list[dict], plantid_method: str = "plantid") -> str:
+    """Markdown, one row per data set: outside accuracy (mean ± std over the seeds, %) of plantid,
+    plantid with its default views, the yardstick and the linear probe; wall seconds; plantid's
+    val accuracy minus its outside accuracy with views (points)."""
+    by_set: dict[str, dict[str, dict]] = {}
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['method']} | {','.join(map(str, r['seeds']))} | {cell(r.get('outside_acc'))} "
-                     f"| {cell(r.get('outside_acc_views'))} | {cell(r.get('wall_seconds'), 1.0, 0)} "
-                     f"| {cell(r.get('val_acc'))} | {cell(r.get('val_gap'))} |")
+        by_set.setdefault(r["dataset"], {})[r["method"]] = r
+
+    def pct(row: dict | None, key: str) -> str:
+        stat = (row or {}).get(key)
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}" if stat else "–"
+
+    def seconds(row: dict | None) -> str:
+        stat = (row or {}).get("wall_seconds")
+        return f"{stat['mean']:.0f}" if stat else "–"
+
+    lines = ["| data set | seeds | plantid % | plantid, views % | yardstick % | linear probe % "
+             "| plantid s | yardstick s | probe s | val − outside |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for dataset, methods in sorted(by_set.items()):
+        ours, yard, probe = methods.get(plantid_method), methods.get("yardstick"), methods.get("linear-probe")
+        seeds = ",".join(map(str, (ours or yard or probe or {}).get("seeds", [])))
+        gap = (ours or {}).get("val_gap")
+        gap_text = f"{100 * gap['mean']:+.1f}" if gap else "–"
+        lines.append(f"| {dataset} | {seeds} | {pct(ours, 'outside_acc')} | {pct(ours, 'outside_acc_views')} "
+                     f"| {pct(yard, 'outside_acc')} | {pct(probe, 'outside_acc')} | {seconds(ours)} | {seconds(yard)} "
+                     f"| {seconds(probe)} | {gap_text} |")
     return "\n".join(lines)
 
 
@@ -199,10 +216,10 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
 
-    if args.table:
-        print(table(summarize(load_results(args.out)["cells"])))
-        return
     plantid_method = f"plantid+{args.variant}" if args.variant else "plantid"
+    if args.table:
+        print(table(summarize(load_results(args.out)["cells"]), plantid_method))
+        return
     methods = [plantid_method if m == "plantid" else m for m in args.methods]
     for seed in args.seeds:  # seed-major: a short session still covers every set once
         for name in args.datasets:
@@ -234,7 +251,7 @@ def main() -> None:
     results = load_results(args.out)
     results["command"] = "python benchmarks/bench_outside.py " + " ".join(sys.argv[1:])
     save(results, args.out)
-    print(table(summarize(results["cells"])))
+    print(table(summarize(results["cells"]), plantid_method))
 
 
 if __name__ == "__main__":
