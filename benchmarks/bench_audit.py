@@ -84,7 +84,7 @@ def in_sample_ranking(run: Path) -> list[str]:
 
     from plantid.data.split import read_manifest
     from plantid.infer.predictor import Predictor
-    from plantid.trust.audit import rank_label_issues
+    from plantid.trustfit.audit import rank_label_issues
 
     predictor = Predictor.from_run(run)
     rows = [r for r in read_manifest(run / "split.csv").rows if r.split in ("train", "val")]
@@ -126,7 +126,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    from plantid.trust.audit import audit_run
+    from plantid.trustfit.audit import audit_run
 
     results = []
     for name in args.datasets:

@@ -115,8 +115,8 @@ def features_for(run: Path, ood_dir: Path, cache: Path, n_generated: int) -> dic
     from plantid.config import TrustConfig
     from plantid.infer.checkpoint import load_trained
     from plantid.infer.predictor import TorchBackend
-    from plantid.trust.features import features_and_logits, folder_pixels, manifest_pixels
-    from plantid.trust.fit import feature_layout
+    from plantid.trustfit.features import features_and_logits, folder_pixels, manifest_pixels
+    from plantid.trustfit.fit import feature_layout
 
     trained = load_trained(run)
     backend = TorchBackend(trained, ())
@@ -152,7 +152,7 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
-    from plantid.trust.fit import STAGE_DETECTORS, choose_threshold  # these read the last stage's columns too
+    from plantid.trustfit.fit import STAGE_DETECTORS, choose_threshold  # these read the last stage's columns too
     from plantid.trust.ood import fit_detector
 
     t = {k: torch.from_numpy(v) for k, v in d.items() if k != "split"}

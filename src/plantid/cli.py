@@ -245,7 +245,7 @@ def train(
         f"run {result.run_dir}: best val acc {val}, test acc {test_acc}, "
         f"{result.epochs_run} epochs in {result.train_seconds:.0f} s; best checkpoint {result.best_checkpoint}"
     )
-    from plantid.trust.fit import fit_after_training
+    from plantid.trustfit.fit import fit_after_training
 
     fitted = fit_after_training(result.run_dir)
     if fitted is not None:
@@ -257,7 +257,7 @@ def train(
 
 def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
-    from plantid.trust.store import describe_detector
+    from plantid.records import describe_detector
 
     return (f"trust fitted ({run}/trust.json): {describe_detector(fitted.summary())} score"
             f", unknown above {fitted.threshold:.4g} "
@@ -281,7 +281,7 @@ def trust_command(
     """
     from plantid.config import TrustConfig, load_run_config
     from plantid.runfolder import RunFolder
-    from plantid.trust.fit import fit_trust
+    from plantid.trustfit.fit import fit_trust
 
     _setup_logging()
     config_path = RunFolder(run).config
@@ -564,7 +564,7 @@ def audit(
 
     Example: plantid audit runs/lite0 --features auto --folds 5
     """
-    from plantid.trust.audit import audit_run
+    from plantid.trustfit.audit import audit_run
 
     _setup_logging()
     result = audit_run(run, features=features, folds=folds, limit=limit,

@@ -186,13 +186,15 @@ def check_run_folder(run_dir: str | Path) -> None:
 def evaluation_files(split_name: str, folder: bool = False) -> dict[str, str]:
     """File names written for an evaluation: plain for the test split, suffixed otherwise.
 
-    'test' -> eval.json, confusion_matrix.png, errors.png; 'val' -> eval_val.json,
-    confusion_matrix_val.png, errors_val.png; a folder 'new photos' -> eval_new_photos.json ...
-    (a folder named like a split, e.g. 'test', gets '_folder' appended: eval_test_folder.json).
+    'test' -> eval.json, confusion_matrix.png, errors.png, reliability.png, ood_scores.png; 'val' ->
+    eval_val.json, confusion_matrix_val.png, errors_val.png, ...; a folder 'new photos' ->
+    eval_new_photos.json ... (a folder named like a split, e.g. 'test', gets '_folder' appended:
+    eval_test_folder.json). The last two figures exist for runs with trust files.
     """
     if split_name == "test" and not folder:
-        return {"json": EVAL_FILE, "confusion": "confusion_matrix.png", "errors": "errors.png"}
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", split_name).strip("._-") or "folder"
-    if folder and tag in MANIFEST_SPLITS:
-        tag += "_folder"
-    return {"json": f"eval_{tag}.json", "confusion": f"confusion_matrix_{tag}.png", "errors": f"errors_{tag}.png"}
+        tag = ""
+    else:
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", split_name).strip("._-") or "folder"
+        tag = "_" + tag + ("_folder" if folder and tag in MANIFEST_SPLITS else "")
+    return {"json": f"eval{tag}.json", "confusion": f"confusion_matrix{tag}.png", "errors": f"errors{tag}.png",
+            "reliability": f"reliability{tag}.png", "ood": f"ood_scores{tag}.png"}

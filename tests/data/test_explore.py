@@ -18,7 +18,8 @@ from PIL import Image
 from rich.console import Console
 from skimage.measure import label, regionprops
 
-from plantid.data.explore import NORMAL_COLOUR, RARE_COLOUR, SPLIT_COLOURS, explore
+from plantid.data.explore import NORMAL_COLOUR, RARE_COLOUR, explore
+from plantid.figures import SPLIT_COLOURS
 from plantid.errors import PlantidError
 
 MIN_BAR_WIDTH = 30  # pixels: wider than any legend patch or text, narrower than any bar here

@@ -97,7 +97,8 @@ def test_default_tta_is_the_runs_eval_tta(copy_run: Path):
 def test_val_split_writes_its_own_files_without_tta(copy_run: Path, tiny_classes: list[str]):
     result = evaluate_run(copy_run, "val", console=quiet())
     names = output_names("val")
-    assert names == {"json": "eval_val.json", "confusion": "confusion_matrix_val.png", "errors": "errors_val.png"}
+    assert names == {"json": "eval_val.json", "confusion": "confusion_matrix_val.png", "errors": "errors_val.png",
+                     "reliability": "reliability_val.png", "ood": "ood_scores_val.png"}
     saved = json.loads((copy_run / "eval_val.json").read_text(encoding="utf-8"))
     assert saved == result and saved["split"] == "val" and saved["tta"] is None
     assert_consistent(saved, saved["n_images"], tiny_classes)

@@ -10,10 +10,10 @@ import pytest
 from plantid.evaluate.metrics import (
     classification_metrics,
     confusion_counts,
-    row_normalize,
     top_ks_for,
     worst_errors,
 )
+from plantid.evaluate.plots import row_normalize
 
 # 6 photos, 4 classes; class "d" has no photo and is never predicted.
 PROBS = np.array(

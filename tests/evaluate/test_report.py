@@ -19,9 +19,9 @@ from plantid.data.explore import class_distribution_figure
 from plantid.evaluate.plots import (
     error_grid_figure,
     read_metrics_csv,
-    save_png,
     training_curves_figure,
 )
+from plantid.figures import save_png
 from plantid.evaluate.report import _duration, build_report, weak_classes
 
 ODD = '<b>x&y "q"'  # a class name that must be escaped in HTML

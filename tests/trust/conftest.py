@@ -23,7 +23,7 @@ def trust_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from plantid.config import load_config
     from plantid.train.run import train_run
-    from plantid.trust.fit import fit_trust
+    from plantid.trustfit.fit import fit_trust
 
     base = tmp_path_factory.mktemp("trust")
     data = make_image_folder(base / "photos", per_class=40, size=SIZE)

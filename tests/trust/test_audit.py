@@ -17,7 +17,7 @@ from PIL import Image
 
 from plantid.data.split import read_manifest, write_manifest
 from plantid.errors import PlantidError
-from plantid.trust.audit import (
+from plantid.trustfit.audit import (
     AUDIT_CSV,
     AUDIT_HTML,
     CSV_HEADER,
@@ -174,7 +174,7 @@ def test_auto_features_are_the_runs_own_even_with_a_pretrained_backbone() -> Non
     from torch import nn
 
     from plantid.config import load_config
-    from plantid.trust.audit import feature_model, has_pretrained_backbone
+    from plantid.trustfit.audit import feature_model, has_pretrained_backbone
 
     cfg = load_config("cpu-default")
     assert has_pretrained_backbone(cfg)

@@ -64,7 +64,7 @@ def test_lowers_the_nll_of_a_trained_runs_val_logits(trust_run: Path) -> None:
     """The tiny run's own val logits, made over-confident, are brought back by the fitted temperature."""
     from plantid.infer.checkpoint import load_trained
     from plantid.infer.predictor import TorchBackend
-    from plantid.trust.features import features_and_logits, manifest_pixels
+    from plantid.trustfit.features import features_and_logits, manifest_pixels
 
     trained = load_trained(trust_run)
     pixels, rows, labels = manifest_pixels(trust_run, trained)

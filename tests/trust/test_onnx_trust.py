@@ -21,7 +21,7 @@ def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: 
 
     from plantid.config import TrustConfig
     from plantid.infer.export import export_run
-    from plantid.trust.fit import fit_trust
+    from plantid.trustfit.fit import fit_trust
 
     run = Path(shutil.copytree(trust_run, tmp_path_factory.mktemp("onnx-trust") / "run", symlinks=True))
     detector, combine = request.param

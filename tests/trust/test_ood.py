@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from plantid.errors import PlantidError
-from plantid.trust.fit import choose_threshold
+from plantid.trustfit.fit import choose_threshold
 from plantid.trust.ood import fit_detector
 
 from tests.trust.conftest import generated_ood
@@ -180,7 +180,7 @@ def test_the_default_detector_reads_no_stage_and_rejects_noise(trust_run_copy: P
     config's way to combine its parts (mean by default) saved with them."""
     from plantid.config import TrustConfig
     from plantid.infer.predictor import Predictor
-    from plantid.trust.fit import fit_trust
+    from plantid.trustfit.fit import fit_trust
 
     trust, _ = fit_trust(trust_run_copy, TrustConfig(detector="mahalanobis+knn", k=5))
     assert trust.settings == {"k": 5, "combine": "mean"} and trust.head().taps == ()

@@ -28,12 +28,12 @@ from plantid.data.images import BadImageError, load_image
 from plantid.data.scan import ScanReport, default_workers, print_scan_table, scan_folder
 from plantid.data.split import SPLITS, Manifest, read_manifest
 from plantid.errors import PlantidError
-from plantid.fileio import atomic_path
+from plantid.figures import SPLIT_COLOURS, save_png
 
-SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
 RARE_COLOUR = "#c44e52"
 NORMAL_COLOUR = "#4c72b0"
 THUMB = 96
+EXPLORE_DPI = 100
 
 
 @dataclass
@@ -64,15 +64,6 @@ def _items_from_manifest(manifest: Manifest) -> list[_Item]:
         for item, (w, h, mode) in zip(items, pool.map(_header, [i.path for i in items])):
             item.width, item.height, item.mode = w, h, mode
     return items
-
-
-def _save(fig, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
 
 
 def class_distribution_figure(counts: Mapping[str | None, Mapping[str, int]], title: str = "Photos per class",
@@ -132,7 +123,7 @@ def _class_distribution(classes: list[str], items: list[_Item], by_split: bool, 
         counts = {s: Counter(i.label for i in items if i.split == s) for s in SPLITS}
     else:
         counts = {None: Counter(i.label for i in items)}
-    return _save(class_distribution_figure(counts, title, classes), path)
+    return save_png(class_distribution_figure(counts, title, classes), path, dpi=EXPLORE_DPI)
 
 
 def _pick(paths: list[str], k: int) -> list[str]:
@@ -180,7 +171,7 @@ def _samples(classes: list[str], items: list[_Item], k: int, path: Path) -> Path
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(f"Sample photos ({k} per class)")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=EXPLORE_DPI)
 
 
 def _sizes(items: list[_Item], path: Path) -> Path:
@@ -217,7 +208,7 @@ def _sizes(items: list[_Item], path: Path) -> Path:
     ax2.set_xlabel("colour mode")
     ax2.set_ylabel("number of photos")
     ax2.set_title("Colour modes (converted to RGB)")
-    return _save(fig, path)
+    return save_png(fig, path, dpi=EXPLORE_DPI)
 
 
 def _print_manifest_table(manifest: Manifest, console) -> None:

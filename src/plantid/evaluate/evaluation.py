@@ -14,8 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from plantid.data.cache import build_cache, resolve_cache_dir
+from plantid.data.scan import scan_folder
+from plantid.data.split import read_manifest
 from plantid.errors import PlantidError
+from plantid.evaluate.plots import (
+    confusion_figure,
+    error_grid_figure,
+    ood_scores_figure,
+    reliability_figure,
+)
+from plantid.figures import save_png
 from plantid.fileio import write_json_atomic
+from plantid.infer.predictor import Predictor, TorchBackend
+from plantid.infer.view_names import parse_tta
+from plantid.records import describe_detector
 from plantid.runfolder import MANIFEST_SPLITS, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -37,9 +50,6 @@ class EvalSet:
 
 
 def _manifest_set(run_dir: Path, split: str, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
-    from plantid.data.cache import build_cache
-    from plantid.data.split import read_manifest
-
     manifest = read_manifest(RunFolder(run_dir).manifest)
     unknown = sorted(set(manifest.classes) - set(classes))
     if unknown:
@@ -70,9 +80,6 @@ def _manifest_set(run_dir: Path, split: str, classes: list[str], image_size: int
 
 
 def _folder_set(folder: Path, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
-    from plantid.data.cache import build_cache
-    from plantid.data.scan import scan_folder
-
     report = scan_folder(folder)
     extra = [c for c in report.classes if c not in classes]
     if extra:
@@ -155,18 +162,16 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     """
     from rich.console import Console
 
+    # lazy: these load torch, which `plantid report` and `plantid ablate` do not need to read eval.json
     from plantid.evaluate.metrics import classification_metrics, worst_errors
-    from plantid.evaluate.plots import confusion_figure, error_grid_figure, save_png
+    from plantid.evaluate.trust_eval import evaluate_trust
     from plantid.infer.checkpoint import load_trained
-    from plantid.infer.predictor import Predictor, TorchBackend
-    from plantid.infer.view_names import parse_tta
+    from plantid.trust.store import load_trust
 
     console = console or Console()
     run_dir = Path(run_dir)
     parse_tta(tta)  # validate before the (slow) model and data loading
     trained = load_trained(run_dir)
-    from plantid.trust.store import load_trust
-
     trust = load_trust(trained.checkpoint.parent, trained.checkpoint, list(trained.classes))
     if ood and trust is None:
         raise PlantidError(f"{run_dir}: --ood needs the run's trust files (the unknown-photo score); "
@@ -174,8 +179,6 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     views = parse_tta(tta, default=trained.config.eval.tta)
     classes = list(trained.classes)
     image_size = trained.image_size
-    from plantid.data.cache import resolve_cache_dir
-
     data = resolve_eval_set(run_dir, split, classes, image_size, resolve_cache_dir(trained.config.data.cache_dir))
     for path, reason in data.skipped:
         log.warning("skipping %s: %s", path, reason)
@@ -215,8 +218,6 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     result["trust"] = None
     raw_scores = None
     if trust is not None:
-        from plantid.evaluate.trust_eval import evaluate_trust
-
         result["trust"], raw_scores = evaluate_trust(trained, trust, data.images, data.rows, data.labels,
                                                      list(ood or []), device, batch_size)
 
@@ -231,14 +232,11 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
              run_dir / names["errors"])
     written_paths = [run_dir / names[k] for k in ("json", "confusion", "errors")]
     if result["trust"] is not None:
-        from plantid.evaluate.trust_eval import ood_scores_figure, reliability_figure, trust_figure_names
-
-        figures = trust_figure_names(names["json"])
         written_paths.append(save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
-                                      run_dir / figures["reliability"]))
+                                      run_dir / names["reliability"]))
         if ood:
             written_paths.append(save_png(ood_scores_figure(raw_scores, trust.threshold, data.name),
-                                          run_dir / figures["ood"]))
+                                          run_dir / names["ood"]))
     write_json_atomic(run_dir / names["json"], result)
 
     print_evaluation(result, console)
@@ -296,8 +294,6 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     if not section:
         return
     cal = section["calibration"]
-    from plantid.trust.store import describe_detector
-
     table = Table(title=f"trust: {describe_detector(section)} score, unknown above {section['threshold']:.4g}; "
                         f"temperature {section['temperature']:.3f}", title_justify="left")
     for name in ("", "value"):

@@ -66,13 +66,6 @@ def confusion_counts(probabilities: Any, labels: Any) -> np.ndarray:
     return cm.cpu().numpy().astype(np.int64)
 
 
-def row_normalize(confusion: Any) -> np.ndarray:
-    """Each row divided by its sum (recall on the diagonal); all-zero rows stay zero."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    sums = cm.sum(axis=1, keepdims=True)
-    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
-
-
 def top_ks_for(num_classes: int, ks: Sequence[int] = TOP_KS) -> list[int]:
     """The top-k values reported for K classes: those strictly below K."""
     return [k for k in ks if k < num_classes]

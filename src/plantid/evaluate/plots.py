@@ -1,15 +1,13 @@
-"""Figures for evaluation and reports (matplotlib, rendered with Agg, no display needed).
+"""Figures of an evaluation and of the report: confusion matrix, error grid, training curves,
+reliability diagram and unknown-photo scores (matplotlib, rendered with Agg, no display needed).
 
-Each ``*_figure`` function returns a matplotlib Figure; `save_png` writes one atomically and
-`png_bytes` renders one in memory (for the HTML report). Figures are created without pyplot,
-so nothing here touches the global backend or pyplot's figure registry (safe in servers and
-notebooks). Class names are drawn literally: mathtext is off, so ``$`` or ``_`` show as they are.
+Each ``*_figure`` function returns a matplotlib Figure in the house style; `plantid.figures`
+saves one atomically (`save_png`) or renders it in memory for the HTML report (`png_bytes`).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -21,64 +19,17 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
-from plantid.data.explore import SPLIT_COLOURS
-from plantid.fileio import write_bytes_atomic
-
-DPI = 110
-STYLE = {
-    "text.parse_math": False,
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": False,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
-}
-
-
-def _style():
-    return matplotlib.rc_context(STYLE)
-
-
-def short_label(name: str, width: int = 22) -> str:
-    """A class name cut to `width` characters (with an ellipsis) so axes stay readable."""
-    name = str(name).replace("\n", " ")
-    return name if len(name) <= width else name[: width - 1] + "\u2026"
-
-
-def png_bytes(fig: Figure, dpi: int = DPI, max_width: int | None = None, palette: bool = False) -> bytes:
-    """Render a figure to PNG bytes.
-
-    ``max_width`` lowers the resolution so the image is at most about that many pixels wide (the
-    HTML report's column is ~1000 px); ``palette`` stores it as an optimized 256-colour PNG, which
-    makes grids of photos several times smaller at a barely visible cost.
-    """
-    if max_width:
-        dpi = max(40, min(dpi, int(max_width / max(fig.get_figwidth(), 1e-3))))
-    buf = io.BytesIO()
-    with _style():
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15)
-    if not palette:
-        return buf.getvalue()
-    from PIL import Image
-
-    buf.seek(0)
-    with Image.open(buf) as img:
-        quantized = img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
-    out = io.BytesIO()
-    quantized.save(out, format="PNG", optimize=True)
-    return out.getvalue()
-
-
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
-    """Save a figure as PNG atomically (never a half-written file)."""
-    return write_bytes_atomic(path, png_bytes(fig, dpi))
-
+from plantid.data.images import BadImageError, load_image
+from plantid.figures import DPI, SPLIT_COLOURS, figure_style, short_label
 
 # ---- confusion matrix ----------------------------------------------------------------------------
+
+
+def row_normalize(confusion: Any) -> np.ndarray:
+    """Each row divided by its sum (recall on the diagonal); all-zero rows stay zero."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    sums = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
 
 
 def _draw_matrix(ax, values: np.ndarray, labels: list[str], fmt: Callable[[float], str], title: str,
@@ -112,8 +63,6 @@ def _draw_matrix(ax, values: np.ndarray, labels: list[str], fmt: Callable[[float
 
 def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "Confusion matrix") -> Figure:
     """Counts and row-normalized confusion matrices side by side (rows: true, columns: predicted)."""
-    from plantid.evaluate.metrics import row_normalize
-
     cm = np.asarray(confusion, dtype=np.int64)
     norm = row_normalize(cm)
     k = len(classes)
@@ -122,7 +71,7 @@ def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "Confu
     cell = 0.45 if k <= 10 else 0.36 if k <= 30 else 0.18
     side = max(3.6, cell * k + 1.6)
     label_room = 0.075 * max(len(x) for x in labels)  # inches taken by the longest tick label
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(2 * (side + label_room) + 1.8, side + label_room * 0.7 + 0.9), dpi=DPI,
                      layout="constrained")
         axes = fig.subplots(1, 2)
@@ -140,8 +89,6 @@ def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "Confu
 
 
 def _load_thumbnail(path: str, size: int) -> np.ndarray | None:
-    from plantid.data.images import BadImageError, load_image
-
     try:
         return load_image(path, size)
     except (BadImageError, OSError):
@@ -158,7 +105,7 @@ def error_grid_figure(errors: Sequence[Mapping[str, Any]], title: str = "Most co
     """
     errors = list(errors)[:limit]
     loader = loader or _load_thumbnail
-    with _style():
+    with figure_style():
         if not errors:
             fig = Figure(figsize=(6.4, 2.2), dpi=DPI)
             fig.text(0.5, 0.62, "No misclassified images", ha="center", va="center", fontsize=16,
@@ -308,7 +255,7 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
     lr_cols = _top_lr_columns(s)
     if not (train_loss or s.get("val_loss") or s.get("train_acc") or s.get("val_acc") or lr_cols):
         return None
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(13.5, 3.8), dpi=DPI)
         axes = fig.subplots(1, 3)
         ax = axes[0]
@@ -367,3 +314,54 @@ def _finish_axis(ax, title: str, ylabel: str, drawn: bool, legend: bool = True) 
         ax.set_yticks([])
     elif legend:
         ax.legend(frameon=False)
+
+
+# ---- calibration and unknown photos --------------------------------------------------------------
+
+
+def reliability_figure(section: dict[str, Any], title: str = "Reliability") -> Figure:
+    """Accuracy against confidence per bin, before and after the temperature, with the diagonal."""
+    cal = section["calibration"]
+    with figure_style():
+        fig = Figure(figsize=(5.6, 4.4))
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", label="perfect calibration")
+        for key, colour, label in (("bins_before", "#E45756", f"softmax (ECE {100 * cal['ece_before']:.1f}%)"),
+                                   ("bins_after", "#4C78A8", f"T = {section['temperature']:.2f} (ECE {100 * cal['ece_after']:.1f}%)")):
+            bins = [b for b in cal[key] if b["count"]]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=colour, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title)
+        ax.legend(loc="upper left", frameon=False)
+    return fig
+
+
+def ood_scores_figure(raw: dict[str, np.ndarray], threshold: float, split_name: str,
+                      title: str = "Not one of the species: OOD scores") -> Figure:
+    """Histograms of the score for the evaluated photos and each foreign folder, with the threshold."""
+    colours = ["#54A24B", "#E45756", "#F58518", "#B279A2", "#72B7B2", "#9D755D"]
+    finite = np.concatenate([v[np.isfinite(v)] for v in raw.values() if len(v)] + [np.array([threshold])])
+    low, high = float(finite.min()), float(finite.max())
+    log_x = low > 0 and high / max(low, 1e-12) > 100
+    edges = np.geomspace(low, high, 40) if log_x else np.linspace(low, high, 40)
+    with figure_style():
+        fig = Figure(figsize=(6.4, 3.8))
+        ax = fig.add_subplot()
+        for i, (name, scores) in enumerate(raw.items()):
+            label = f"{split_name} photos" if name == "split" else name
+            if len(scores):
+                ax.hist(scores, bins=edges, alpha=0.55, color=colours[i % len(colours)], label=f"{label} ({len(scores)})",
+                        density=True)
+        ax.axvline(threshold, color="#333333", lw=1.5, ls="--", label="threshold (above: unknown)")
+        if log_x:
+            ax.set_xscale("log")  # mathtext is off in plots' style: plain tick labels
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("OOD score (higher = less like the training photos)")
+        ax.set_ylabel("density")
+        ax.set_title(title)
+        ax.legend(frameon=False, fontsize=8)
+    return fig

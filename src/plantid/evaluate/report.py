@@ -17,10 +17,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from plantid.data.split import read_manifest
+from plantid.config import load_run_config
+from plantid.data.explore import class_distribution_figure
+from plantid.data.split import SPLITS, read_manifest
 from plantid.errors import PlantidError
+from plantid.evaluate.evaluation import evaluate_run
 from plantid.evaluate.next_steps import advise
+from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
+from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
+from plantid.records import describe_detector
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -162,9 +168,6 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     Returns (evaluation or None, a note for the reader or None)."""
     from rich.console import Console
 
-    from plantid.data.split import read_manifest
-    from plantid.evaluate.evaluation import evaluate_run
-
     run = RunFolder(run_dir)
     current = _read_json(run.eval)
     valid = isinstance(current, dict) and "metrics" in current
@@ -229,10 +232,6 @@ def _training_speed(summary: dict[str, Any]) -> str:
 
 
 def _data_section(run_dir: Path) -> str:
-    from plantid.data.split import SPLITS, read_manifest
-    from plantid.data.explore import class_distribution_figure
-    from plantid.evaluate.plots import png_bytes
-
     try:
         manifest = read_manifest(RunFolder(run_dir).manifest)
     except PlantidError as exc:
@@ -279,10 +278,6 @@ def _metrics_table(result: dict) -> str:
 
 def _trust_section(run_dir: Path, result: dict) -> str:
     """Calibration and the "not one of my species" check (eval.json's "trust"), or how to get them."""
-    from plantid.evaluate.plots import png_bytes
-    from plantid.evaluate.trust_eval import reliability_figure, trust_figure_names
-    from plantid.trust.store import describe_detector
-
     trust = result.get("trust")
     if not trust:
         return ('<p class="empty">This run has no trust files: photos of other things are not flagged as unknown '
@@ -316,8 +311,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     out.append(_img(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
                     "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo given "
                     "80% is right 80% of the time."))
-    json_name = evaluation_files(result["split"])["json"]
-    scores_png = run_dir / trust_figure_names(json_name)["ood"]
+    scores_png = run_dir / evaluation_files(result["split"])["ood"]
     if trust["ood"] and scores_png.is_file():
         out.append(_img(scores_png.read_bytes(), "OOD score histograms",
                         "The score of the evaluated photos and of each foreign folder; above the line: unknown."))
@@ -475,13 +469,9 @@ def _config_section(run_dir: Path) -> str:
 
 def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     """The report's HTML text for a run folder and its evaluation (pure: reads files, writes none)."""
-    from plantid.evaluate.plots import confusion_figure, error_grid_figure, png_bytes, training_curves_figure
-
     run_dir = Path(run_dir)
     summary = _read_json(RunFolder(run_dir).summary) or {}
     try:
-        from plantid.config import load_run_config
-
         config = load_run_config(RunFolder(run_dir).config)
     except PlantidError:
         config = None

@@ -42,6 +42,8 @@ from plantid.data.images import is_hidden, is_image_name
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
 from plantid.infer.backend_choice import BACKENDS, BackendChoice, choose_backend
+from plantid.infer.predictor import Predictor
+from plantid.infer.view_names import parse_tta
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score"]
@@ -162,9 +164,6 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     With `out` and the table format, the file gets a plain-text table (or csv/json when its
     name ends in .csv/.json).
     """
-    from plantid.infer.predictor import Predictor
-    from plantid.infer.view_names import parse_tta
-
     console = console or Console()
     err_console = err_console or Console(stderr=True)
     fmt = (output_format or "").strip().lower()

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from plantid.errors import PlantidError
+from plantid.infer.checkpoint import load_trained
 from plantid.infer.onnx_export import export_onnx
 from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
 from plantid.infer.submission import export_submission
@@ -31,8 +32,6 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
         raise PlantidError(f"unknown quantization '{quantization}': use static or dynamic")
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
-    from plantid.infer.checkpoint import load_trained
-
     trained = load_trained(run_dir)  # PlantidError (exit 2) for a missing folder or checkpoint
     if trained.checkpoint.is_file() and run_dir.is_file():
         run_dir = trained.checkpoint.parent

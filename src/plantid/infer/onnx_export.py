@@ -24,6 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from plantid import __version__ as plantid_version
+from plantid.data.images import BadImageError, load_image
+from plantid.data.split import read_manifest
+from plantid.data.tensors import to_unit_float
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, sha256_file, write_json_atomic
 from plantid.infer.onnx_backend import (
@@ -35,6 +39,7 @@ from plantid.infer.onnx_backend import (
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES, accuracy_on, quantize_onnx
 from plantid.runfolder import INT8_FILE, PREPROCESSING_FILE, RunFolder
+from plantid.trust.store import load_trust
 
 log = logging.getLogger("plantid")
 
@@ -62,8 +67,6 @@ def probability_model(classifier: Any, trust_head: Any = None) -> Any:
         import torch
         from torch import nn
 
-        from plantid.data.tensors import to_unit_float
-
         class ProbabilityModel(nn.Module):
             def __init__(self, classifier: nn.Module, trust_head: nn.Module | None = None):
                 super().__init__()
@@ -89,8 +92,6 @@ def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = Fals
     "ood_score" output) and their threshold into preprocessing.json.
     """
     import onnx
-
-    from plantid.trust.store import load_trust
 
     target = Path(target)
     folder = target.parent
@@ -225,9 +226,6 @@ def run_photos(run_dir: Path, size: int, limit: int, split_order: tuple[str, ...
 def labelled_run_photos(run_dir: Path, size: int, limit: int,
                         split_order: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     """`run_photos` with each photo's class name: spread over the classes, unreadable photos skipped."""
-    from plantid.data.images import BadImageError, load_image
-    from plantid.data.split import read_manifest
-
     none = (np.zeros((0, size, size, 3), np.uint8), [])
     manifest_path = RunFolder(run_dir).manifest
     if not manifest_path.is_file() or limit <= 0:
@@ -288,8 +286,6 @@ def preprocessing_metadata(trained: Any, model_path: Path, exporter: str, max_di
     """What a consumer needs to feed the model, and where it came from (preprocessing.json)."""
     import onnx
     import torch
-
-    from plantid import __version__ as plantid_version
 
     mean = getattr(trained.model, "mean", None)
     std = getattr(trained.model, "std", None)

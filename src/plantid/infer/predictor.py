@@ -23,6 +23,7 @@ import numpy as np
 
 from plantid.data.images import BadImageError, load_image
 from plantid.errors import PlantidError
+from plantid.infer.view_names import parse_tta
 from plantid.runtime import keep_freed_memory
 
 if TYPE_CHECKING:  # torch and timm load only for the torch backend: the onnx one starts fast
@@ -72,7 +73,7 @@ class TorchBackend:
     def _input(self, images: np.ndarray):
         import torch
 
-        from plantid.data.tensors import to_unit_float
+        from plantid.data.tensors import to_unit_float  # lazy: torch, only for the torch backend
 
         return to_unit_float(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
 
@@ -89,7 +90,7 @@ class TorchBackend:
         """(probabilities N x K, OOD scores N or None without trust) of a uint8 batch."""
         import torch
 
-        from plantid.infer.tta import predict_proba
+        from plantid.infer.tta import predict_proba  # lazy: torch, only for the torch backend
 
         x = self._input(images)
         with torch.inference_mode():
@@ -161,11 +162,10 @@ class Predictor:
 
         `tta` is the `--tta` text (plantid.infer.view_names.parse_tta; 'default' is the run's `eval.tta`).
         """
-        from plantid.infer.view_names import parse_tta
-
         run_dir = Path(run_dir)
         wants_tta = bool(parse_tta(tta))  # a bad view name fails before the checkpoint is read
         if backend == "torch":
+            # lazy: torch loads only for the torch backend, so ONNX predictions start fast
             from plantid.infer.checkpoint import load_trained
             from plantid.trust.store import load_trust
 
@@ -181,7 +181,7 @@ class Predictor:
         if backend in ("onnx", "onnx-int8"):
             if wants_tta:
                 raise PlantidError("TTA runs with the torch backend; drop --tta or use --backend torch")
-            from plantid.infer.onnx_backend import OnnxBackend
+            from plantid.infer.onnx_backend import OnnxBackend  # lazy: onnxruntime, only for this backend
 
             onnx = OnnxBackend.from_run(run_dir, quantized=backend == "onnx-int8")
             predictor = cls(onnx.classes, onnx.image_size, onnx, onnx.model_id, backend)

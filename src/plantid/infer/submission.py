@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from plantid.data.images import resize_pixels
 from plantid.errors import PlantidError
 from plantid.fileio import give_usual_mode, sha256_file, write_json_atomic, write_text_atomic
 from plantid.infer.onnx_export import (
@@ -242,8 +243,6 @@ def _reuse_export(trained: Any, run_dir: Path, staging: Path, quantize: bool, qu
 def _check_submission(trained: Any, run_dir: Path, folder: Path, quantized: bool) -> None:
     """Run model.py in a fresh interpreter (no PYTHONPATH) and compare with PyTorch."""
     import torch
-
-    from plantid.data.images import resize_pixels
 
     real = run_photos(run_dir, SUBMISSION_SIZE, limit=8, split_order=("test", "val", "train"))
     rng = np.random.default_rng(2)

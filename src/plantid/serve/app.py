@@ -213,7 +213,7 @@ def _make_gradcam(predictor: Predictor) -> Any:
     model = getattr(trained, "model", None)
     if predictor.backend != "torch" or model is None or not callable(getattr(model, "gradcam_layer", None)):
         return None
-    from plantid.serve.gradcam import GradCam
+    from plantid.serve.gradcam import GradCam  # lazy: torch, only for a torch backend's heat-map
 
     try:
         return GradCam(model)
@@ -223,7 +223,7 @@ def _make_gradcam(predictor: Predictor) -> Any:
 
 
 def _gradcam_one(predictor: Predictor, cam: Any, data: bytes, target: int | None) -> dict[str, Any]:
-    from plantid.serve.gradcam import encode_png, overlay_heatmap
+    from plantid.serve.gradcam import encode_png, overlay_heatmap  # lazy: torch, as above
 
     started = time.perf_counter()
     try:

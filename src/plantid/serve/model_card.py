@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from plantid.config import load_run_config
 from plantid.infer.predictor import Predictor
 from plantid.runfolder import RunFolder
 
@@ -78,8 +79,6 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
 
 def _read_config(run_dir: Path) -> Any:
     try:
-        from plantid.config import load_run_config
-
         return load_run_config(RunFolder(run_dir).config)
     except Exception:
         return None

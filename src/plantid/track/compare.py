@@ -12,6 +12,7 @@ from typing import Any
 
 from plantid.config import load_run_config
 from plantid.errors import PlantidError
+from plantid.figures import save_png
 from plantid.runfolder import RunFolder
 from plantid.track.runs_table import (
     RunRow,
@@ -154,8 +155,6 @@ def compare_runs(runs: list[str | Path], figure: str | Path | None = None) -> Co
     curves = [epoch_metrics(RunFolder(p).metrics) for p in paths]
     result = Comparison(names, rows, setting_differences(paths), result_rows(rows), curves)
     if figure is not None:
-        from plantid.evaluate.plots import save_png
-
         result.figure = save_png(overlay_figure(names, curves), figure)
     return result
 

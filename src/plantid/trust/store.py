@@ -19,6 +19,7 @@ import torch
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, sha256_file, write_json_atomic
 from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
+from plantid.trust.ood import TrustHead, build_detector
 
 log = logging.getLogger("plantid")
 
@@ -40,8 +41,6 @@ class FittedTrust:
 
     def head(self):
         """The TrustHead (detector + temperature) as an nn.Module in eval mode."""
-        from plantid.trust.ood import TrustHead, build_detector
-
         return TrustHead(build_detector(self.detector, self.tensors, **self.settings), self.temperature,
                          taps=tuple(self.settings.get("taps") or ())).eval()
 
@@ -49,18 +48,6 @@ class FittedTrust:
         """What predictors and exports publish about it (JSON-ready, no tensors)."""
         return {"detector": self.detector, **self.settings, "temperature": self.temperature,
                 "threshold": self.threshold, "keep": self.keep}
-
-
-def describe_detector(summary: dict[str, Any]) -> str:
-    """The unknown-photo score in words, from a trust summary (trust.json, eval.json's "trust"),
-    e.g. "mahalanobis+knn+stage (k = 50; mean of its parts; last stage blocks.6)": the CLI, the
-    evaluate table and the report name it the same way."""
-    details = [f"k = {summary['k']}"] if "k" in summary else []
-    if str(summary["detector"]).startswith("mahalanobis+knn"):  # the detectors made of parts
-        details.append("mean of its parts" if summary.get("combine") == "mean" else "largest of its parts")
-    if summary.get("taps"):
-        details.append(f"last stage {', '.join(summary['taps'])}")
-    return str(summary["detector"]) + (f" ({'; '.join(details)})" if details else "")
 
 
 def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path]:

@@ -25,8 +25,11 @@ import yaml
 
 from plantid.config import RunConfig, load_config
 from plantid.errors import PlantidError, first_line
+from plantid.evaluate.evaluation import evaluate_run
 from plantid.fileio import write_json_atomic, write_text_atomic
 from plantid.runfolder import RunFolder, evaluation_files
+from plantid.train.run import prepare_manifest, train_run
+from plantid.tune.ablate_report import ablation_markdown, provenance
 
 log = logging.getLogger("plantid")
 
@@ -175,8 +178,6 @@ def _check_settings(runs: Path, identity: dict[str, Any]) -> None:
 
 def train_arm(cfg: RunConfig, run_dir: Path) -> bool:
     """Train the arm, continue it from last.ckpt, or reuse it when finished; True when reused."""
-    from plantid.train.run import train_run
-
     run = RunFolder(run_dir)
     if run.summary.is_file() and run.checkpoint() is not None:
         return True
@@ -196,8 +197,6 @@ def evaluate_arm(run_dir: Path, split: str) -> tuple[float, float | None, list[s
     if result is None or result.get("tta") is None:
         from rich.console import Console
 
-        from plantid.evaluate.evaluation import evaluate_run
-
         result = evaluate_run(run_dir, split=split, tta="default", console=Console(file=io.StringIO()))
     tta = result.get("tta") or {}
     views_acc = tta.get("metrics", {}).get("accuracy")
@@ -209,8 +208,6 @@ def ablate(data: Path, suite: str = DEFAULT_SUITE, *, out: Path = Path("docs/abl
            command: str = "plantid ablate") -> AblationResult:
     """Train and evaluate every arm of `suite` on `data` (one split, one seed, `budget_minutes`
     of training per arm), then write the comparison tables as markdown to `out` (atomically)."""
-    from plantid.tune.ablate_report import ablation_markdown, provenance
-
     data = Path(data).expanduser()
     if not data.exists():
         raise PlantidError(f"{data}: no such folder or file; pass an image folder (one subfolder per species) "
@@ -227,8 +224,6 @@ def ablate(data: Path, suite: str = DEFAULT_SUITE, *, out: Path = Path("docs/abl
     _check_settings(runs, {"common": {"data": str(data.resolve()), "settings": settings},
                            "arms": {n: {"recipe": a.recipe, "set": list(a.overrides)} for n, a in chosen.arms.items()}})
     if not manifest.is_file():
-        from plantid.train.run import prepare_manifest
-
         data_key = "data.manifest" if data.suffix == ".csv" else "data.root"
         first = next(iter(chosen.arms.values()))
         prepare_manifest(load_config(first.recipe, [*settings, f"{data_key}={data.resolve()}"]), runs)

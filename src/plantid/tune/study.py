@@ -33,7 +33,10 @@ from plantid.data.split import read_manifest, write_manifest
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
 from plantid.runfolder import RunFolder
+from plantid.train.run import prepare_manifest, train_run
 from plantid.tune.folder import STUDY_NAME, TuneFolder
+from plantid.tune.plots import save_study_plots
+from plantid.tune.pruning import PruneOnValAcc
 from plantid.tune.search_space import (
     apply_params,
     check_space,
@@ -150,8 +153,6 @@ def check_same_search(study: optuna.Study, identity: dict[str, Any], folder: Tun
 
 def trial_manifest(cfg: RunConfig, folder: TuneFolder) -> Path:
     """The split every trial uses, made once: the data's split.csv less its test photos."""
-    from plantid.train.run import prepare_manifest
-
     if folder.trials_manifest.is_file():
         return folder.trials_manifest
     full = RunFolder(folder.root).manifest
@@ -178,9 +179,6 @@ def trial_budget(cfg: RunConfig, budget_minutes: float | None, trials: int) -> d
 
 def _objective(base: RunConfig, space: dict[str, Any], folder: TuneFolder, manifest: Path,
                budget: dict[str, Any]):
-    from plantid.train.run import train_run
-    from plantid.tune.pruning import PruneOnValAcc
-
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         run_dir = Path(trial.user_attrs.get("run_dir") or folder.trial_dir(trial.number).absolute())
@@ -265,8 +263,6 @@ def tune(data: Path, recipe: str, trials: int, out: Path, *, overrides: list[str
         result = _summarize(study, folder, ran=len(ran))
         if result.complete:
             result.recipe = write_best_recipe(base, study, folder, command)
-            from plantid.tune.plots import save_study_plots
-
             result.plots, result.skipped_plots = save_study_plots(study, folder)
     return result
 

@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from plantid.config import TrustConfig
+from plantid.config import TrustConfig, load_run_config
 from plantid.errors import PlantidError
+from plantid.infer.checkpoint import load_trained
+from plantid.infer.predictor import TorchBackend
 from plantid.runfolder import RunFolder
 from plantid.trust.calibration import crossfit_probabilities, expected_calibration_error, fit_temperature, nll
-from plantid.trust.features import features_and_logits, manifest_pixels
 from plantid.trust.ood import fit_detector
 from plantid.trust.store import FittedTrust, save_trust
+from plantid.trustfit.features import features_and_logits, manifest_pixels
 
 log = logging.getLogger("plantid")
 
@@ -99,9 +101,6 @@ def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str =
 
     `cfg` defaults to the run's own `trust` settings (config.yaml).
     """
-    from plantid.infer.checkpoint import load_trained
-    from plantid.infer.predictor import TorchBackend
-
     trained = load_trained(Path(run_dir))
     folder = trained.checkpoint.parent
     cfg = cfg or trained.config.trust
@@ -129,8 +128,6 @@ def fit_after_training(run_dir: str | Path, device: str = "cpu") -> FittedTrust 
 
     A failure here (say, an empty val split) is logged as one line and leaves the trained run usable.
     """
-    from plantid.config import load_run_config
-
     config_path = RunFolder(run_dir).config
     if config_path.is_file() and not load_run_config(config_path).trust.enabled:
         return None

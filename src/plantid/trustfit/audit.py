@@ -37,8 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from plantid.data.cache import build_cache, resolve_cache_dir
+from plantid.data.split import SPLITS, read_manifest
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.infer.checkpoint import load_trained
+from plantid.models import build_model
+from plantid.models.classifier import SeedHead, members_of
+from plantid.models.factory import SCRATCH_MODELS
 from plantid.runfolder import AUDIT_CSV, AUDIT_HTML, RunFolder
 
 log = logging.getLogger("plantid")
@@ -88,8 +94,6 @@ class AuditResult:
 # -- features -----------------------------------------------------------------------------------
 def _pooled_layers(model) -> list:
     """The first head layer of each network: its input is the backbone's pooled features."""
-    from plantid.models.classifier import SeedHead, members_of
-
     layers = []
     for member in members_of(model):
         head = getattr(member, "head", None)
@@ -99,8 +103,6 @@ def _pooled_layers(model) -> list:
 
 def _stage_modules(model) -> list:
     """The modules whose outputs are the backbone's stage feature maps (timm's `feature_info`)."""
-    from plantid.models.classifier import members_of
-
     modules = []
     for member in members_of(model):
         info = getattr(member.backbone, "feature_info", None) or []
@@ -162,8 +164,6 @@ def pooled_features(model, images: np.ndarray, rows: np.ndarray | None = None, b
 
 def has_pretrained_backbone(config) -> bool:
     """Whether the run's backbone started from pretrained weights (not a from-scratch net)."""
-    from plantid.models.factory import SCRATCH_MODELS
-
     return config.model.name.strip() not in SCRATCH_MODELS and config.model.weights.strip().lower() != "none"
 
 
@@ -183,7 +183,6 @@ def feature_model(trained, source: str):
             f"{trained.checkpoint}: {trained.config.model.name} was trained from scratch and has no pretrained "
             "backbone; use --features model"
         )
-    from plantid.models import build_model
 
     cfg = trained.config.model.model_copy(update={"members": 1})
     return build_model(cfg, len(trained.classes), trained.image_size).eval(), "pretrained"
@@ -260,10 +259,6 @@ def audit_run(run_dir: str | Path, features: str = "auto", folds: int = 5, split
     size (reusing the training cache); `features` picks the feature network (`feature_model`);
     `limit` caps the photos shown in the HTML grid (the CSV lists them all).
     """
-    from plantid.data.cache import build_cache, resolve_cache_dir
-    from plantid.data.split import SPLITS, read_manifest
-    from plantid.infer.checkpoint import load_trained
-
     run_dir = Path(run_dir)
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from plantid.data.cache import build_cache, resolve_cache_dir
+from plantid.data.images import BadImageError, load_image
+from plantid.data.split import read_manifest
 from plantid.errors import PlantidError
 from plantid.runfolder import RunFolder
 
@@ -32,9 +35,6 @@ def features_and_logits(backend, images: np.ndarray, rows: np.ndarray | None = N
 def manifest_pixels(run_dir: Path, trained) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The run's pixel cache (every split.csv row, as training built it), and per split its row
     indices and label indices into the model's classes."""
-    from plantid.data.cache import build_cache, resolve_cache_dir
-    from plantid.data.split import read_manifest
-
     manifest_path = RunFolder(run_dir).manifest
     if not manifest_path.is_file():
         raise PlantidError(f"{manifest_path}: not found; trust is fitted on the run's own split (retrain the run)")
@@ -57,8 +57,6 @@ def manifest_pixels(run_dir: Path, trained) -> tuple[np.ndarray, dict[str, np.nd
 def folder_pixels(paths: list[str], image_size: int) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Photos (any folder layout) decoded with the one preprocessing: (uint8 N x S x S x 3, used paths,
     (path, reason) of unreadable ones)."""
-    from plantid.data.images import BadImageError, load_image
-
     images, used, skipped = [], [], []
     for path in paths:
         try:
