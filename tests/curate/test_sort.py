@@ -41,7 +41,7 @@ def trusted_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The session's tiny run with its trust files fitted (temperature, unknown-photo score)."""
     import shutil
 
-    from plantid.trust.fit import fit_trust
+    from plantid.trustfit.fit import fit_trust
 
     run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("sort") / "run", symlinks=True))
     fit_trust(run)
