@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from plantid.records import read_summary
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 DATASETS = {"leaf": SHARED / "an2dl2022-plants", "flower": SHARED / "oxford17-flowers"}
@@ -65,7 +67,7 @@ def train(folder: Path, run: Path, epochs: int, image_size: int, extra: list[str
     stamp = {"flipped": flipped, "epochs": epochs, "image_size": image_size, "extra": extra}
     if (run / "train_summary.json").is_file() and (run / "flips.json").is_file():
         if json.loads((run / "flips.json").read_text()) == stamp:
-            return json.loads((run / "train_summary.json").read_text())["train_seconds"]
+            return read_summary(run).train_seconds
     shutil.rmtree(run, ignore_errors=True)
     cmd = [sys.executable, "-m", "plantid.cli", "train", "--data", str(folder), "--recipe", "cpu-default",
            "--out", str(run), f"train.epochs={epochs}", "train.resize_phases=[]", f"data.image_size={image_size}",
@@ -118,7 +120,7 @@ def main() -> None:
                         help="training lengths: fine-tuned features memorise flipped labels as training goes on")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--work", type=Path, default=Path("/tmp/plantid-bench-audit"), help="symlink folders (not the repo)")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "helperG" / "bench-audit")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench-audit")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for training")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
@@ -135,7 +137,7 @@ def main() -> None:
         for epochs in args.epochs:
             run = args.runs / f"{name}-{epochs}ep"
             train_s = train(folder, run, epochs, args.image_size, args.set, flipped)
-            summary = json.loads((run / "train_summary.json").read_text())
+            summary = read_summary(run)
             variants = {}
             for features in ("model", "pretrained"):  # the last one written stays in the run (the default's)
                 started = time.perf_counter()
@@ -151,8 +153,8 @@ def main() -> None:
             results.append({
                 "dataset": name, "source": str(DATASETS[name].relative_to(REPO.parent)), "per_class": args.per_class,
                 "photos": sum(1 for _ in folder.rglob("*") if _.is_symlink()), "flipped": len(flipped),
-                "epochs": epochs, "train_seconds": round(train_s, 1), "val_acc": summary.get("best_val_acc"),
-                "test_acc": summary.get("test_acc"), "variants": variants,
+                "epochs": epochs, "train_seconds": round(train_s, 1), "val_acc": summary.best_val_acc,
+                "test_acc": summary.test_acc, "variants": variants,
             })
 
     print(f"\nflip {args.flip:.0%} of {args.per_class} photos a class; recall in the audit's top {2 * args.flip:.0%} "

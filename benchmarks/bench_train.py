@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from plantid.records import read_evaluation, read_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "an2dl2022-plants"
 CPU_RECIPES = ["simple-cnn", "inception", "cpu-default"]
@@ -35,7 +37,7 @@ def train_once(recipe: str, manifest: Path, out: Path, overrides: list[str]) -> 
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{recipe} failed:\n{proc.stderr[-3000:]}")
-    summary = json.loads((out / "train_summary.json").read_text())
+    summary = read_summary(out).model_dump()
     summary["wall_seconds"] = round(wall, 1)
     summary["command"] = " ".join(["plantid", *cmd[3:]])
     return summary
@@ -47,7 +49,7 @@ def test_acc_with_tta(run: Path, tta: str = "default") -> float:
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise SystemExit(f"evaluating {run} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((run / "eval.json").read_text())["tta"]["metrics"]["accuracy"]
+    return read_evaluation(run).tta.metrics.accuracy
 
 
 def _sizes_label(sizes: list[int]) -> str:

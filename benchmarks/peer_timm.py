@@ -46,13 +46,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from plantid.records import read_summary
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "an2dl2022-plants"
 DEFAULT_TIMM = REPO.parent / "shared" / "peers" / "timm"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-# -- helpers --------------------------------------------------------------------------------
+# -- shared steps --------------------------------------------------------------------------------
 def run_logged(name: str, cmd: list[str], log: Path, cwd: Path | None = None) -> float:
     """Run cmd with stdout+stderr to `log`; return wall seconds, or exit with the log's tail."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -319,10 +321,10 @@ def main() -> None:
     def run_plantid() -> dict:
         print("running plantid train ...", flush=True)
         wall = run_logged("plantid train", plantid_cmd, work / "plantid.log")
-        summary = json.loads((work / "plantid" / "train_summary.json").read_text())
-        return {"tool": "plantid", "model": summary["model"], "image_size": summary["image_size"],
-                "epochs": summary["epochs_run"], "wall_seconds": wall, "val_acc": summary["best_val_acc"],
-                "test_acc": summary["test_acc"], "train_seconds_reported": summary.get("train_seconds"),
+        summary = read_summary(work / "plantid")
+        return {"tool": "plantid", "model": summary.model, "image_size": summary.image_size,
+                "epochs": summary.epochs_run, "wall_seconds": wall, "val_acc": summary.best_val_acc,
+                "test_acc": summary.test_acc, "train_seconds_reported": summary.train_seconds,
                 "commands": [shlex.join(plantid_cmd)]}
 
     def run_timm() -> dict:

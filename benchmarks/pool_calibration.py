@@ -26,13 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from plantid.fileio import write_json_atomic
+from plantid.records import Evaluation
 
 Bins = list[tuple[int, float, float]]  # (photos, mean confidence, accuracy) per confidence bin, in order
 
 
 def run_bins(eval_json: Path) -> Bins:
     """Every bin after the temperature in one eval.json (an empty bin is (0, 0.0, 0.0))."""
-    calibration = (json.loads(eval_json.read_text()).get("trust") or {}).get("calibration")
+    evaluation = Evaluation.read(eval_json)
+    calibration = ((evaluation.trust if evaluation else None) or {}).get("calibration")
     if not calibration:
         raise SystemExit(f"{eval_json}: no calibration; run `plantid evaluate RUN --split test` on a run with trust files")
     return [(b["count"], b["confidence"] or 0.0, b["accuracy"] or 0.0) for b in calibration["bins_after"]]

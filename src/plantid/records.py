@@ -1,11 +1,210 @@
-"""Typed records of a run folder's files (read and written through here, so a renamed field fails
-loudly), and the words plantid uses for them. Torch-free: the report, the runs table and serve's
-model card read run folders without loading a model.
+"""Typed records of a run folder's files: train_summary.json, eval*.json, trust.json and metrics.csv.
+
+Each JSON file is written and read through one pydantic model here, so a field renamed on one
+side fails loudly on the other (an unknown key is refused, a missing one too) instead of reading
+as "n/a". A record that cannot be read is one line naming the file and what to do
+(`PlantidError`). To check more (finite numbers, ranges), add validators to the models: every
+reader goes through them. Torch-free: the report, the runs table and serve's model card read run
+folders without loading a model. `RunFolder` (plantid.runfolder) names the files.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plantid.errors import PlantidError
+from plantid.fileio import write_json_atomic
+from plantid.runfolder import TRUST_JSON, RunFolder, evaluation_files
+
+log = logging.getLogger("plantid")
+
+
+class RunRecord(BaseModel):
+    """A JSON file of a run folder: `read` it (None when missing), `write` it atomically."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    remedy: ClassVar[str] = "write it again with the plantid command that made it"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Any:
+        """The record in `path`, or None when there is no such file; one line for a file that is
+        not valid JSON or not this record."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            why = _first_problem(exc) if isinstance(exc, ValidationError) else "not readable JSON"
+            raise PlantidError(f"{path}: {why}; {cls.remedy}") from None
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the record as JSON (atomically: a crash never leaves half a file)."""
+        return write_json_atomic(path, self.model_dump(mode="json", by_alias=True))
+
+
+def read_or_warn(read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)` (one of the readers here), or None with a warning line when the file is not a
+    valid record: for pages and tables that are better drawn without one file than not at all."""
+    try:
+        return read(*args)
+    except PlantidError as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the file"
+    return f"{where}: {error['msg'].lower()} ({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''})"
+
+
+# ---- train_summary.json ------------------------------------------------------------------------
+
+
+class TrainSummary(RunRecord):
+    """What `plantid train` measured: best val accuracy, test accuracy, epochs, seconds, speed."""
+
+    remedy: ClassVar[str] = "it is written when training ends (`plantid train --resume RUN` finishes a run)"
+
+    recipe: str | None = None
+    model: str | None = None
+    members: int | None = None
+    image_size: int | None = None
+    train_image_sizes: list[int] | None = None  # the training size of each epoch (progressive resizing)
+    classes: list[str] | None = None
+    best_val_acc: float | None
+    test_acc: float | None  # None when the run has no test split or `train.score_test` is false
+    epochs_run: int
+    train_seconds: float  # over every resume of the run
+    train_images_per_s: float | None = None
+    world_size: int | None = None
+    best_checkpoint: str | None = None
+    parameters: dict[str, int] | None = None  # {"trainable": n, "frozen": n}
+
+
+# ---- eval*.json ----------------------------------------------------------------------------------
+
+
+class Metrics(BaseModel):
+    """Accuracy and its companions over one set of predictions (plantid.evaluate.metrics)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accuracy: float
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    top_k: dict[str, float] = Field(default_factory=dict)  # {"3": top-3 accuracy, ...}
+
+
+class ClassRow(BaseModel):
+    """One class's line of the per-class table."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(alias="class")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Mistake(BaseModel):
+    """One of the most confident mistakes (the error grid)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    true: str
+    pred: str
+    confidence: float
+
+
+class ViewsResult(BaseModel):
+    """The same evaluation with test-time views (`--tta`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    views: list[str]
+    metrics: Metrics
+    per_class: list[ClassRow] = Field(default_factory=list)
+    confusion: list[list[int]] = Field(default_factory=list)
+
+
+class Evaluation(RunRecord):
+    """`plantid evaluate`'s result for one split or folder (eval.json, eval_val.json, ...)."""
+
+    remedy: ClassVar[str] = "evaluate the run again (`plantid evaluate RUN`)"
+
+    split: str
+    n_images: int | None = None
+    classes: list[str] | None = None
+    checkpoint: str | None = None
+    metrics: Metrics
+    per_class: list[ClassRow] = Field(default_factory=list)
+    confusion: list[list[int]] = Field(default_factory=list)
+    tta: ViewsResult | None = None
+    worst: list[Mistake] = Field(default_factory=list)
+    # calibration and unknown-photo results (plantid.evaluate.trust_eval); None without trust files
+    trust: dict[str, Any] | None = None
+
+
+def read_evaluation(run_dir: str | os.PathLike, split: str = "test") -> Evaluation | None:
+    """The run's evaluation of a split (eval.json for test, eval_<split>.json otherwise), or None."""
+    return Evaluation.read(Path(run_dir) / evaluation_files(split)["json"])
+
+
+def read_summary(run_dir: str | os.PathLike) -> TrainSummary | None:
+    """The run's train_summary.json, or None before training has ended."""
+    return TrainSummary.read(RunFolder(run_dir).summary)
+
+
+# ---- trust.json ----------------------------------------------------------------------------------
+
+TRUST_FORMAT = "plantid-trust/1"
+
+
+class TrustRecord(RunRecord):
+    """trust.json: the fitted unknown-photo detector and temperature, and what they were fitted for.
+
+    The detector's settings also stand at the top level (k, taps, combine, ...: what the detector
+    was built with), which is why this record, unlike the others, keeps keys it does not name.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    remedy: ClassVar[str] = "refit it with `plantid trust RUN`"
+
+    format: str
+    detector: str
+    temperature: float
+    threshold: float  # OOD score above it -> unknown
+    keep: float  # the share of val photos the threshold keeps
+    settings: dict[str, Any] = Field(default_factory=dict)
+    classes: list[str]
+    measured: dict[str, Any] = Field(default_factory=dict)  # val numbers at fitting time
+    tensors_file: str
+    tensors_sha256: str
+    checkpoint: str
+    checkpoint_size: int
+    checkpoint_sha256: str
+    score: str = "higher = less like the training photos; unknown when score > threshold"
+
+
+def read_trust(run_dir: str | os.PathLike) -> TrustRecord | None:
+    """RUN/trust.json, or None for a run without trust files; one line for another format."""
+    record = TrustRecord.read(Path(run_dir) / TRUST_JSON)
+    if record is not None and record.format != TRUST_FORMAT:
+        raise PlantidError(f"{Path(run_dir) / TRUST_JSON}: not a {TRUST_FORMAT} file; {TrustRecord.remedy}")
+    return record
 
 
 def describe_detector(summary: dict[str, Any]) -> str:
@@ -18,3 +217,71 @@ def describe_detector(summary: dict[str, Any]) -> str:
     if summary.get("taps"):
         details.append(f"last stage {', '.join(summary['taps'])}")
     return str(summary["detector"]) + (f" ({'; '.join(details)})" if details else "")
+
+
+# ---- metrics.csv ---------------------------------------------------------------------------------
+
+
+def read_metrics_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, Any]]]:
+    """(header, rows) of a metrics.csv as Lightning's CSV logger wrote it; ([], []) when it is
+    missing or unreadable."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return [], []
+
+
+def _number(value: str | None) -> float | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def metrics_by_epoch(path: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """Per-epoch series of a metrics.csv: {column: {epoch (0-based): value}}; {} without a file.
+
+    Rows are sparse (each logs only some columns); for each column the last finite value of an
+    epoch wins. A row with a step but no epoch (the learning-rate monitor's) belongs to the first
+    epoch whose logged steps reach its step (after the last epoch: the next one), so the learning
+    rate is drawn beside the losses of the epoch it was used in. The report's curves and compare's
+    read metrics.csv through here.
+    """
+    _, rows = read_metrics_rows(path)
+    last_step: dict[int, float] = {}  # epoch -> largest step logged with it
+    for row in rows:
+        epoch, step = _number(row.get("epoch")), _number(row.get("step"))
+        if epoch is not None and step is not None:
+            last_step[int(epoch)] = max(step, last_step.get(int(epoch), step))
+    ordered = sorted(last_step.items())
+
+    def epoch_of(row: dict[str, Any]) -> int | None:
+        epoch = _number(row.get("epoch"))
+        if epoch is not None:
+            return int(epoch)
+        step = _number(row.get("step"))
+        if step is None:
+            return None
+        for e, s in ordered:
+            if s >= step:
+                return e
+        return ordered[-1][0] + 1 if ordered else 0
+
+    series: dict[str, dict[int, float]] = {}
+    for row in rows:
+        epoch = epoch_of(row)
+        if epoch is None:
+            continue
+        for key, raw in row.items():
+            if key in (None, "epoch", "step"):
+                continue
+            v = _number(raw)
+            if v is not None:
+                series.setdefault(key, {})[epoch] = v
+    return series

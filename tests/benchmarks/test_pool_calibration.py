@@ -29,7 +29,9 @@ def _overconfident_run(rng: np.random.Generator, photos: int, classes: int = 5) 
 def _write_run(folder: Path, probs: np.ndarray, labels: np.ndarray) -> Path:
     folder.mkdir(parents=True)
     bins = calibration(probs, labels)["bins"]
-    (folder / "eval.json").write_text(json.dumps({"trust": {"calibration": {"bins_after": bins}}}))
+    accuracy = float(np.mean(probs.argmax(1) == labels))
+    (folder / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"accuracy": accuracy},
+                                                  "trust": {"calibration": {"bins_after": bins}}}))
     return folder
 
 
@@ -57,7 +59,7 @@ def test_pooled_ece_is_the_ece_of_all_photos_and_its_floor_shrinks(tmp_path: Pat
 
 def test_a_run_without_calibration_is_named(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "eval.json").write_text(json.dumps({"trust": None}))
+    (tmp_path / "run" / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"accuracy": 0.5}, "trust": None}))
     proc = subprocess.run([sys.executable, str(SCRIPT), f"x={tmp_path / 'run'}", "--out", str(tmp_path / "o.json")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "eval.json: no calibration" in proc.stderr and "Traceback" not in proc.stderr

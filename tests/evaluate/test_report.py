@@ -18,7 +18,6 @@ from plantid.evaluate.evaluation import evaluate_run
 from plantid.data.explore import class_distribution_figure
 from plantid.evaluate.plots import (
     error_grid_figure,
-    read_metrics_csv,
     training_curves_figure,
 )
 from plantid.figures import save_png
@@ -136,29 +135,6 @@ def test_weak_classes_and_duration():
     assert _duration(192) == "3 min 12 s"
     assert _duration(3725) == "1 h 02 min"
     assert _duration(None) == "n/a"
-
-
-SPARSE_CSV = """epoch,lr-AdamW,step,train_loss_step,train_loss_epoch,train_acc,val_loss,val_acc,test_acc
-,0.001,0,,,,,,
-0,,9,2.1,,,,,
-0,,9,,,,1.5,0.4,
-0,,9,,1.9,0.3,,,
-,0.0005,10,,,,,,
-1,,19,1.2,,,,,
-1,,19,,,,1.1,0.6,
-1,,19,,1.0,0.55,,,
-2,,20,,,,,,0.58
-"""
-
-
-def test_read_metrics_csv_handles_sparse_rows_and_step_only_lr(tmp_path: Path):
-    path = tmp_path / "metrics.csv"
-    path.write_text(SPARSE_CSV, encoding="utf-8")
-    s = read_metrics_csv(path)
-    assert s["lr-AdamW"] == {0: 0.001, 1: 0.0005}
-    assert s["val_acc"] == {0: 0.4, 1: 0.6}
-    assert s["train_loss_epoch"] == {0: 1.9, 1: 1.0}
-    assert read_metrics_csv(tmp_path / "missing.csv") == {}
 
 
 def test_log_scale_learning_rate_ticks_are_plain_text(tmp_path: Path):

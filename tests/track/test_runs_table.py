@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from plantid.config import load_config
+from plantid.records import metrics_by_epoch
 from plantid.runfolder import RunFolder
-from plantid.track.compare import compare_runs, epoch_metrics
+from plantid.track.compare import compare_runs
 from plantid.track.runs_table import find_runs, recipe_differences
 from tests.support.cli import PLANTID, one_line_error
 
@@ -92,7 +93,7 @@ def test_compare_shows_differences_and_overlays_the_curves(runs_folder: Path, tm
     assert "optim.name" not in settings  # equal in both
     results = dict(result.results)
     assert results["epochs"] == ["2", "1"]
-    base_curves = epoch_metrics(RunFolder(runs_folder / "base").metrics)
+    base_curves = metrics_by_epoch(RunFolder(runs_folder / "base").metrics)
     assert sorted(base_curves["val_acc"]) == [0, 1] and sorted(result.curves[1]["val_acc"]) == [0]
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width > 600 and img.height > 400

@@ -29,7 +29,7 @@ import torch
 
 from tests.support.cli import PLANTID
 
-SEED = 20  # the kill delays; the number
+SEED = 20  # seeds the kill delays
 EPOCHS = 6
 
 
@@ -290,9 +290,9 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
     assert len(list(cache.glob("plantid-*.u8"))) == len(list(cache.glob("plantid-*.json"))) == 1
 
     # A report built now is complete: every epoch's curve, the test numbers.
-    from plantid.evaluate.plots import read_metrics_csv
+    from plantid.records import metrics_by_epoch
 
-    assert set(read_metrics_csv(run / "metrics.csv")["val_acc"]) == set(range(EPOCHS))
+    assert set(metrics_by_epoch(run / "metrics.csv")["val_acc"]) == set(range(EPOCHS))
     proc = _run(["evaluate", str(run)])  # so that timing the report below times rendering and writing it
     assert proc.returncode == 0, proc.stderr[-3000:]
     started = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from plantid.errors import PlantidError
+from plantid.records import read_summary
 
 
 def test_seed_suite_has_the_reports_comparisons_and_every_arm_is_a_valid_config(tmp_path: Path):
@@ -53,7 +54,7 @@ def test_table_chooses_on_val_never_on_test_and_reports_real_evaluations(copy_ru
 
     suite = parse_suite({"arms": {"a": {"recipe": "simple-cnn"}, "b": {"recipe": "simple-cnn", "set": ["loss.name=focal"]}},
                          "comparisons": {"loss": ["a", "b"]}}, "suite test")
-    summary = json.loads((copy_run / "train_summary.json").read_text())
+    summary = read_summary(copy_run)
     results = {"a": ArmResult(suite.arms["a"], copy_run, summary, val, test, val_views, test_views, views),
                "b": ArmResult(suite.arms["b"], copy_run, summary, val - 0.1, test + 0.1, val_views, test_views, views)}
     text = ablation_markdown(suite, results, provenance("plantid ablate --suite test", tiny_photos,

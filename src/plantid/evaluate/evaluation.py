@@ -25,10 +25,9 @@ from plantid.evaluate.plots import (
     reliability_figure,
 )
 from plantid.figures import save_png
-from plantid.fileio import write_json_atomic
 from plantid.infer.predictor import Predictor, TorchBackend
 from plantid.infer.view_names import parse_tta
-from plantid.records import describe_detector
+from plantid.records import Evaluation, describe_detector
 from plantid.runfolder import MANIFEST_SPLITS, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -237,7 +236,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
         if ood:
             written_paths.append(save_png(ood_scores_figure(raw_scores, trust.threshold, data.name),
                                           run_dir / names["ood"]))
-    write_json_atomic(run_dir / names["json"], result)
+    Evaluation.model_validate(result).write(run_dir / names["json"])
 
     print_evaluation(result, console)
     written = ", ".join(str(p) for p in written_paths)

@@ -7,7 +7,6 @@ saves one atomically (`save_png`) or renders it in memory for the HTML report (`
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 
 from plantid.data.images import BadImageError, load_image
 from plantid.figures import DPI, SPLIT_COLOURS, figure_style, short_label
+from plantid.records import metrics_by_epoch
 
 # ---- confusion matrix ----------------------------------------------------------------------------
 
@@ -144,61 +144,6 @@ def error_grid_figure(errors: Sequence[Mapping[str, Any]], title: str = "Most co
 # ---- training curves ------------------------------------------------------------------------------
 
 
-def _float(value: str | None) -> float | None:
-    if value is None or value.strip() == "":
-        return None
-    try:
-        v = float(value)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
-
-
-def read_metrics_csv(path: str | os.PathLike) -> dict[str, dict[int, float]]:
-    """Per-epoch series from a Lightning CSVLogger metrics.csv: {column: {epoch: value}}.
-
-    Rows are sparse (each logs only some columns); for each column the last non-empty value of an
-    epoch wins. Rows without an epoch (LearningRateMonitor logs only the step) are given the first
-    epoch whose logged steps reach theirs. A missing or unreadable file gives {}.
-    """
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
-    last_step: dict[int, float] = {}  # epoch -> largest step logged with it
-    for row in rows:
-        epoch, step = _float(row.get("epoch")), _float(row.get("step"))
-        if epoch is not None and step is not None:
-            last_step[int(epoch)] = max(step, last_step.get(int(epoch), step))
-    ordered = sorted(last_step.items())
-
-    def epoch_of(row: Mapping[str, Any]) -> int | None:
-        epoch = _float(row.get("epoch"))
-        if epoch is not None:
-            return int(epoch)
-        step = _float(row.get("step"))
-        if step is None:
-            return None
-        for e, s in ordered:
-            if s >= step:
-                return e
-        return ordered[-1][0] + 1 if ordered else 0
-
-    series: dict[str, dict[int, float]] = {}
-    for row in rows:
-        epoch = epoch_of(row)
-        if epoch is None:
-            continue
-        for key, raw in row.items():
-            if key in (None, "epoch", "step"):
-                continue
-            v = _float(raw)
-            if v is not None:
-                series.setdefault(key, {})[epoch] = v
-    return series
-
-
 def _plot_series(ax, series: Mapping[int, float], label: str, colour: str, marker: str = "o") -> bool:
     if not series:
         return False
@@ -250,7 +195,7 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
     `size_phases` ((epochs, px), ...) are the run's progressive-resizing phases, shaded on the
     loss and accuracy plots; the epochs after them trained at `final_size`.
     """
-    s = read_metrics_csv(metrics_csv)
+    s = metrics_by_epoch(metrics_csv)
     train_loss = s.get("train_loss_epoch") or s.get("train_loss") or {}
     lr_cols = _top_lr_columns(s)
     if not (train_loss or s.get("val_loss") or s.get("train_acc") or s.get("val_acc") or lr_cols):

@@ -26,7 +26,7 @@ from plantid.evaluate.next_steps import advise
 from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
 from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
-from plantid.records import describe_detector
+from plantid.records import TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -123,6 +123,11 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _read_evaluation(run_dir: Path, split: str) -> dict | None:
+    record = read_or_warn(read_evaluation, run_dir, split)
+    return record.model_dump(mode="json", by_alias=True) if record is not None else None
+
+
 def _pct(x: Any, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * float(x):.{digits}f}%"
 
@@ -169,8 +174,8 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     from rich.console import Console
 
     run = RunFolder(run_dir)
-    current = _read_json(run.eval)
-    valid = isinstance(current, dict) and "metrics" in current
+    current = _read_evaluation(run_dir, "test")
+    valid = current is not None
     if valid and not _is_stale(run.eval, run_dir, current):
         return current, None
     try:
@@ -184,10 +189,10 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
         return None, "The run has neither a test nor a validation split, so there is nothing to evaluate."
     note = None if split == "test" else "There is no test split: these numbers are on the validation split."
     path = run_dir / evaluation_files(split)["json"]
-    result = current if split == "test" else _read_json(path)
-    if isinstance(result, dict) and "metrics" in result and not _is_stale(path, run_dir, result):
+    result = current if split == "test" else _read_evaluation(run_dir, split)
+    if result is not None and not _is_stale(path, run_dir, result):
         return result, note
-    views = ",".join(result["tta"]["views"]) if isinstance(result, dict) and isinstance(result.get("tta"), dict) else None
+    views = ",".join(result["tta"]["views"]) if result is not None and result["tta"] else None
     log.info("evaluating the %s split of %s for the report", split, run_dir)
     return evaluate_run(run_dir, split, tta=views, console=console or Console(quiet=True)), note
 
@@ -201,33 +206,34 @@ def _card(label: str, value: str, detail: str = "", main: bool = False) -> str:
     return f'<div class="{cls}"><div class="label">{e(label)}</div><div class="value">{e(value)}</div>{det}</div>'
 
 
-def _key_numbers(summary: dict, result: dict | None, split_label: str, planned_epochs: int | None = None) -> str:
+def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label: str,
+                 planned_epochs: int | None = None) -> str:
     m = (result or {}).get("metrics") or {}
     tta = (result or {}).get("tta")
-    params = summary.get("parameters") or {}
+    params = (summary.parameters if summary else None) or {}
     cards = [
-        _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.get("test_acc"))),
+        _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.test_acc if summary else None)),
               f"{result['n_images']} images, no TTA" if result else "from training", main=True),
         _card(f"{split_label} accuracy, TTA", _pct(tta["metrics"]["accuracy"]) if tta else "not run",
               f"{len(tta['views'])} views averaged" if tta else "plantid evaluate RUN --tta default", main=bool(tta)),
         _card("Balanced accuracy", _pct(m.get("balanced_accuracy")), "mean per-class recall"),
         _card("Macro-F1", _pct(m.get("macro_f1")), "mean per-class F1"),
-        _card("Best val accuracy", _pct(summary.get("best_val_acc")), "checkpoint selection"),
-        _card("Epochs", str(summary.get("epochs_run", "n/a")), f"of {planned_epochs} planned" if planned_epochs else ""),
-        _card("Training time", _duration(summary.get("train_seconds")), _training_speed(summary)),
+        _card("Best val accuracy", _pct(summary.best_val_acc if summary else None), "checkpoint selection"),
+        _card("Epochs", str(summary.epochs_run) if summary else "n/a", f"of {planned_epochs} planned" if planned_epochs else ""),
+        _card("Training time", _duration(summary.train_seconds if summary else None), _training_speed(summary)),
         _card("Parameters", f"{params['trainable']:,}" if "trainable" in params else "n/a",
               f"trainable, {params.get('frozen', 0):,} frozen" if "trainable" in params else ""),
     ]
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _training_speed(summary: dict[str, Any]) -> str:
+def _training_speed(summary: TrainSummary | None) -> str:
     """'on 2 devices, 412 photos/s': where the run trained and how fast its training steps went."""
     parts = []
-    if summary.get("world_size"):
-        parts.append(f"on {summary['world_size']} device{'s' if summary['world_size'] != 1 else ''}")
-    if summary.get("train_images_per_s"):
-        parts.append(f"{summary['train_images_per_s']:,.0f} photos/s")
+    if summary and summary.world_size:
+        parts.append(f"on {summary.world_size} device{'s' if summary.world_size != 1 else ''}")
+    if summary and summary.train_images_per_s:
+        parts.append(f"{summary.train_images_per_s:,.0f} photos/s")
     return ", ".join(parts)
 
 
@@ -470,12 +476,12 @@ def _config_section(run_dir: Path) -> str:
 def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
     """The report's HTML text for a run folder and its evaluation (pure: reads files, writes none)."""
     run_dir = Path(run_dir)
-    summary = _read_json(RunFolder(run_dir).summary) or {}
+    summary = read_or_warn(read_summary, run_dir)
     try:
         config = load_run_config(RunFolder(run_dir).config)
     except PlantidError:
         config = None
-    config_model = summary.get("model") or (config.model.name if config else "unknown model")
+    config_model = (summary.model if summary else None) or (config.model.name if config else "unknown model")
     planned_epochs = config.train.epochs if config else None
     name = run_dir.resolve().name
     trained_at = _when(RunFolder(run_dir).summary) or _when(RunFolder(run_dir).best_checkpoint) or "unknown date"
@@ -485,10 +491,10 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
            ("confusion", "Confusion matrix"), ("classes", "Per class"), ("next", "Next steps"), ("errors", "Errors"), ("trust", "Trust"),
            ("audit", "Audit"), ("evaluations", "Other evaluations"), ("config", "Config")]
     sub_bits = [f"model <b>{e(config_model)}</b>"]
-    if summary.get("recipe"):
-        sub_bits.append(f"recipe <b>{e(summary['recipe'])}</b>")
-    if summary.get("image_size"):
-        sub_bits.append(f"{e(summary['image_size'])} px input")
+    if summary and summary.recipe:
+        sub_bits.append(f"recipe <b>{e(summary.recipe)}</b>")
+    if summary and summary.image_size:
+        sub_bits.append(f"{e(summary.image_size)} px input")
     sub_bits.append(f"trained {e(trained_at)}")
 
     out = [

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from plantid.config import load_run_config
 from plantid.infer.predictor import Predictor
+from plantid.records import read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def finite(value: Any) -> float | None:
@@ -33,28 +25,23 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
                      top_k: int) -> dict[str, Any]:
     """`GET /api/model`: what the served model knows and how well it did, for the page and clients."""
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
-    summary = _read_json(RunFolder(run_dir).summary) or {}
-    evaluation = _read_json(RunFolder(run_dir).eval)
+    summary = read_or_warn(read_summary, run_dir)
+    evaluation = read_or_warn(read_evaluation, run_dir)
     trained = getattr(predictor, "trained", None)
-    backbone = summary.get("model") or (trained.config.model.name if trained is not None else None)
+    backbone = (summary.model if summary else None) or (trained.config.model.name if trained is not None else None)
     if backbone is None:
         config = _read_config(run_dir)
         backbone = config.model.name if config is not None else "unknown"
 
-    metrics = (evaluation or {}).get("metrics") or {}
-    per_class = (evaluation or {}).get("per_class") or []
-    per_class_f1 = {
-        str(row["class"]): finite(row.get("f1"))
-        for row in per_class
-        if isinstance(row, dict) and "class" in row
-    }
-    eval_split = (evaluation or {}).get("split")
+    metrics = evaluation.metrics if evaluation else None
+    per_class_f1 = {row.name: finite(row.f1) for row in (evaluation.per_class if evaluation else [])}
+    eval_split = evaluation.split if evaluation else None
     test_accuracy = None
-    if evaluation is not None and eval_split in (None, "test"):
-        test_accuracy = finite(metrics.get("accuracy"))
-    if test_accuracy is None:
-        test_accuracy = finite(summary.get("test_acc"))
-    parameters = summary.get("parameters")
+    if evaluation is not None and eval_split == "test":
+        test_accuracy = finite(evaluation.metrics.accuracy)
+    if test_accuracy is None and summary is not None:
+        test_accuracy = finite(summary.test_acc)
+    parameters = summary.parameters if summary else None
     return {
         "model_id": predictor.model_id,
         "backbone": backbone,
@@ -63,13 +50,13 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
         "backend": predictor.backend,
         "test_accuracy": test_accuracy,
         "per_class_f1": per_class_f1,
-        "balanced_accuracy": finite(metrics.get("balanced_accuracy")),
-        "macro_f1": finite(metrics.get("macro_f1")),
+        "balanced_accuracy": finite(metrics.balanced_accuracy) if metrics else None,
+        "macro_f1": finite(metrics.macro_f1) if metrics else None,
         "gradcam_available": gradcam_available,
         "evaluated": evaluation is not None,
         "eval_split": eval_split,
-        "best_val_accuracy": finite(summary.get("best_val_acc")),
-        "parameters": parameters.get("total") if isinstance(parameters, dict) else None,
+        "best_val_accuracy": finite(summary.best_val_acc) if summary else None,
+        "parameters": parameters.get("total") if parameters else None,
         "max_upload_bytes": max_upload_bytes,
         "top_k": top_k,
         # detector, temperature, threshold, keep (plantid.trust), or None: no unknown check

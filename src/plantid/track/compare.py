@@ -4,8 +4,6 @@ one figure overlaying their training curves from each run's metrics.csv.
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from plantid.config import load_run_config
 from plantid.errors import PlantidError
 from plantid.figures import save_png
+from plantid.records import metrics_by_epoch
 from plantid.runfolder import RunFolder
 from plantid.track.runs_table import (
     RunRow,
@@ -43,31 +42,6 @@ class Comparison:
     results: list[tuple[str, list[str]]]  # (label, each run's value)
     curves: list[dict[str, dict[int, float]]]  # per run: metric -> {epoch: value}
     figure: Path | None = None
-
-
-def epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """Per-epoch values from a Lightning metrics.csv: metric -> {epoch: its last value logged in that epoch}.
-
-    Rows without an epoch (the learning-rate monitor's) are skipped; a missing file gives {}.
-    """
-    if not metrics_csv.is_file():
-        return {}
-    out: dict[str, dict[int, float]] = {}
-    with metrics_csv.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            epoch = row.get("epoch") or ""
-            if not epoch.strip():
-                continue
-            for key, value in row.items():
-                if key in ("epoch", "step") or value is None or not value.strip():
-                    continue
-                try:
-                    number = float(value)
-                except ValueError:
-                    continue
-                if math.isfinite(number):
-                    out.setdefault(key, {})[int(float(epoch))] = number
-    return out
 
 
 def short_names(paths: list[Path]) -> list[str]:
@@ -152,7 +126,7 @@ def compare_runs(runs: list[str | Path], figure: str | Path | None = None) -> Co
     check_runs(paths)
     names = short_names(paths)
     rows = [read_run(p, n) for p, n in zip(paths, names)]
-    curves = [epoch_metrics(RunFolder(p).metrics) for p in paths]
+    curves = [metrics_by_epoch(RunFolder(p).metrics) for p in paths]
     result = Comparison(names, rows, setting_differences(paths), result_rows(rows), curves)
     if figure is not None:
         result.figure = save_png(overlay_figure(names, curves), figure)

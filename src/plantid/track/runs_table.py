@@ -16,6 +16,7 @@ from typing import Any
 
 from plantid.config import RunConfig, load_config, load_run_config
 from plantid.errors import PlantidError
+from plantid.records import read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import (
     CONFIG_FILE,
     EXPORT_DIR,
@@ -103,14 +104,6 @@ def recipe_differences(cfg: RunConfig) -> tuple[list[str], bool]:
     return out, found
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _dataset(cfg: RunConfig) -> str:
     if cfg.data.root is not None:
         return Path(cfg.data.root).name
@@ -125,10 +118,10 @@ def read_run(run_dir: Path, name: str | None = None) -> RunRow:
     run = RunFolder(run_dir)
     cfg = load_run_config(run.config)
     overrides, found = recipe_differences(cfg)
-    summary = _read_json(run.summary)
-    evaluation = _read_json(run.eval)
-    tta = evaluation.get("tta") or {}
-    test = (evaluation.get("metrics") or {}).get("accuracy", summary.get("test_acc"))
+    summary = read_or_warn(read_summary, run_dir)
+    evaluation = read_or_warn(read_evaluation, run_dir)
+    tta = evaluation.tta if evaluation else None
+    test = evaluation.metrics.accuracy if evaluation else summary.test_acc if summary else None
     return RunRow(
         path=run_dir,
         name=name or run_dir.name,
@@ -136,16 +129,16 @@ def read_run(run_dir: Path, name: str | None = None) -> RunRow:
         recipe_found=found,
         overrides=overrides,
         dataset=_dataset(cfg),
-        model=summary.get("model") or cfg.model.label,
+        model=(summary.model if summary else None) or cfg.model.label,
         image_size=cfg.data.image_size,
-        classes=len(summary["classes"]) if isinstance(summary.get("classes"), list) else None,
-        epochs=summary.get("epochs_run"),
-        best_val=summary.get("best_val_acc"),
+        classes=len(summary.classes) if summary and summary.classes is not None else None,
+        epochs=summary.epochs_run if summary else None,
+        best_val=summary.best_val_acc if summary else None,
         test=test,
-        test_views=(tta.get("metrics") or {}).get("accuracy"),
-        views=len(tta["views"]) if isinstance(tta.get("views"), list) else None,
-        train_seconds=summary.get("train_seconds"),
-        images_per_s=summary.get("train_images_per_s"),
+        test_views=tta.metrics.accuracy if tta else None,
+        views=len(tta.views) if tta else None,
+        train_seconds=summary.train_seconds if summary else None,
+        images_per_s=summary.train_images_per_s if summary else None,
         finished=run.summary.is_file(),
         mtime=(run.summary if run.summary.is_file() else run.config).stat().st_mtime,
     )

@@ -23,19 +23,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from plantid.fileio import atomic_path
+from plantid.records import read_metrics_rows
 
-__all__ = ["RunCSVLogger", "read_rows"]
-
-
-def read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict[str, Any]]]:
-    """(header, rows) of a metrics.csv; ([], []) when it is missing or unreadable."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return [], []
+__all__ = ["RunCSVLogger"]
 
 
 def _step(row: dict[str, Any]) -> int | None:
@@ -64,7 +54,7 @@ class _HistoryWriter(ExperimentWriter):
         if self._keep_before_step is None:
             super()._check_log_dir_exists()
             return
-        header, rows = read_rows(self.metrics_file_path)
+        header, rows = read_metrics_rows(self.metrics_file_path)
         kept = [row for row in rows if (step := _step(row)) is not None and step < self._keep_before_step]
         if header and kept:
             _write_rows(self.metrics_file_path, header, kept)
@@ -73,7 +63,7 @@ class _HistoryWriter(ExperimentWriter):
             os.remove(self.metrics_file_path)
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        _, rows = read_rows(self.metrics_file_path)
+        _, rows = read_metrics_rows(self.metrics_file_path)
         _write_rows(self.metrics_file_path, fieldnames, rows)
 
 

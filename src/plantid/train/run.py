@@ -39,6 +39,7 @@ from plantid.data.split import describe_growth, read_manifest, split_or_grow, wr
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.models import members_of
+from plantid.records import TrainSummary, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
@@ -333,24 +334,24 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         best_checkpoint=checkpoint,
     )
     if trainer.is_global_zero:
-        previous = _read_summary(run_dir) if resume else {}
-        write_json_atomic(run.summary, {
-            "recipe": cfg.recipe,
-            "model": cfg.model.label,
-            "members": cfg.model.members,
-            "image_size": cfg.data.image_size,
-            "train_image_sizes": [train_image_size(cfg.train.resize_phases, cfg.data.image_size, e)
-                                  for e in range(trainer.current_epoch)],
-            "classes": data.classes,
-            "best_val_acc": result.best_val_acc,
-            "test_acc": result.test_acc,
-            "epochs_run": result.epochs_run,
-            "train_seconds": round(train_seconds + previous.get("train_seconds", 0.0), 2),
-            "train_images_per_s": _images_per_second(trainer),
-            "world_size": trainer.world_size,
-            "best_checkpoint": checkpoint.name,
-            "parameters": counts,
-        })
+        previous = read_or_warn(read_summary, run_dir) if resume else None
+        TrainSummary(
+            recipe=cfg.recipe,
+            model=cfg.model.label,
+            members=cfg.model.members,
+            image_size=cfg.data.image_size,
+            train_image_sizes=[train_image_size(cfg.train.resize_phases, cfg.data.image_size, e)
+                               for e in range(trainer.current_epoch)],
+            classes=data.classes,
+            best_val_acc=result.best_val_acc,
+            test_acc=result.test_acc,
+            epochs_run=result.epochs_run,
+            train_seconds=round(train_seconds + (previous.train_seconds if previous else 0.0), 2),
+            train_images_per_s=_images_per_second(trainer),
+            world_size=trainer.world_size,
+            best_checkpoint=checkpoint.name,
+            parameters=counts,
+        ).write(run.summary)
         log_run_files(run_dir)  # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
     return result
 
@@ -387,7 +388,3 @@ def _images_per_second(trainer: L.Trainer) -> float | None:
     speed = next((c for c in trainer.callbacks if isinstance(c, EpochThroughput)), None)
     return speed.images_per_second if speed is not None else None
 
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    path = RunFolder(run_dir).summary
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

@@ -8,7 +8,6 @@ detector fitted for other weights: `load_trust` then returns None with a one-lin
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 import torch
 
 from plantid.errors import PlantidError
-from plantid.fileio import atomic_path, sha256_file, write_json_atomic
+from plantid.fileio import atomic_path, sha256_file
+from plantid.records import TRUST_FORMAT, TrustRecord, read_trust
 from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
 from plantid.trust.ood import TrustHead, build_detector
 
 log = logging.getLogger("plantid")
 
-FORMAT = "plantid-trust/1"
 
 
 @dataclass
@@ -60,37 +59,27 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
     if not tensors:
         tensors = {"_empty": torch.zeros(0)}  # safetensors files need at least one entry
     with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "detector": trust.detector})
+        save_file(tensors, str(tmp), metadata={"format": TRUST_FORMAT, "detector": trust.detector})
     checkpoint = Path(checkpoint)
-    meta = {
-        "format": FORMAT,
+    TrustRecord(
+        format=TRUST_FORMAT,
         **trust.summary(),
-        "settings": trust.settings,
-        "classes": trust.classes,
-        "measured": trust.measured,
-        "tensors_file": TRUST_TENSORS,
-        "tensors_sha256": sha256_file(tensors_path),
-        "checkpoint": checkpoint.name,
-        "checkpoint_size": checkpoint.stat().st_size,
-        "checkpoint_sha256": sha256_file(checkpoint),
-        "score": "higher = less like the training photos; unknown when score > threshold",
-    }
-    write_json_atomic(json_path, meta)
+        settings=trust.settings,
+        classes=trust.classes,
+        measured=trust.measured,
+        tensors_file=TRUST_TENSORS,
+        tensors_sha256=sha256_file(tensors_path),
+        checkpoint=checkpoint.name,
+        checkpoint_size=checkpoint.stat().st_size,
+        checkpoint_sha256=sha256_file(checkpoint),
+    ).write(json_path)
     return [tensors_path, json_path]
 
 
 def read_trust_json(run_dir: Path) -> dict[str, Any] | None:
-    """RUN/trust.json as a dict, or None when the run has none (an older run)."""
-    path = Path(run_dir) / TRUST_JSON
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PlantidError(f"{path}: not a {FORMAT} file; refit it with `plantid trust {run_dir}`")
-    return meta
+    """RUN/trust.json as a dict (validated as a `TrustRecord`), or None when the run has none."""
+    record = read_trust(run_dir)
+    return record.model_dump(mode="json") if record is not None else None
 
 
 def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTrust | None:
@@ -98,25 +87,21 @@ def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTru
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    meta = read_trust_json(run_dir)
+    meta = read_trust(run_dir)
     if meta is None:
         return None
     checkpoint = Path(checkpoint)
     fix = f"refit with `plantid trust {run_dir}`"
-    if (meta.get("checkpoint_size") != checkpoint.stat().st_size
-            or meta.get("checkpoint_sha256") != sha256_file(checkpoint)):
+    if meta.checkpoint_size != checkpoint.stat().st_size or meta.checkpoint_sha256 != sha256_file(checkpoint):
         log.warning("%s was fitted for another %s (retrained or resumed since); predictions are not checked "
                     "for unknown photos: %s", run_dir / TRUST_JSON, checkpoint.name, fix)
         return None
-    if list(meta.get("classes") or []) != list(classes):
+    if list(meta.classes) != list(classes):
         raise PlantidError(f"{run_dir / TRUST_JSON}: its classes differ from the model's; {fix}")
     tensors_path = run_dir / TRUST_TENSORS
-    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.get("tensors_sha256"):
+    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.tensors_sha256:
         raise PlantidError(f"{tensors_path}: missing or not the file {TRUST_JSON} names; {fix}")
-    try:
-        tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
-        return FittedTrust(detector=str(meta["detector"]), settings=dict(meta.get("settings") or {}), tensors=tensors,
-                           temperature=float(meta["temperature"]), threshold=float(meta["threshold"]),
-                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}))
-    except (KeyError, TypeError, ValueError):
-        raise PlantidError(f"{run_dir / TRUST_JSON}: incomplete; {fix}") from None
+    tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
+    return FittedTrust(detector=meta.detector, settings=dict(meta.settings), tensors=tensors,
+                       temperature=meta.temperature, threshold=meta.threshold, keep=meta.keep,
+                       classes=list(classes), measured=dict(meta.measured))

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
 from plantid.config import RunConfig, load_config
 from plantid.errors import PlantidError, first_line
 from plantid.evaluate.evaluation import evaluate_run
 from plantid.fileio import write_json_atomic, write_text_atomic
-from plantid.runfolder import RunFolder, evaluation_files
+from plantid.records import Evaluation, TrainSummary, read_evaluation, read_summary
+from plantid.runfolder import RunFolder
 from plantid.train.run import prepare_manifest, train_run
 from plantid.tune.ablate_report import ablation_markdown, provenance
 
@@ -68,7 +70,7 @@ class ArmResult:
 
     arm: Arm
     run_dir: Path
-    summary: dict[str, Any]
+    summary: TrainSummary
     val: float
     test: float | None
     val_views: float | None
@@ -192,15 +194,12 @@ def train_arm(cfg: RunConfig, run_dir: Path) -> bool:
 def evaluate_arm(run_dir: Path, split: str) -> tuple[float, float | None, list[str]]:
     """(accuracy, accuracy with the run's views, the views) on a split, from its eval file when
     one with views is already there, else by `plantid evaluate --tta default`."""
-    path = run_dir / evaluation_files(split)["json"]
-    result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    if result is None or result.get("tta") is None:
-        from rich.console import Console
-
-        result = evaluate_run(run_dir, split=split, tta="default", console=Console(file=io.StringIO()))
-    tta = result.get("tta") or {}
-    views_acc = tta.get("metrics", {}).get("accuracy")
-    return result["metrics"]["accuracy"], views_acc, list(tta.get("views", []))
+    record = read_evaluation(run_dir, split)
+    if record is None or record.tta is None:
+        record = Evaluation.model_validate(
+            evaluate_run(run_dir, split=split, tta="default", console=Console(file=io.StringIO())))
+    tta = record.tta
+    return record.metrics.accuracy, tta.metrics.accuracy if tta else None, list(tta.views) if tta else []
 
 
 def ablate(data: Path, suite: str = DEFAULT_SUITE, *, out: Path = Path("docs/ablations.md"), runs: Path | None = None,
@@ -233,10 +232,12 @@ def ablate(data: Path, suite: str = DEFAULT_SUITE, *, out: Path = Path("docs/abl
         log.info("arm %d/%d %s (%s)", i, len(chosen.arms), name, arm.label)
         run_dir = runs / name
         reused = train_arm(configs[name], run_dir)
-        summary = json.loads(RunFolder(run_dir).summary.read_text(encoding="utf-8"))
+        summary = read_summary(run_dir)
+        if summary is None:
+            raise PlantidError(f"{run_dir}: training ended without train_summary.json; run the command again")
         val, val_views, views = evaluate_arm(run_dir, "val")
         test = test_views = None
-        if summary.get("test_acc") is not None:
+        if summary.test_acc is not None:
             test, test_views, _ = evaluate_arm(run_dir, "test")
         results[name] = ArmResult(arm, run_dir, summary, val, test, val_views, test_views, views, reused)
 

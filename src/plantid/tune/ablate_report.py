@@ -67,8 +67,8 @@ def _table(names: list[str], results: dict[str, Any]) -> list[str]:
         r = results[name]
         s = r.summary
         shown = f"**{name}** (best val)" if r.val == best_val else name
-        lines.append(f"| {_cell(shown)} | {_cell(r.arm.label)} | {s.get('epochs_run', 'n/a')} | "
-                     f"{s.get('image_size', 'n/a')} | {s.get('train_seconds', 0):.0f} | {_pct(r.val)} | "
+        lines.append(f"| {_cell(shown)} | {_cell(r.arm.label)} | {s.epochs_run} | "
+                     f"{s.image_size or 'n/a'} | {s.train_seconds:.0f} | {_pct(r.val)} | "
                      f"{_pct(r.val_views)} | {_pct(r.test)} | {_pct(r.test_views)} |")
     return lines
 
