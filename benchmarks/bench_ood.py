@@ -28,7 +28,7 @@ benchmarks/results/ood.json.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_ood.py \
         --pair runs/demo/train=../shared/datasets/oxford17-flowers \
         --pair runs/flowers/train=../shared/datasets/an2dl2022-plants
-    .venv/bin/python benchmarks/bench_ood.py --pair x=y --write-generated runs/helperE/generated
+    .venv/bin/python benchmarks/bench_ood.py --pair x=y --write-generated runs/bench-ood/generated
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def evaluate_pair(d: dict[str, np.ndarray]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", action="append", required=True, help="RUN=FOREIGN_PHOTO_FOLDER")
-    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "helperE" / "ood_features")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-ood" / "ood_features")
     parser.add_argument("--generated", type=int, default=100, help="images of each generated kind")
     parser.add_argument("--write-generated", type=Path, default=None,
                         help="only write that many generated images of each kind as PNGs (192 px) into this folder "

@@ -1,6 +1,6 @@
 """Would a small data set gain from more training photos: a refit on train + val, or 10/10 shares?
 
-Issue 18 asks, for a set of 80 photos a class, whether a final refit on train + val (85% of the
+For a set of 80 photos a class: does a final refit on train + val (85% of the
 photos instead of 70%, x1.21) or smaller val/test shares (10/10: 80%, x1.14) pays. Neither can be
 scored on val once val is trained on, and the test split must not choose, so this measures the
 learning curve one step down, on val: cpu-default trained on the seed's whole train split against

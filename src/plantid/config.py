@@ -218,7 +218,7 @@ class TrustConfig(_Section):
                       "msp"] = "mahalanobis+knn+stage"
     # How the mahalanobis+knn detectors join their parts: "mean" of the standardised scores (a part
     # that errs alone is outvoted), or "max" (unknown when any part finds the photo unusual; the
-    # rule of runs fitted before stop 28)
+    # rule of runs fitted before 2026-12-02; docs/decisions.md)
     combine: Literal["mean", "max"] = "mean"
     k: int = Field(50, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it

@@ -1,4 +1,4 @@
-"""Figure helpers shared by every place that draws: the house style, PNG rendering and atomic saving.
+"""What every place that draws shares: the house style, PNG rendering and atomic saving.
 
 Below `data`, `evaluate` and `track`, so each of them draws without importing another: explore,
 evaluate, the report and compare all render through here. Figures are built without

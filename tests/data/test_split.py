@@ -135,7 +135,7 @@ def test_already_split_root_keeps_given_splits(make_image_folder, tmp_path: Path
         assert Path(r.path).relative_to(root.resolve()).parts[0] == r.split
 
 
-def test_manifest_round_trip_and_helpers(tiny_manifest: Path, tiny_folder: Path) -> None:
+def test_manifest_round_trip_and_its_queries(tiny_manifest: Path, tiny_folder: Path) -> None:
     m = read_manifest(tiny_manifest)
     assert m.classes == ["a", "b", "c"]
     assert m.class_counts("train") == {"a": 6, "b": 6, "c": 6}

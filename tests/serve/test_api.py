@@ -370,7 +370,7 @@ def test_gradcam_heatmap_is_nonnegative_sized_and_class_specific(client: TestCli
     np.testing.assert_allclose(again, default.probabilities, atol=1e-5)
 
 
-def test_overlay_and_png_helpers() -> None:
+def test_overlay_and_png_encoding() -> None:
     image = np.zeros((12, 20, 3), np.uint8)
     heat = np.tile(np.linspace(0, 1, 20, dtype=np.float32), (12, 1))
     blended = overlay_heatmap(image, heat)

@@ -16,7 +16,7 @@ from tests.trust.conftest import generated_ood
                                         ("mahalanobis+knn+stage", "max")], ids=lambda p: "/".join(p))
 def exported(request: pytest.FixtureRequest, trust_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run exported with the default detector (mean of its three parts), without the last stage,
-    and with the parts' maximum (runs fitted before stop 28)."""
+    and with the parts' maximum (trust files written before 2026-12-02)."""
     import shutil
 
     from plantid.config import TrustConfig

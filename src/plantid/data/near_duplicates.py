@@ -9,19 +9,10 @@ are also within ``MAX_MEAN_COLOUR_DIFF`` per channel: phash sees only grey level
 a red and a blue picture of the same layout would match (generated test photos did). Groups are the
 connected components of that relation, so a chain of close pairs is one group.
 
-The default distance, ``NEAR_DUPLICATE_DISTANCE = 10`` bits of 64, was read off the two shared data
-sets by looking at the closest pairs: every pair at 10 bits or less was the same photo (re-encoded,
-contrast changed, re-cropped by a few percent, a watermark added; 74 pairs), while at 12 bits 19 of
-20 pairs were different photos that merely share a layout (a yellow flower in the middle, a diagonal
-shadow on soil), and 14 of the 15 that pass the colour gate. Phash distances between two photos are
-almost always even (each hash has as many bits above the median as below), so 10 and 11 act the
-same. Raise it to catch heavier crops at the price of grouping look-alikes; ``0`` keeps only
-identical hashes; a negative value turns the search off.
-
-The colour gate of 48 levels (of 255) is loose on purpose: the same photo re-encoded or re-cropped
-differed by at most 13 levels per channel, a contrast-changed copy by 28, whereas different photos
-at 12 bits differed by 7 to 75 and differently coloured generated pictures by about 180; it stops
-only the grossest of phash's false matches.
+The distance (``NEAR_DUPLICATE_DISTANCE``) and the colour gate were read off the two shared data
+sets' closest pairs (docs/decisions.md, 2026-12-01 "Near duplicates: phash within 10 bits and a
+colour gate of 48 levels"). Raise the distance to catch heavier crops at the price of grouping
+look-alikes; ``0`` keeps only identical hashes; a negative value turns the search off.
 """
 
 from __future__ import annotations
@@ -32,8 +23,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-NEAR_DUPLICATE_DISTANCE = 10  # bits of 64; see the module docstring for how it was chosen
-MAX_MEAN_COLOUR_DIFF = 48  # per RGB channel, of 255: a gate against phash's colour blindness
+NEAR_DUPLICATE_DISTANCE = 10  # bits of 64: every pair this close in the shared sets was one photo
+MAX_MEAN_COLOUR_DIFF = 48  # per RGB channel, of 255: loose on purpose, against phash's colour blindness
 _THUMB = 32  # imagehash.phash's own working size for hash_size=8
 _BLOCK_ELEMENTS = 4_000_000  # pairwise distances computed per block (32 MB of uint64)
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

@@ -14,18 +14,18 @@ photos; a photo is "unknown" when its score is above the run's threshold.
 * ``mahalanobis+knn``: Mahalanobis and k-NN together. Mahalanobis separates other photos
   (flowers for the leaf model) best, k-NN flat colours and noise. Each part is standardised on the
   validation photos, (score - median) / (95th percentile - median), and the parts are averaged
-  (``combine="mean"``, the default since stop 28) or their largest taken (``combine="max"``,
+  (``combine="mean"``, the default since 2026-12-02) or their largest taken (``combine="max"``,
   each divided by its 95th percentile: the rule of trust files written before). Why the mean:
   a known photo is often in the tail of ONE part by chance, which under the max pushes the
   threshold up, while a foreign photo is high in all parts; averaging narrows the known photos'
-  scores more than the foreign ones' (worst case on benchmarks/bench_ood.py's selection data,
-  six runs: 90.7% of foreign photos rejected against 83.4%).
+  scores more than the foreign ones' (docs/decisions.md, 2026-12-02 "The unknown-photo score
+  averages its parts instead of taking the largest").
 * ``mahalanobis+knn+stage`` (the default): the same, plus a third part, the Mahalanobis distance of the pooled
   output of the backbone's last stage (`Classifier.last_stage`) to the training photos' class
   means there (the feature ensemble of Lee et al. 2018, one more layer); its features are the
-  columns after `split` (the penultimate width). (The middle stage was tried first: it separated
-  the two shared sets perfectly by how their photos were taken, and called every JPEG-compressed,
-  blurred or half-resolution val leaf unknown; bench_ood.py's shift check now catches that.)
+  columns after `split` (the penultimate width). The middle stage, tried first, told photos apart
+  by how they were taken (docs/decisions.md, 2026-12-02 "The unknown-photo score reads the
+  backbone's last stage too").
 
 `DETECTORS` is the factory keyed by name; `fit_detector` builds one from training features.
 benchmarks/bench_ood.py measures them against each other.
@@ -152,7 +152,7 @@ class MaxLogit(nn.Module):
 
 
 class MaxSoftmax(nn.Module):
-    """-max softmax probability (the baseline the issue showed failing: noise at 78.9%)."""
+    """-max softmax probability (a baseline from the literature; bench_ood.py compares it)."""
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return -torch.softmax(logits.float(), dim=1).max(dim=1).values

@@ -61,7 +61,7 @@
     camSeq: 0,
   };
 
-  // ------------------------------------------------------------------ helpers
+  // ------------------------------------------------------------------ small shared functions
 
   function percent(p, digits) {
     if (p === null || p === undefined || !isFinite(p)) return "–";
