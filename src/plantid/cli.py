@@ -36,6 +36,10 @@ err_console = Console(stderr=True)
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]
 DataOption = Annotated[Optional[Path], typer.Option(help="Image folder (one subfolder per class) or a split.csv.")]
+RecipeOption = Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")]
+VerboseOption = Annotated[bool, typer.Option(help="More logging.")]
+# train, tune and ablate take extra arguments: key=value settings (`train.epochs=3`)
+SETTINGS_ARGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 NearDupOption = Annotated[Optional[int], typer.Option(
     help="Largest perceptual-hash distance (bits of 64) at which two photos count as the same photo "
     "re-sized/re-encoded/re-cropped; default 10, chosen on the shared data sets; negative turns it off.")]
@@ -188,16 +192,16 @@ def explore(
     run_explore(source, out, console=console, samples_per_class=samples)  # prints what it wrote
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=SETTINGS_ARGS)
 def train(
     ctx: typer.Context,
     data: DataOption = None,
-    recipe: Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")] = "cpu-default",
+    recipe: RecipeOption = "cpu-default",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run's weights (same network; "
                                                      "new classes get fresh rows), on a shorter plan, growing its split.")] = None,
-    verbose: Annotated[bool, typer.Option(help="More logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train a classifier; extra arguments are key=value overrides of the recipe.
 
@@ -318,17 +322,17 @@ def _command_line() -> str:
     return shlex.join(["plantid", *sys.argv[1:]])
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=SETTINGS_ARGS)
 def tune(
     ctx: typer.Context,
     data: DataOption = None,
-    recipe: Annotated[str, typer.Option(help="Recipe to tune (see `plantid recipes`) or a YAML file.")] = "cpu-default",
+    recipe: RecipeOption = "cpu-default",
     trials: Annotated[int, typer.Option(help="Finished trials the study should hold (earlier runs of the command count).")] = 20,
     budget_minutes: Annotated[Optional[float], typer.Option(help="Wall time of this search; each trial gets its share.")] = None,
     space: Annotated[str, typer.Option(help="Search space: 'default' or a YAML file of config keys -> distributions.")] = "default",
     out: Annotated[Optional[Path], typer.Option(help="Tune folder: study.db, trials/, best.yaml (default: runs/tune-<recipe>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
-    verbose: Annotated[bool, typer.Option(help="More logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Search a recipe's settings with Optuna (TPE, median pruning on val accuracy); extra
     arguments are key=value overrides, which also fix those keys. Run it again to continue.
@@ -364,7 +368,7 @@ def tune(
                   f"`plantid train --recipe {result.recipe}`", highlight=False, soft_wrap=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=SETTINGS_ARGS)
 def ablate(
     ctx: typer.Context,
     data: DataOption = None,

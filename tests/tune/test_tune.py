@@ -72,20 +72,23 @@ def test_space_file_parses_and_trials_draw_inside_it(tmp_path: Path):
 
 
 # What `plantid tune --space FILE` and `plantid ablate --suite FILE` refuse: one line naming the file.
-BAD_TUNE_FILES = [
-    ("space", "optim.lr: {type: float, low: [", "not valid YAML"),
-    ("space", "optim.nope: {type: float, low: 0.1, high: 1}", "unknown setting 'optim.nope'"),
-    ("space", "optim.lr: {type: float, low: 0.1, high: 0.01}", "'optim.lr'"),
-    ("space", "optim.lr: {type: gaussian, low: 0.1, high: 1}", "unknown type 'gaussian'"),
-    ("space", "optim.lr: 0.001", "must be a mapping with a type"),
-    ("space", "train.epochs: {type: int, low: 1.5, high: 3}", "whole numbers"),
-    ("space", "- optim.lr", "must be a YAML mapping"),
-    ("suite", "arms: {a: {recipe: simple-cnn}}\ncomparisons: {x: [a, b]}", "names arm 'b'"),
-    ("suite", "arms: {'a/b': {recipe: simple-cnn}}", "arm name 'a/b'"),
-    ("suite", "arms: {a: {set: [loss.name=focal]}}", "needs a recipe"),
-    ("suite", "arms: {a: {recipe: simple-cnn, set: loss.name=focal}}", "'set' must be a list"),
-    ("suite", "arms: [", "not valid YAML"),
+BAD_SPACES = [  # (file text, words of the refusal)
+    ("optim.lr: {type: float, low: [", "not valid YAML"),
+    ("optim.nope: {type: float, low: 0.1, high: 1}", "unknown setting 'optim.nope'"),
+    ("optim.lr: {type: float, low: 0.1, high: 0.01}", "'optim.lr'"),
+    ("optim.lr: {type: gaussian, low: 0.1, high: 1}", "unknown type 'gaussian'"),
+    ("optim.lr: 0.001", "must be a mapping with a type"),
+    ("train.epochs: {type: int, low: 1.5, high: 3}", "whole numbers"),
+    ("- optim.lr", "must be a YAML mapping"),
 ]
+BAD_SUITES = [
+    ("arms: {a: {recipe: simple-cnn}}\ncomparisons: {x: [a, b]}", "names arm 'b'"),
+    ("arms: {'a/b': {recipe: simple-cnn}}", "arm name 'a/b'"),
+    ("arms: {a: {set: [loss.name=focal]}}", "needs a recipe"),
+    ("arms: {a: {recipe: simple-cnn, set: loss.name=focal}}", "'set' must be a list"),
+    ("arms: [", "not valid YAML"),
+]
+BAD_TUNE_FILES = [("space", *case) for case in BAD_SPACES] + [("suite", *case) for case in BAD_SUITES]
 
 
 @pytest.mark.parametrize(("kind", "text", "words"), BAD_TUNE_FILES)
