@@ -49,7 +49,7 @@ class RunRecord(BaseModel):
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the record as JSON (atomically: a crash never leaves half a file)."""
-        return write_json_atomic(path, self.model_dump(mode="json", by_alias=True))
+        return write_json_atomic(path, self.model_dump(by_alias=True))
 
 
 def read_or_warn(read: Callable[..., Any], *args: Any) -> Any:

@@ -160,7 +160,7 @@ def _img(png: bytes, alt: str, caption: str | None = None) -> str:
 
 
 def _is_stale(eval_path: Path, run_dir: Path, result: dict) -> bool:
-    ckpt = run_dir / str(result.get("checkpoint", BEST_CHECKPOINT))
+    ckpt = run_dir / str(result.get("checkpoint") or BEST_CHECKPOINT)
     try:
         return ckpt.stat().st_mtime > eval_path.stat().st_mtime
     except OSError:
