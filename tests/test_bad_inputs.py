@@ -13,11 +13,9 @@ import logging
 import os
 import pickle
 import socket
-import struct
 import subprocess
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +24,11 @@ import pytest
 from plantid.errors import PlantidError
 from plantid.infer.predictor import Predictor
 from plantid.serve.app import build_app
-from tests.support.cli import PLANTID, one_line_error
-from tests.support.images import class_pixels, jpeg_bytes
+from tests.support.cli import PLANTID, one_line_error, run_plantid
+from tests.support.images import class_pixels, jpeg_bytes, png_bomb
 from tests.support.refusals import refusal
 
 LABELS = ["a", "b", "c"]
-
-
-def _plantid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*PLANTID, *args], check=False, capture_output=True, text=True, timeout=300)
 
 
 def _photo() -> bytes:
@@ -49,15 +43,6 @@ def _uniform_predictor(work=None) -> Predictor:
         return np.full((len(images), len(LABELS)), 1.0 / len(LABELS))
 
     return Predictor(LABELS, 32, batch, "uniform:model", "onnx")
-
-
-def _bomb_png(side: int = 30_000) -> bytes:
-    """A 100-byte PNG whose header claims side x side pixels."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- serve
@@ -178,7 +163,7 @@ def test_serve_refuses_a_host_that_is_not_an_address_of_this_machine(trained_run
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = _plantid("serve", str(trained_run), "--host", "192.0.2.1", "--port", str(port))
+    proc = run_plantid("serve", str(trained_run), "--host", "192.0.2.1", "--port", str(port))
     line = one_line_error(proc)  # 192.0.2.1 is TEST-NET-1: never an address of this machine
     assert "192.0.2.1" in line and "serving" not in proc.stdout
 
@@ -210,10 +195,10 @@ def test_pipes_devices_and_bombs_among_photos_are_skipped_without_hanging(traine
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # opening it for reading would block until a writer comes
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_bomb_png())
+    bomb.write_bytes(png_bomb(30_000))
     good = tmp_path / "leaf.jpg"
     good.write_bytes(_photo())
-    proc = _plantid("predict", str(trained_run), str(fifo), "/dev/zero", str(bomb), str(good), "--backend", "torch",
+    proc = run_plantid("predict", str(trained_run), str(fifo), "/dev/zero", str(bomb), str(good), "--backend", "torch",
                     "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli import run_plantid
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "an2dl2022-plants"
 
@@ -18,10 +18,8 @@ pytestmark = [
 ]
 
 
-def _plantid(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "160"}
-    proc = subprocess.run([sys.executable, "-m", "plantid.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def _plantid(*args: str) -> subprocess.CompletedProcess:
+    proc = run_plantid(*args, timeout=1800)
     assert proc.returncode == 0, f"plantid {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
     return proc
 

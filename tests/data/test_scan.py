@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import stat
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from rich.console import Console
 from plantid.data.images import MAX_IMAGE_PIXELS
 from plantid.data.scan import ScanReport, print_scan_table, read_scan_json, scan_folder, write_scan_json
 from plantid.errors import PlantidError
+from tests.support.images import png_bomb
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -43,19 +42,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
             else:
                 snap[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mode, st.st_mtime_ns)
     return snap
-
-
-def png_bomb_bytes(width: int = 10_000, height: int = 10_000) -> bytes:
-    """A valid 1-bit PNG of width x height (> MAX_IMAGE_PIXELS) that is only a few KB on disk."""
-    assert width * height > MAX_IMAGE_PIXELS
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)
-    raw = zlib.compress(row * height, 9)
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def jpeg_bytes(colour=(200, 30, 30), size=(24, 24), exif: Image.Exif | None = None) -> bytes:
@@ -91,7 +77,8 @@ def test_bad_corpus_hidden_nested_unicode_and_symlink_loops(make_image_folder, t
     (a / "zero.jpg").write_bytes(b"")
     (a / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (a / "text.jpg").write_text("this is not a photo\n")
-    (a / "bomb.png").write_bytes(png_bomb_bytes())
+    (a / "bomb.png").write_bytes(png_bomb(10_000))
+    assert 10_000 * 10_000 > MAX_IMAGE_PIXELS
     (a / "notes.txt").write_text("field notes")
     (a / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (a / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")

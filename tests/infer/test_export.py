@@ -23,8 +23,8 @@ from plantid.errors import PlantidError
 from plantid.infer.export import export_run
 from plantid.infer.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxBackend
 from plantid.infer.predictor import Predictor
+from tests.support.cli import invoke, one_line_error
 
-PLANTID = Path(sys.executable).with_name("plantid")
 
 
 def _photos(run: Path, size: int) -> tuple[list[str], np.ndarray]:
@@ -173,11 +173,7 @@ def test_backend_without_export_names_the_command(run: Path, copy_run: Path) -> 
 def test_export_without_checkpoint_is_a_one_line_error(copy_run: Path) -> None:
     for name in ("best.ckpt", "last.ckpt"):
         (copy_run / name).unlink()
-    proc = subprocess.run([str(PLANTID), "export", str(copy_run), "--format", "onnx"], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "best.ckpt" in lines[0] and "Traceback" not in proc.stderr
+    assert "best.ckpt" in one_line_error(invoke("export", copy_run, "--format", "onnx"))
     assert not (copy_run / "export").exists()
 
 

@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,8 @@ from rich.console import Console
 from plantid.errors import PlantidError
 from plantid.infer.cli_predict import expand_inputs, predict_command
 from plantid.infer.predictor import Predictor
+from tests.support.cli import run_plantid
 
-PLANTID = Path(sys.executable).with_name("plantid")
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +54,6 @@ def inputs(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 GOOD_IN_TREE = {"one.jpg", "gray.png", "wide.jpg", "two.JPG", "rgba.png"}
 
 
-def _plantid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(PLANTID), "predict", *args], capture_output=True, text=True, cwd=cwd, timeout=180,
-                          env={**__import__("os").environ, "COLUMNS": "200"})
-
-
 def test_expand_inputs_folders_globs_files(inputs: dict[str, Path]) -> None:
     tree = inputs["tree"]
     found = expand_inputs([str(tree), str(inputs["globbed"] / "*.jpg"), str(tree / "one.jpg"), str(inputs["text"])])
@@ -80,7 +73,7 @@ def test_expand_inputs_folders_globs_files(inputs: dict[str, Path]) -> None:
 
 
 def test_predict_cli_mixed_inputs_csv(run: Path, inputs: dict[str, Path]) -> None:
-    proc = _plantid(str(run), str(inputs["tree"]), "globbed/*.jpg", str(inputs["single"]), str(inputs["corrupt"]),
+    proc = run_plantid("predict", str(run), str(inputs["tree"]), "globbed/*.jpg", str(inputs["single"]), str(inputs["corrupt"]),
                     str(inputs["text"]), "--top-k", "2", "--format", "csv", cwd=inputs["root"])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -112,12 +105,12 @@ def test_predict_cli_mixed_inputs_csv(run: Path, inputs: dict[str, Path]) -> Non
 def test_predict_cli_onnx_backend_json_out_matches_torch(run: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "preds" / "out.json"
     args = [str(run), str(inputs["tree"]), "--backend", "onnx", "--format", "json", "--out", str(out), "--top-k", "3"]
-    refused = _plantid(*args, cwd=inputs["root"])  # --out into a missing folder: one line, before predicting
+    refused = run_plantid("predict", *args, cwd=inputs["root"])  # --out into a missing folder: one line, before predicting
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines() == [
         f"error: --out {out}: the folder {out.parent} does not exist; create it or choose another --out"]
     out.parent.mkdir()
-    proc = _plantid(*args, cwd=inputs["root"])
+    proc = run_plantid("predict", *args, cwd=inputs["root"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""  # results went to the file
     data = json.loads(out.read_text())
@@ -136,7 +129,7 @@ def test_predict_cli_onnx_backend_json_out_matches_torch(run: Path, inputs: dict
 
 
 def test_predict_cli_only_bad_files_exit_1(run: Path, inputs: dict[str, Path]) -> None:
-    proc = _plantid(str(run), str(inputs["corrupt"]), str(inputs["text"]), "--format", "json", cwd=inputs["root"])
+    proc = run_plantid("predict", str(run), str(inputs["corrupt"]), str(inputs["text"]), "--format", "json", cwd=inputs["root"])
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert sum(line.startswith("skipped ") for line in proc.stderr.splitlines()) == 2

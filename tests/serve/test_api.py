@@ -8,10 +8,8 @@ import base64
 import io
 import json
 import shutil
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from plantid.infer.predictor import Predictor
 from plantid.serve.app import build_app, create_app
 from plantid.serve.uploads import MULTIPART_OVERHEAD
 from plantid.serve.gradcam import GradCam, colorize, encode_png, overlay_heatmap
-from tests.support.images import class_pixels, jpeg_bytes
+from tests.support.images import class_pixels, jpeg_bytes, png_bomb
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -62,14 +60,6 @@ def photo_jpeg() -> bytes:
 
 def _upload(data: bytes, name: str = "leaf.jpg", content_type: str = "image/jpeg") -> dict:
     return {"files": {"file": (name, data, content_type)}}
-
-
-def _decompression_bomb_png(side: int = 30_000) -> bytes:
-    """A tiny PNG whose header claims side x side pixels (far over the decoder's limit)."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- happy paths
@@ -136,7 +126,7 @@ BAD_REQUESTS = [
     ("raw image body", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
     ("no content type", {"content": b"abc"}, 415, "multipart/form-data"),
     ("broken multipart", {"content": b"--zzz\r\nnot a header\r\n", "headers": {"content-type": "multipart/form-data; boundary=zzz"}}, 400, "multipart"),
-    ("decompression bomb", _upload(_decompression_bomb_png(), "bomb.png", "image/png"), 413, "too large"),
+    ("decompression bomb", _upload(png_bomb(30_000), "bomb.png", "image/png"), 413, "too large"),
 ]
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -79,3 +81,18 @@ def make_image_folder(
         for i in range(per_class):
             write_class_image(root / name / f"{name}_{i:03d}.jpg", k, size, rng)
     return root
+
+
+def png_bomb(width: int, height: int | None = None) -> bytes:
+    """A valid 1-bit grey PNG of width x height pixels (height = width when None) whose all-zero rows
+    compress to a few KB: what a decompression bomb looks like to a decoder that trusts its header."""
+    height = width if height is None else height
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + the packed bits of one row
+    deflate = zlib.compressobj(9)
+    pixels = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")

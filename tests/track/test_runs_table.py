@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,12 +15,7 @@ from plantid.records import metrics_by_epoch
 from plantid.runfolder import RunFolder
 from plantid.track.compare import compare_runs
 from plantid.track.runs_table import find_runs, recipe_differences
-from tests.support.cli import PLANTID, one_line_error
-
-
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "220", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*PLANTID, *args], check=False, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+from tests.support.cli import invoke, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def test_runs_table_lists_real_runs_newest_first(runs_folder: Path, tiny_photos:
 
 
 def test_runs_command_prints_the_table(runs_folder: Path):
-    proc = _cli("runs", str(runs_folder))
+    proc = invoke("runs", str(runs_folder))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if "lr/fast" in line)
@@ -77,10 +70,10 @@ def test_runs_command_prints_the_table(runs_folder: Path):
 
 
 def test_runs_refuses_a_missing_folder_and_says_when_a_folder_has_no_runs(tmp_path: Path):
-    line = one_line_error(_cli("runs", str(tmp_path / "nope")))
+    line = one_line_error(invoke("runs", str(tmp_path / "nope")))
     assert str(tmp_path / "nope") in line and "no such folder" in line
     (tmp_path / "empty").mkdir()
-    proc = _cli("runs", str(tmp_path / "empty"))
+    proc = invoke("runs", str(tmp_path / "empty"))
     assert proc.returncode == 0 and "no runs under" in proc.stdout
 
 
@@ -100,15 +93,15 @@ def test_compare_shows_differences_and_overlays_the_curves(runs_folder: Path, tm
 
 
 def test_compare_command_writes_the_figure_and_refuses_non_runs(runs_folder: Path, tmp_path: Path):
-    proc = _cli("compare", str(runs_folder / "base"), str(runs_folder / "lr" / "fast"), "--out", str(tmp_path / "c.png"))
+    proc = invoke("compare", str(runs_folder / "base"), str(runs_folder / "lr" / "fast"), "--out", str(tmp_path / "c.png"))
     assert proc.returncode == 0, proc.stderr
     assert "optim.lr" in proc.stdout and (tmp_path / "c.png").is_file()
 
-    line = one_line_error(_cli("compare", str(runs_folder / "base"), str(runs_folder / "lr")))
+    line = one_line_error(invoke("compare", str(runs_folder / "base"), str(runs_folder / "lr")))
     assert str(runs_folder / "lr") in line and "not a plantid run folder" in line
-    line = one_line_error(_cli("compare", str(runs_folder / "base"), str(tmp_path / "missing")))
+    line = one_line_error(invoke("compare", str(runs_folder / "base"), str(tmp_path / "missing")))
     assert "no such run folder" in line
-    line = one_line_error(_cli("compare", str(runs_folder / "base")))
+    line = one_line_error(invoke("compare", str(runs_folder / "base")))
     assert "at least two" in line
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.cli import PLANTID
+from tests.support.cli import PLANTID, run_plantid
 
 SEED = 20  # seeds the kill delays
 EPOCHS = 6
@@ -116,10 +116,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
 
 
-def _run(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*PLANTID, *args], check=False, capture_output=True, text=True, timeout=timeout, env=_env())
-
-
 def _kill_when(args: list[str], log: Path, ready: Callable[[float], bool], delay: float, timeout: float = 900,
                may_finish: bool = False) -> bool:
     """Start `plantid ARGS`, wait until `ready(seconds since start)`, sleep `delay` s, SIGKILL its process group.
@@ -198,7 +194,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
     data = make_image_folder(tmp_path / "photos", per_class=16, size=640)
     reference, run = tmp_path / "reference", tmp_path / "run"
     ref_cache, cache = tmp_path / "ref-cache", tmp_path / "cache"
-    proc = _run(_train_args(data, reference, ref_cache))
+    proc = run_plantid(*_train_args(data, reference, ref_cache), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rng = random.Random(SEED)
@@ -232,7 +228,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
     _assert_nothing_half_written_is_trusted(run, cache)
     assert not (run / "last.ckpt").exists()
     if not (run / "config.yaml").exists():  # no settings saved yet: `--resume` names the command to run
-        refused = _run(["train", "--resume", str(run)])
+        refused = run_plantid("train", "--resume", str(run), timeout=900)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and "nothing to resume" in lines[0] and "plantid train --data DATA" in lines[0], lines
@@ -263,7 +259,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
     _assert_nothing_half_written_is_trusted(run, cache)
     assert (run / "last.ckpt").exists() and not (run / "train_summary.json").exists()
 
-    proc = _run(go_on())
+    proc = run_plantid(*go_on(), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print("\nkills survived:\n  " + "\n  ".join(kills))
 
@@ -293,10 +289,10 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
     from plantid.records import metrics_by_epoch
 
     assert set(metrics_by_epoch(run / "metrics.csv")["val_acc"]) == set(range(EPOCHS))
-    proc = _run(["evaluate", str(run)])  # so that timing the report below times rendering and writing it
+    proc = run_plantid("evaluate", str(run), timeout=900)  # so that timing the report below times rendering and writing it
     assert proc.returncode == 0, proc.stderr[-3000:]
     started = time.monotonic()
-    proc = _run(["report", str(run)])
+    proc = run_plantid("report", str(run), timeout=900)
     report_seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (run / "report.html").read_text(encoding="utf-8")
@@ -314,7 +310,7 @@ def test_five_kills_then_resume_match_an_uninterrupted_run(tmp_path: Path, make_
 
     # `plantid export` killed while it writes model.onnx: the previous export still loads as a
     # matching pair, or is refused as not matching; never a half graph.
-    proc = _run(["export", str(run), "--format", "onnx"])
+    proc = run_plantid("export", str(run), "--format", "onnx", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     export = run / "export"
     old_model = _sha(export / "model.onnx")

@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.cli import PLANTID
-
-
-def _run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
-    return subprocess.run([*PLANTID, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+from tests.support.cli import PLANTID, run_plantid
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -53,7 +48,7 @@ def test_trained_run_folder_holds_everything(trained_run: Path, tiny_photos: Pat
 
 def _train_simple_cnn(tmp_path: Path, data: Path, out: Path, *settings: str) -> subprocess.CompletedProcess:
     """`plantid train` of the from-scratch CNN at 32 px on a generated folder split 50/25/25."""
-    proc = _run_cli("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
+    proc = run_plantid("train", "--data", str(data), "--recipe", "simple-cnn", "--out", str(out),
                     "data.image_size=32", "train.progress=false", "data.batch_size=8",
                     f"data.cache_dir={tmp_path / 'cache'}", "data.val=0.25", "data.test=0.25", *settings)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -88,16 +83,16 @@ def test_score_test_false_leaves_the_test_split_unread(tmp_path: Path, make_imag
     ],
 )
 def test_train_user_errors_are_one_line(tmp_path: Path, tiny_folder: Path, args, message):
-    proc = _run_cli("train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), *args)
+    proc = run_plantid("train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), *args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_refuses_to_overwrite_and_resume_needs_a_run(trained_run: Path, tiny_folder: Path, tmp_path: Path):
-    proc = _run_cli("train", "--data", str(tiny_folder), "--out", str(trained_run))
+    proc = run_plantid("train", "--data", str(tiny_folder), "--out", str(trained_run))
     assert proc.returncode == 2 and "already holds a trained run" in proc.stderr
-    proc = _run_cli("train", "--resume", str(tmp_path / "missing"))
+    proc = run_plantid("train", "--resume", str(tmp_path / "missing"))
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
 
 
@@ -114,7 +109,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
     cache = tmp_path / "cache"
     epochs = 4
     reference = tmp_path / "reference"
-    proc = _run_cli(*_train_args(data, reference, cache, epochs))
+    proc = run_plantid(*_train_args(data, reference, cache, epochs))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     crashed = tmp_path / "crashed"
@@ -138,7 +133,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path,
     interrupted_at = torch.load(crashed / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
     assert interrupted_at < epochs - 1
 
-    proc = _run_cli("train", "--resume", str(crashed))
+    proc = run_plantid("train", "--resume", str(crashed))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     ref_ckpt = torch.load(reference / "last.ckpt", map_location="cpu", weights_only=True)
@@ -250,7 +245,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path,
     args = ["train", "--data", str(tiny_folder), "--recipe", "simple-cnn", "--out", str(run),
             "data.image_size=32", "train.epochs=1", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]
     # The photos' cache (36 x 32 x 32 x 3 bytes) fits under 1 MB; a checkpoint (~7 MB) does not.
-    proc = _run_cli(*args, preexec_fn=_limit_file_size(1 << 20))
+    proc = run_plantid(*args, preexec_fn=_limit_file_size(1 << 20))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if "could not write the checkpoint" in line]
@@ -259,7 +254,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path,
     leftovers = [p.name for p in run.iterdir() if p.name.endswith((".ckpt", ".tmp"))]
     assert leftovers == [], leftovers  # no truncated checkpoint a later run could trust
     # With room again, the same command trains the run.
-    proc = _run_cli(*args)
+    proc = run_plantid(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "best.ckpt").exists() and (run / "train_summary.json").exists()
 

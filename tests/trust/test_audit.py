@@ -27,6 +27,7 @@ from plantid.trustfit.audit import (
     pooled_features,
     rank_label_issues,
 )
+from tests.support.cli import invoke
 
 torch.set_num_threads(1)
 
@@ -146,14 +147,10 @@ def test_audit_run_finds_flipped_labels_and_writes_csv_and_html(flipped_run) -> 
 
 
 def test_audit_cli_and_bad_input(flipped_run, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from plantid.cli import app
-
     run, flipped, _ = flipped_run
-    res = CliRunner().invoke(app, ["audit", str(run), "--features", "model", "--limit", "2"])
-    assert res.exit_code == 0, res.output
-    assert "flagged" in res.output and str(run / AUDIT_HTML) in res.output
+    res = invoke("audit", str(run), "--features", "model", "--limit", "2")
+    assert res.returncode == 0, res.stderr
+    assert "flagged" in res.stdout and str(run / AUDIT_HTML) in res.stdout
     page = (run / AUDIT_HTML).read_text(encoding="utf-8")
     assert page.count("<img ") == 2
 

@@ -20,7 +20,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from plantid.errors import PlantidError
-from tests.support.cli import PLANTID
+from tests.support.cli import PLANTID, run_plantid
 from tests.support.refusals import refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _tiny(cache: Path, epochs: int = 1) -> list[str]:
     return ["data.image_size=32", "data.batch_size=8", "data.val=0.25", "data.test=0.25", "train.progress=false",
             f"data.cache_dir={cache}", f"train.epochs={epochs}"]
-
-
-def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
-    return subprocess.run([*PLANTID, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          check=False)
 
 
 # ---- search spaces -------------------------------------------------------------------------------
@@ -233,7 +227,7 @@ def test_one_trial_study_writes_a_best_recipe_that_trains_and_resumes_to_nothing
 def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path, tiny_photos: Path, args, words):
     (tmp_path / "space.yaml").write_text("optim.lr: [\n")
     out = tmp_path / "out"
-    proc = _run_cli("tune", *[a.format(tmp=tmp_path, photos=tiny_photos) for a in args], "--out", str(out))
+    proc = run_plantid("tune", *[a.format(tmp=tmp_path, photos=tiny_photos) for a in args], "--out", str(out))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr, proc.stderr
@@ -268,7 +262,7 @@ def test_study_killed_during_trial_two_resumes_without_redoing_trial_one(tmp_pat
     first_ckpt = out / "trials" / "000" / "best.ckpt"
     first_stamp = first_ckpt.stat().st_mtime_ns
 
-    proc = _run_cli(*args, timeout=600)
+    proc = run_plantid(*args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = storage.trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
