@@ -8,6 +8,7 @@ the same shape, without the seconds a child spends importing torch again: for ev
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,7 +36,12 @@ def invoke(*args: str | Path) -> subprocess.CompletedProcess:
     """`plantid ARGS` in this process, answered like `run_plantid`: a refusal (PlantidError) is exit
     status 2 with its one line on stderr, as `plantid.cli.main` prints it; any other exception is
     raised, as it would be a traceback."""
-    result = CliRunner().invoke(app, [str(a) for a in args], env=QUIET_WIDE)
+    logger = logging.getLogger("plantid")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:  # a command sets up plantid's logging for its process; the next test gets it back as it was
+        result = CliRunner().invoke(app, [str(a) for a in args], env=QUIET_WIDE)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
     code, stderr = result.exit_code, result.stderr
     if isinstance(result.exception, PlantidError):
         code, stderr = 2, stderr + f"error: {result.exception}\n"
