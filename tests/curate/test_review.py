@@ -14,7 +14,7 @@ from plantid.curate.corrections import read_decisions
 from plantid.curate.sort import SortDecision, sorted_csv
 from plantid.data.split import read_manifest
 from plantid.serve.review import THUMB_PX, create_review_app
-from plantid.trust.audit import AuditRow, audit_csv
+from plantid.trustfit.audit import AuditRow, audit_csv
 
 
 @pytest.fixture

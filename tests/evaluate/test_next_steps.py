@@ -8,7 +8,7 @@ from pathlib import Path
 from plantid.data.split import read_manifest
 from plantid.evaluate.next_steps import advise
 from plantid.evaluate.report import _audit_section, _next_steps_section
-from plantid.trust.audit import AuditRow, audit_csv
+from plantid.trustfit.audit import AuditRow, audit_csv
 
 
 def _evaluation(classes: list[str]) -> dict:

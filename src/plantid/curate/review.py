@@ -19,7 +19,8 @@ from pathlib import Path
 from plantid.curate.corrections import Decision, effective_decisions, read_decisions
 from plantid.curate.sort import UNSURE, read_sorted_csv
 from plantid.errors import PlantidError
-from plantid.runfolder import RunFolder, evaluation_files
+from plantid.records import read_evaluation, read_or_warn
+from plantid.runfolder import RunFolder
 
 
 @dataclass
@@ -58,13 +59,9 @@ def _audit_rows(run: Path) -> list[tuple[str, str, str, str, float | None]]:
 def _error_rows(run: Path) -> list[tuple[str, str, str, str, float | None]]:
     rows = []
     for split in ("val", "test"):
-        path = run / evaluation_files(split)["json"]
-        try:
-            worst = json.loads(path.read_text(encoding="utf-8")).get("worst") or []
-        except (OSError, ValueError, AttributeError):
-            continue
-        rows += [(w["path"], f"{split} error", w["true"], w["pred"], w.get("confidence")) for w in worst
-                 if isinstance(w, dict) and {"path", "true", "pred"} <= set(w)]
+        evaluation = read_or_warn(read_evaluation, run, split)
+        if evaluation is not None:
+            rows += [(w.path, f"{split} error", w.true, w.pred, w.confidence) for w in evaluation.worst]
     return rows
 
 

@@ -26,7 +26,7 @@ from plantid.evaluate.next_steps import advise
 from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
 from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
-from plantid.records import TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
+from plantid.records import Evaluation, TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -393,14 +393,13 @@ def _other_evaluations_section(run_dir: Path, shown: dict | None) -> str:
     """Every evaluation of the run besides the one the report is built on: val, train, folders."""
     rows = []
     for path in sorted(run_dir.glob("eval*.json")):
-        data = _read_json(path)
         main = shown is not None and path.name == evaluation_files(shown["split"])["json"]
-        if main or not isinstance(data, dict) or "metrics" not in data:
+        data = None if main else read_or_warn(Evaluation.read, path)
+        if data is None:
             continue
-        tta = data.get("tta") or {}
-        rows.append(f'<tr><td class="name">{e(data.get("split", path.stem))}</td><td>{int(data.get("n_images", 0)):,}</td>'
-                    f'<td>{_pct(data["metrics"].get("accuracy"))}</td><td>{_pct(data["metrics"].get("macro_f1"))}</td>'
-                    f'<td>{_pct((tta.get("metrics") or {}).get("accuracy")) if tta else "not run"}</td>'
+        rows.append(f'<tr><td class="name">{e(data.split)}</td><td>{data.n_images or 0:,}</td>'
+                    f'<td>{_pct(data.metrics.accuracy)}</td><td>{_pct(data.metrics.macro_f1)}</td>'
+                    f'<td>{_pct(data.tta.metrics.accuracy) if data.tta else "not run"}</td>'
                     f"<td><code>{e(path.name)}</code></td></tr>")
     if not rows:
         return ('<p class="empty">No other evaluation: <code>plantid evaluate RUN --split val</code> or '
@@ -417,7 +416,7 @@ def _since_section(run_dir: Path, config) -> str:
         old_counts, new_counts = read_manifest(before.manifest).class_counts(), read_manifest(now.manifest).class_counts()
     except PlantidError as exc:
         return f'<p class="empty">Cannot compare with {e(parent)}: {e(exc)}</p>'
-    old_summary, new_summary = _read_json(before.summary) or {}, _read_json(now.summary) or {}
+    old_summary, new_summary = read_or_warn(read_summary, parent), read_or_warn(read_summary, run_dir)
     names = sorted(set(old_counts) | set(new_counts))
     body = "".join(f'<tr><td class="name">{e(c)}</td><td>{old_counts.get(c, 0):,}</td><td>{new_counts.get(c, 0):,}</td>'
                    f"<td>{new_counts.get(c, 0) - old_counts.get(c, 0):+,}</td></tr>" for c in names)
@@ -426,8 +425,9 @@ def _since_section(run_dir: Path, config) -> str:
     moves = (f"{kinds.get('move', 0)} photo(s) moved (relabelled or excluded) and {kinds.get('copy', 0)} added by "
              f"<code>plantid apply</code> from its review" if kinds else "no review applied from it")
     return (f'<p class="note">Started from the weights of <code>{e(parent)}</code> ({moves}). Best val accuracy '
-            f'{_pct(old_summary.get("best_val_acc"))} then, {_pct(new_summary.get("best_val_acc"))} now; test '
-            f'{_pct(old_summary.get("test_acc"))} then, {_pct(new_summary.get("test_acc"))} now.</p>'
+            f'{_pct(old_summary and old_summary.best_val_acc)} then, {_pct(new_summary and new_summary.best_val_acc)} '
+            f'now; test {_pct(old_summary and old_summary.test_acc)} then, {_pct(new_summary and new_summary.test_acc)} '
+            'now.</p>'
             '<table class="narrow"><thead><tr><th>class</th><th>photos then</th><th>photos now</th><th>change</th>'
             f"</tr></thead><tbody>{body}</tbody></table>")
 
