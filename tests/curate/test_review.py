@@ -28,7 +28,7 @@ def doubted_run(copy_run: Path, tmp_path: Path, tiny_classes: list[str]) -> tupl
     quiet = next(r for r in rows if r.path not in {p.path for p in picked})
     audit.append(AuditRow(quiet.path, "train", quiet.label, quiet.label, 0.9, 0.9, 0.9, False, 0))
     (copy_run / "audit.csv").write_text(audit_csv(audit), encoding="utf-8")
-    (copy_run / "eval_val.json").write_text(json.dumps({"worst": [
+    (copy_run / "eval_val.json").write_text(json.dumps({"split": "val", "metrics": {"accuracy": 0.5}, "worst": [
         {"path": picked[0].path, "true": picked[0].label, "pred": tiny_classes[2], "confidence": 0.6}]}))
     sorted_dir = tmp_path / "sorted"
     sorted_dir.mkdir()
