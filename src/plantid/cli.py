@@ -192,7 +192,8 @@ def explore(
 def train(
     ctx: typer.Context,
     data: DataOption = None,
-    recipe: Annotated[str, typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file.")] = "cpu-default",
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file "
+                                                  "(default: cpu-default, or with --from that run's recipe).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run's weights (same network; "
@@ -227,7 +228,13 @@ def train(
         if from_run is not None:
             _require_run(from_run)
             overrides.insert(0, f"train.init_from={from_run.resolve()}")
-        cfg = load_config(recipe, overrides)  # validate before the heavy imports below
+            parent_recipe, parent_root = _parent_settings(from_run)
+            if recipe is None and parent_recipe is None:
+                raise PlantidError(f"{from_run}: not trained with a shipped recipe; pass its recipe with --recipe")
+            recipe = recipe or parent_recipe
+            if data is None and parent_root is not None:
+                overrides.insert(0, f"data.root={parent_root}")  # the same folder, grown or corrected since
+        cfg = load_config(recipe or "cpu-default", overrides)  # validate before the heavy imports below
         if from_run is not None:
             from plantid.train.warm_start import shorter_plan
 
@@ -253,6 +260,16 @@ def train(
         from plantid.track.mlflow_store import log_run_files
 
         log_run_files(result.run_dir)  # trust.json too, when the run is tracked in MLflow
+
+
+def _parent_settings(run: Path) -> tuple[Optional[str], Optional[Path]]:
+    """The shipped recipe (None for a recipe file) and the photo folder a run was trained with, for
+    `train --from RUN` without --recipe or --data."""
+    from plantid.config import load_run_config, recipe_names
+    from plantid.runfolder import RunFolder
+
+    config = load_run_config(RunFolder(run).config)
+    return (config.recipe if config.recipe in recipe_names() else None), config.data.root
 
 
 def _trust_line(run: Path, fitted) -> str:
