@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, disk_error
 from plantid.runtime import keep_freed_memory
 
 app = typer.Typer(
@@ -106,6 +106,27 @@ def _require_free_port(host: str, port: int) -> None:
                                f"choose another --port (e.g. --port {port + 1 if port < 65535 else 8000})") from None
 
 
+def _run_data_root(run: Path) -> Path | None:
+    """The photo folder a run folder trained on (data.root of its config.yaml), when it has one."""
+    from plantid.config import load_run_config
+    from plantid.runfolder import RunFolder
+
+    config = RunFolder(run).config
+    root = load_run_config(config).data.root if config.is_file() else None
+    return Path(root) if root else None
+
+
+def _writing_into_run(run: Path, command: str):
+    """The lock a command holds while it writes into a run folder; refuses a run inside its own photo
+    folder first (a report's figures there would be scanned as photos by the next training)."""
+    from plantid.outputs import refuse_inside_data
+    from plantid.runlock import run_lock
+
+    if run.is_dir():
+        refuse_inside_data(run, _run_data_root(run), option="run folder")
+    return run_lock(run, command)
+
+
 def _near_dup_option(distance: Optional[int]) -> dict[str, int]:
     """scan_folder's near_duplicate_distance when --near-dup-distance was given (else its default)."""
     return {} if distance is None else {"near_duplicate_distance": distance}
@@ -149,6 +170,9 @@ def split(
     Example: plantid split photos/ --out splits/ --val 0.15 --test 0.15 --seed 0 --materialize link
     """
     _require_data(data)
+    from plantid.outputs import refuse_inside_data
+
+    refuse_inside_data(out, data)
     from plantid.data.scan import scan_folder
     from plantid.data.split import describe_growth, split_or_grow, write_manifest
     from plantid.data.split import materialize as write_layout
@@ -183,6 +207,9 @@ def explore(
     Example: plantid explore photos/ --out explore/
     """
     _require_data(source)
+    from plantid.outputs import refuse_inside_data
+
+    refuse_inside_data(out, source if source.is_dir() else None)
     from plantid.data.explore import explore as run_explore
 
     run_explore(source, out, console=console, samples_per_class=samples)  # prints what it wrote
@@ -239,13 +266,24 @@ def train(
             from plantid.train.warm_start import shorter_plan
 
             cfg = shorter_plan(cfg, list(ctx.args))
+        out = out or Path("runs") / cfg.recipe
+        from plantid.outputs import refuse_inside_data
 
+        refuse_inside_data(out, cfg.data.root)
+
+    run_dir = resume if cfg is None else out
+    with _writing_into_run(run_dir, "train"):
+        _train_and_fit(cfg, run_dir)
+
+
+def _train_and_fit(cfg, run_dir: Path) -> None:
+    """`plantid train` once it holds the run folder: train, fit trust, log to MLflow, print."""
     from plantid.train.run import train_run
 
     if cfg is None:
-        result = train_run(None, resume, resume=True)
+        result = train_run(None, run_dir, resume=True)
     else:
-        result = train_run(cfg, out or Path("runs") / cfg.recipe)
+        result = train_run(cfg, run_dir)
     val = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
     console.print(
@@ -257,9 +295,10 @@ def train(
     fitted = fit_after_training(result.run_dir)
     if fitted is not None:
         console.print(_trust_line(result.run_dir, fitted))
-        from plantid.track.mlflow_store import log_run_files
+        from plantid.track.mlflow_store import log_run_files, tracking_uri
 
-        log_run_files(result.run_dir)  # trust.json too, when the run is tracked in MLflow
+        # trust.json too, when the run is tracked in MLflow (in the store this command named)
+        log_run_files(result.run_dir, store=tracking_uri(cfg.track, run_dir) if cfg is not None else None)
 
 
 def _parent_settings(run: Path) -> tuple[Optional[str], Optional[Path]]:
@@ -313,7 +352,8 @@ def trust_command(
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise PlantidError(f"bad value for --{where}: {err['msg']} (got {err.get('input')!r})") from None
-    fitted, written = fit_trust(run, cfg)
+    with _writing_into_run(run, "trust"):
+        fitted, written = fit_trust(run, cfg)
     console.print(_trust_line(run, fitted))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
@@ -437,10 +477,11 @@ def evaluate(
     from plantid.evaluate.evaluation import evaluate_run
 
     _setup_logging()
-    evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
-    from plantid.track.mlflow_store import log_run_files
+    with _writing_into_run(run, "evaluate"):
+        evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
+        from plantid.track.mlflow_store import log_run_files
 
-    log_run_files(run)  # the evaluation's files to the run's MLflow run, when it has one
+        log_run_files(run)  # the evaluation's files to the run's MLflow run, when it has one
 
 
 @app.command()
@@ -452,11 +493,12 @@ def report(run: RunArg) -> None:
     _require_run(run)
     from plantid.evaluate.report import build_report
 
-    path = build_report(run)
-    console.print(f"report: {path}")
-    from plantid.track.mlflow_store import log_run_files
+    with _writing_into_run(run, "report"):
+        path = build_report(run)
+        console.print(f"report: {path}")
+        from plantid.track.mlflow_store import log_run_files
 
-    log_run_files(run)  # the report to the run's MLflow run, when it has one
+        log_run_files(run)  # the report to the run's MLflow run, when it has one
 
 
 @app.command()
@@ -520,6 +562,9 @@ def predict(
     _require_run(run, backend)
     if out is not None:
         _require_writable_file(out)
+        from plantid.outputs import refuse_inside_data
+
+        refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
     from plantid.infer.cli_predict import predict_command
 
     code = predict_command(run, paths, top_k=top_k, tta=tta, output_format=output_format, out=out,
@@ -540,10 +585,15 @@ def export(
     """
     from plantid.infer.export import export_run
 
+    _require_run(run)
     _setup_logging()
+    if out is not None:
+        from plantid.outputs import refuse_inside_data
 
-    for path in export_run(run, export_format, out=out, quantize=quantize):
-        console.print(f"wrote {path}")
+        refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
+    with _writing_into_run(run if run.is_dir() else run.parent, "export"):
+        for path in export_run(run, export_format, out=out, quantize=quantize):
+            console.print(f"wrote {path}")
 
 
 @app.command()
@@ -552,6 +602,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (1-65535).")] = 8000,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        help="Another Host name the server answers to (repeat for more; '*' for any), e.g. the name a "
+             "reverse proxy forwards. Always answered: 127.0.0.1, localhost, ::1 and --host.")] = None,
 ) -> None:
     """A local web page (and JSON API) to identify a plant from a photo.
 
@@ -563,7 +616,10 @@ def serve(
 
     from plantid.serve.app import create_app
 
-    application = create_app(run, backend=backend)
+    # requests naming any other host are refused (400): a web page that rebinds its own name to
+    # this machine's address cannot reach the server
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host, *(allowed_host or [])]
+    application = create_app(run, backend=backend, allowed_hosts=hosts)
     console.print(f"serving {run} on http://{host}:{port} (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
@@ -583,9 +639,11 @@ def audit(
     """
     from plantid.trust.audit import audit_run
 
+    _require_run(run)
     _setup_logging()
-    result = audit_run(run, features=features, folds=folds, limit=limit,
-                       splits=tuple(s.strip() for s in splits.split(",") if s.strip()))
+    with _writing_into_run(run, "audit"):
+        result = audit_run(run, features=features, folds=folds, limit=limit,
+                           splits=tuple(s.strip() for s in splits.split(",") if s.strip()))
     for rank, row in enumerate(result.flagged[:10], start=1):
         console.print(f"{rank:3d}. {row.path}: given {row.given} ({row.given_prob:.0%}), "
                       f"suggested {row.suggested} ({row.suggested_prob:.0%})", highlight=False)
@@ -683,6 +741,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted (a training run can be continued with `plantid train --resume RUN`)")
         sys.exit(130)
+    except OSError as exc:  # a full disk or a read-only folder met half-way: one line, not a traceback
+        err_console.print(f"[bold red]error:[/] {disk_error(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,19 @@ class TrainConfig(_Section):
     log_every_n_steps: int = Field(10, ge=1)
     progress: bool = True
 
+    @field_validator("devices")
+    @classmethod
+    def _some_devices(cls, value: int | str) -> int | str:
+        # Lightning's own refusal of devices=0 is a traceback after the scan; say it at the start
+        text = str(value).strip()
+        if text in ("auto", "-1") or (isinstance(value, int) and value >= 1):
+            return value
+        if isinstance(value, str) and all(part.strip().isdigit() for part in text.split(",") if part.strip()) \
+                and text.strip(","):
+            return value
+        raise ValueError("must be a number of devices (1 or more), -1 or auto for all, or a list of "
+                         "device indices such as '0,1'")
+
     @model_validator(mode="after")
     def _budget_for_auto_epochs(self) -> "TrainConfig":
         if self.epochs == "auto" and self.budget_minutes is None:
@@ -279,7 +292,7 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
             )
         text = resource.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise PlantidError(f"recipe {name_or_path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
@@ -298,7 +311,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not parts:
             raise PlantidError(f"override '{item}' has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = data
@@ -325,6 +338,44 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise PlantidError(f"{source}: bad value for '{where}': {msg} (got {err.get('input')!r})") from None
 
 
+MAX_YAML_VALUES = 100_000  # a config or recipe holds a few hundred; aliases may not expand past this
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that run code) that refuses a document whose anchors and
+    aliases expand to more than MAX_YAML_VALUES values: ten nested anchors of nine aliases each (a
+    "billion laughs" config.yaml in a run folder from elsewhere) grew to gigabytes when read."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"its anchors and aliases expand to more than {MAX_YAML_VALUES:,} values")
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (each shared node sized once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself counts once, not forever
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_YAML_VALUES + 1)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python data, safely: plain types only, alias expansion bounded, nesting too
+    deep for the parser a YAMLError like any other bad YAML (one line at the caller)."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def load_config(recipe: str = "cpu-default", overrides: list[str] | None = None) -> RunConfig:
     """Load a shipped recipe (by name) or a YAML file, apply overrides, and validate."""
     data = apply_overrides(_read_recipe(recipe), list(overrides or []))
@@ -335,7 +386,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Load the config.yaml saved in a run folder."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except OSError:
         raise PlantidError(f"{path}: cannot read run config; is this a plantid run folder?") from None
     except yaml.YAMLError as exc:  # edited by hand, or damaged: one line, not a parser traceback

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from plantid.errors import PlantidError
-from plantid.fileio import write_json_atomic
+from plantid.fileio import all_or_none, write_json_atomic
 from plantid.runfolder import MANIFEST_SPLITS, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -223,23 +223,26 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     names = evaluation_files(data.name, folder=data.folder)
     n_errors = int(len(data.labels) - np.trace(np.asarray(base["confusion"])))
     where = f"folder {data.name}" if data.folder else f"{data.name} split"
-    save_png(confusion_figure(base["confusion"], classes, title=f"Confusion matrix: {where} ({len(data.paths)} images)"),
-             run_dir / names["confusion"])
-    shown = len(result["worst"])
-    save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
-                               f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
-             run_dir / names["errors"])
     written_paths = [run_dir / names[k] for k in ("json", "confusion", "errors")]
-    if result["trust"] is not None:
-        from plantid.evaluate.trust_eval import ood_scores_figure, reliability_figure, trust_figure_names
+    with all_or_none() as stage:  # a full disk half-way leaves no figure without its JSON
+        save_png(confusion_figure(base["confusion"], classes,
+                                  title=f"Confusion matrix: {where} ({len(data.paths)} images)"),
+                 stage(run_dir / names["confusion"]))
+        shown = len(result["worst"])
+        save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
+                                   f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
+                 stage(run_dir / names["errors"]))
+        if result["trust"] is not None:
+            from plantid.evaluate.trust_eval import ood_scores_figure, reliability_figure, trust_figure_names
 
-        figures = trust_figure_names(names["json"])
-        written_paths.append(save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
-                                      run_dir / figures["reliability"]))
-        if ood:
-            written_paths.append(save_png(ood_scores_figure(raw_scores, trust.threshold, data.name),
-                                          run_dir / figures["ood"]))
-    write_json_atomic(run_dir / names["json"], result)
+            figures = trust_figure_names(names["json"])
+            save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
+                     stage(run_dir / figures["reliability"]))
+            written_paths.append(run_dir / figures["reliability"])
+            if ood:
+                save_png(ood_scores_figure(raw_scores, trust.threshold, data.name), stage(run_dir / figures["ood"]))
+                written_paths.append(run_dir / figures["ood"])
+        write_json_atomic(stage(run_dir / names["json"]), result)
 
     print_evaluation(result, console)
     written = ", ".join(str(p) for p in written_paths)

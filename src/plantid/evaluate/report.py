@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plantid.data.split import read_manifest
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 from plantid.evaluate.next_steps import advise
 from plantid.fileio import write_text_atomic
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
@@ -448,12 +448,14 @@ def _config_section(run_dir: Path) -> str:
     """The run's config.yaml as one small table per section (the raw YAML below, collapsed)."""
     import yaml
 
+    from plantid.config import load_yaml
+
     try:
         text = RunFolder(run_dir).config.read_text(encoding="utf-8")
     except OSError:
         return '<p class="empty">No config.yaml in the run folder.</p>'
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError:
         data = None
     raw = f"<details><summary>config.yaml</summary><pre>{e(text.rstrip())}</pre></details>"
@@ -583,5 +585,13 @@ def build_report(run_dir: Path, console=None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PlantidError(f"{run_dir}: no such run folder; train one with `plantid train --data DATA --out {run_dir}`")
-    result, note = load_or_run_evaluation(run_dir, console=console)
-    return write_text_atomic(RunFolder(run_dir).report, render_report(run_dir, result, note))
+    try:
+        result, note = load_or_run_evaluation(run_dir, console=console)
+        page = render_report(run_dir, result, note)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+        # eval.json, train_summary.json or trust.json edited, damaged or from an older plantid:
+        # values of the wrong type or shape are one line, not a traceback
+        raise PlantidError(f"{run_dir}: a result file holds values of the wrong type or shape "
+                           f"({type(exc).__name__}: {first_line(exc)[:120]}); run `plantid evaluate {run_dir}` "
+                           "again, then the report") from None
+    return write_text_atomic(RunFolder(run_dir).report, page)

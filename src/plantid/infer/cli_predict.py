@@ -42,6 +42,7 @@ from plantid.data.images import is_hidden, is_image_name
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
 from plantid.infer.backend_choice import BACKENDS, BackendChoice, choose_backend
+from plantid.outputs import head, refuse_foreign_file, refuse_onto_inputs, spreadsheet_safe
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score"]
@@ -71,6 +72,8 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     result: list[Path] = []
     seen: set[str] = set()
     for raw in paths:
+        if not raw.strip():  # Path("") is the current folder: an empty argument must not predict all of it
+            raise PlantidError("an empty path was given (an unset shell variable?); pass image files, folders or globs")
         path = Path(raw).expanduser()
         if path.is_dir():
             matches = _folder_images(path)
@@ -112,7 +115,7 @@ def format_csv(rows: list[Row]) -> str:
     writer.writerow(CSV_HEADER)
     for file, top, unknown, score in rows:
         for rank, (label, prob) in enumerate(top, start=1):
-            writer.writerow([file, label, f"{prob:.6f}", rank, _csv_flag(unknown), "" if score is None else f"{score:.6g}"])
+            writer.writerow([spreadsheet_safe(file), spreadsheet_safe(label), f"{prob:.6f}", rank, _csv_flag(unknown), "" if score is None else f"{score:.6g}"])
     return buf.getvalue()
 
 
@@ -148,6 +151,20 @@ def build_table(rows: list[Row], top_k: int, title: str | None = None) -> Table:
     return table
 
 
+def is_predictions_file(path: Path) -> bool:
+    """True for a file `plantid predict --out` wrote: a csv with its header, a json list of its
+    objects, or its plain-text table; anything else at --out is the user's and is not replaced."""
+    start = head(path)
+    if path.stat().st_size == 0:
+        return True  # an empty file holds nothing to lose (e.g. made by mktemp for the output)
+    text = start.decode("utf-8", errors="replace")
+    if text.startswith(",".join(CSV_HEADER) + "\n"):
+        return True
+    if text.lstrip().startswith("[") and (text.strip() == "[]" or text.lstrip()[1:].lstrip().startswith('{\n    "file"')):
+        return True
+    return "\u2503 file" in text and "\u2503 top-1" in text  # the table's header row (rich's heavy bars)
+
+
 def _render_table_text(table: Table) -> str:
     buf = io.StringIO()
     Console(file=buf, width=160, color_system=None, force_terminal=False, no_color=True).print(table)
@@ -176,6 +193,9 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
         raise PlantidError(f"--out {out}: is a folder; give a file name such as predictions.{'csv' if fmt == 'table' else fmt}")
     wants_views = bool(parse_tta(tta))  # a bad view name fails before the inputs are listed
     sources = expand_inputs(paths)
+    if out is not None:
+        refuse_onto_inputs(out, sources)
+        refuse_foreign_file(out, is_predictions_file, "predictions file")
     if backend == "auto":
         choice = choose_backend(run, wants_views)
     elif backend in BACKENDS:

@@ -12,8 +12,9 @@ from pathlib import Path
 from plantid.errors import PlantidError
 from plantid.infer.onnx_export import export_onnx
 from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
-from plantid.infer.submission import export_submission
-from plantid.runfolder import EXPORT_DIR, ONNX_FILE, SUBMISSION_DIR, check_run_folder
+from plantid.infer.submission import SUBMISSION_FILES, export_submission
+from plantid.outputs import json_object, refuse_foreign_file, refuse_foreign_folder
+from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, SUBMISSION_DIR, check_run_folder
 
 FORMATS = ("onnx", "submission")
 
@@ -31,6 +32,15 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
         raise PlantidError(f"unknown quantization '{quantization}': use static or dynamic")
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
+    if fmt == "onnx":
+        target = Path(out) if out is not None else None
+        if target is not None and target.suffix.lower() != ".onnx":
+            target = target / ONNX_FILE
+        if target is not None:
+            refuse_foreign_export(target, quantize)
+    else:
+        refuse_foreign_folder(Path(out) if out is not None else run_dir / SUBMISSION_DIR, set(SUBMISSION_FILES),
+                              is_plantid_submission, "submission")
     from plantid.infer.checkpoint import load_trained
 
     trained = load_trained(run_dir)  # PlantidError (exit 2) for a missing folder or checkpoint
@@ -45,3 +55,26 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
     folder = Path(out) if out is not None else run_dir / SUBMISSION_DIR
     return [export_submission(trained, run_dir, folder, quantize=quantize, quantization=quantization,
                               calibration_images=calibration_images)]
+
+
+def is_plantid_export_meta(path: Path) -> bool:
+    """True for a preprocessing.json plantid wrote (it names its format)."""
+    return str((json_object(path) or {}).get("format", "")).startswith("plantid-onnx")
+
+
+def is_plantid_submission(folder: Path) -> bool:
+    """True for a submission folder plantid wrote: its preprocessing.json says so."""
+    meta = json_object(folder / PREPROCESSING_FILE) or {}
+    return is_plantid_export_meta(folder / PREPROCESSING_FILE) and "submission" in meta
+
+
+def refuse_foreign_export(target: Path, quantize: bool) -> None:
+    """Refuse an ONNX export whose files would replace files plantid did not write (a user's model,
+    a checkpoint given as --out, a foreign preprocessing.json beside it)."""
+    folder = target.parent
+    if folder.exists() and not folder.is_dir():
+        raise PlantidError(f"--out {target}: {folder} is a file, not a folder; choose another --out")
+    refuse_foreign_file(folder / PREPROCESSING_FILE, is_plantid_export_meta, "preprocessing.json")
+    ours = is_plantid_export_meta(folder / PREPROCESSING_FILE)
+    for path in [target] + ([folder / INT8_FILE] if quantize else []):
+        refuse_foreign_file(path, lambda _: ours, "ONNX export")

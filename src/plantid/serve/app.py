@@ -36,6 +36,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from plantid.data.images import BadImageError
 from plantid.errors import PlantidError
@@ -75,16 +76,26 @@ class ServeSettings:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="plantid-decode"))
 
 
+def markdown_text(text: str) -> str:
+    """`text` shown literally inside the API description (Markdown that may hold HTML): every
+    character Markdown or HTML could read as markup becomes an HTML character reference."""
+    return "".join(f"&#{ord(c)};" if not (c.isalnum() or c in " .-_") else c for c in text)
+
+
 def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_bytes: int = 10 * 1024 * 1024,
-               top_k: int = 5) -> FastAPI:
-    """Load `run_dir`'s model with `backend` ('torch' or 'onnx') once and return the web app."""
+               top_k: int = 5, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """Load `run_dir`'s model with `backend` ('torch' or 'onnx') once and return the web app.
+
+    `allowed_hosts`: the Host header values answered (`plantid serve` passes the loopback names
+    and the bound one); None answers any, for an app mounted behind another server."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
-    return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k)
+    return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k, allowed_hosts=allowed_hosts)
 
 
 def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes: int = 10 * 1024 * 1024,
-              top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS) -> FastAPI:
+              top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+              allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app around an already loaded Predictor (create_app's second half; handy in tests)."""
     if max_upload_bytes < 1:
         raise PlantidError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
@@ -104,7 +115,9 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         lifespan=lifespan,
         title="plantid",
         summary="Identify a plant species from a photo.",
-        description=f"Model `{predictor.model_id}` ({predictor.backend} backend). "
+        # the model id comes from a run folder (its name, preprocessing.json) that may be someone
+        # else's: escaped, so /redoc and /docs show it as text and never run it
+        description=f"Model <code>{markdown_text(predictor.model_id)}</code> ({predictor.backend} backend). "
                     "Send a photo as multipart/form-data in a field named `file`.",
         version=package_version(),
     )
@@ -115,6 +128,10 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
     install_error_handlers(app)
 
     app.add_middleware(SecurityHeaders)
+    if allowed_hosts is not None:
+        # DNS rebinding: a web page whose name resolves to 127.0.0.1 reaches this server with its
+        # own name in the Host header; only the names this server was started under are answered
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

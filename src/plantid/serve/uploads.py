@@ -8,6 +8,7 @@ code and a sentence for the page.
 from __future__ import annotations
 
 import io
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
         declared_size = int_or_reject(declared, 400, f"invalid Content-Length header '{declared}'")
         if declared_size > body_limit:
             raise _too_large(limit)
-    chunks: list[bytes] = []
+    chunks: deque[bytes] = deque()
     received = 0
     try:
         async for chunk in request.stream():
@@ -80,16 +81,14 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
         # A closed tab or a dropped connection, not a server error: no traceback in the log (one
         # each, a client could fill the log), and the 400 goes nowhere.
         raise HTTPException(400, f"the client closed the connection after {_mb(received)} of the upload") from None
-    body = b"".join(chunks)
-
-    replayed = False
 
     async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if replayed:
-            return {"type": "http.disconnect"}
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        # The chunks go to the multipart parser one at a time and are dropped as it takes them (it
+        # spools the file part), never joined into a second copy: a waiting upload costs its size once.
+        if not chunks:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        chunk = chunks.popleft()
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
     form_request = Request(request.scope, replay)
     try:

@@ -42,8 +42,9 @@ from plantid.models import members_of
 from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
-from plantid.track.mlflow_store import log_run_files
+from plantid.track.mlflow_store import log_run_files, tracking_uri
 from plantid.train.augment import train_image_size
+from plantid.train.divergence import DivergenceGuard
 from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
@@ -189,6 +190,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
                         auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         EpochThroughput(),
+        DivergenceGuard(),  # before the checkpoints' turn at each validation
     ]
     if t.ema_decay > 0:
         # An exponential moving average of the weights: smoother than the last step's weights,
@@ -315,7 +317,12 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
 
     trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl+C into a silent exit(1); say what happened
+            raise KeyboardInterrupt from None
+        raise
     train_seconds = time.perf_counter() - started
 
     checkpoint = run.checkpoint() or last
@@ -351,7 +358,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "best_checkpoint": checkpoint.name,
             "parameters": counts,
         })
-        log_run_files(run_dir)  # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
+        # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
+        log_run_files(run_dir, store=None if resume else tracking_uri(cfg.track, run_dir))
     return result
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, sha256_file, write_json_atomic
@@ -69,6 +70,8 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
 
     run_dir = Path(run_dir)
     tensors_path, json_path = run_dir / TRUST_TENSORS, run_dir / TRUST_JSON
+    check_trust_numbers(trust.summary(), json_path, "the fit did not give usable numbers; train the run "
+                        "again (a diverged training?) before fitting trust")
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in trust.tensors.items()}
     if not tensors:
         tensors = {"_empty": torch.zeros(0)}  # safetensors files need at least one entry
@@ -92,17 +95,46 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
     return [tensors_path, json_path]
 
 
+MAX_TRUST_JSON_BYTES = 16 * 1024 * 1024  # a fitted trust.json is a few KB
+
+
+class TrustNumbers(BaseModel):
+    """The numbers in trust.json every prediction uses, checked before use: a run folder from
+    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
+    the ranking, and an infinite threshold turned the unknown answer off."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
+    keep: float = Field(gt=0, le=1, allow_inf_nan=False)
+
+
+def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
+    """Refuse, in one line naming the value, a trust.json whose temperature, threshold or keep is
+    missing, not a finite number, or out of its range."""
+    try:
+        TrustNumbers.model_validate(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise PlantidError(f"{path}: {name} {err['msg'].lower()} (got {str(err.get('input'))[:40]}); {fix}") from None
+
+
 def read_trust_json(run_dir: Path) -> dict[str, Any] | None:
     """RUN/trust.json as a dict, or None when the run has none (an older run)."""
     path = Path(run_dir) / TRUST_JSON
     if not path.is_file():
         return None
     try:
+        if path.stat().st_size > MAX_TRUST_JSON_BYTES:
+            raise ValueError("too large")
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PlantidError(f"{path}: not a {FORMAT} file; refit it with `plantid trust {run_dir}`")
+    check_trust_numbers(meta, path, f"refit it with `plantid trust {run_dir}`")
     return meta
 
 
