@@ -53,6 +53,15 @@ class ModelConfig(_Section):
     # > 1: that many copies of the network train side by side (each with its own head, data
     # order, dropout and augmentation draws) and predict together by averaging their probabilities.
     members: int = Field(1, ge=1, le=16)
+    # probe: the linear head starts as a logistic regression on the frozen features of the
+    # training photos (plantid.train.head_init); random: timm's initialisation
+    head_init: Literal["random", "probe"] = "random"
+
+    @model_validator(mode="after")
+    def _probe_needs_a_linear_head(self) -> ModelConfig:
+        if self.head_init == "probe" and self.head != "linear":
+            raise ValueError("model.head_init=probe fits a linear head: use it with model.head=linear")
+        return self
 
     @property
     def label(self) -> str:

@@ -45,6 +45,7 @@ from plantid.track.mlflow_logger import mlflow_logger
 from plantid.track.mlflow_store import log_run_files, tracking_uri
 from plantid.train.augment import train_image_size
 from plantid.train.divergence import DivergenceGuard
+from plantid.train.head_init import ProbeHeadInit
 from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
@@ -192,6 +193,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         EpochThroughput(),
         DivergenceGuard(),  # before the checkpoints' turn at each validation
     ]
+    if cfg.model.head_init == "probe":
+        callbacks.append(ProbeHeadInit(cfg.loss.label_smoothing))
     if t.ema_decay > 0:
         # An exponential moving average of the weights: smoother than the last step's weights,
         # and what validation, best.ckpt and every later use of the run see.
