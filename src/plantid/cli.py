@@ -547,17 +547,20 @@ def compare(
 @app.command()
 def predict(
     run: RunArg,
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many species to list per image.")] = 3,
     tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
     backend: Annotated[str, typer.Option(help="auto: the run's ONNX export when it matches the checkpoint, else torch; "
                                                "or torch (checkpoint), onnx, onnx-int8 (made by `plantid export`).")] = "auto",
+    group: Annotated[Optional[str], typer.Option(help="Several photos of one plant, one answer: 'folder' (each folder "
+                                                      "is one plant) or a CSV with columns group,file.")] = None,
 ) -> None:
     """Predict the species of photos; bad files are reported and skipped. Says which backend answered.
 
     Example: plantid predict runs/lite0 leaf.jpg more_leaves/ --top-k 3 --format csv --out preds.csv
+    Several photos of one plant: plantid predict runs/lite0 plants/ --group folder
     """
     _require_run(run, backend)
     if out is not None:
@@ -567,21 +570,23 @@ def predict(
         refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
     from plantid.infer.cli_predict import predict_command
 
-    code = predict_command(run, paths, top_k=top_k, tta=tta, output_format=output_format, out=out,
-                           backend=backend, console=console, err_console=err_console)
+    code = predict_command(run, paths or [], top_k=top_k, tta=tta, output_format=output_format, out=out,
+                           backend=backend, console=console, err_console=err_console, group=group)
     raise typer.Exit(code)
 
 
 @app.command()
 def export(
     run: RunArg,
-    export_format: Annotated[str, typer.Option("--format", help="onnx or submission.")] = "onnx",
+    export_format: Annotated[str, typer.Option("--format", help="onnx, web (a static app for phones, offline) or submission.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output file/folder (default: inside the run folder).")] = None,
-    quantize: Annotated[bool, typer.Option(help="Also write an int8-quantized ONNX model.")] = False,
+    quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="int8 weights (onnx: also write model.int8.onnx). "
+                                                     "web: int8 by default when it kept its val accuracy, --no-quantize for fp32.")] = None,
 ) -> None:
-    """Export a run: ONNX model + preprocessing.json, or a course-challenge submission folder.
+    """Export a run: ONNX model + preprocessing.json, a web app folder, or a course-challenge submission folder.
 
     Example: plantid export runs/lite0 --format onnx
+    A phone-ready app that works offline: plantid export runs/lite0 --format web (needs `make web-runtime` once)
     """
     from plantid.infer.export import export_run
 
@@ -593,6 +598,11 @@ def export(
         refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
     with _writing_into_run(run if run.is_dir() else run.parent, "export"):
         for path in export_run(run, export_format, out=out, quantize=quantize):
+            if export_format.strip().lower() == "web":
+                from plantid.infer.web_export import describe
+
+                console.print(f"wrote {describe(path)}", markup=False, highlight=False, soft_wrap=True)
+                continue
             console.print(f"wrote {path}")
 
 
