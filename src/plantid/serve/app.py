@@ -7,6 +7,9 @@
 * ``POST /api/predict``: multipart field ``file`` -> top-k species with probabilities, and
   ``unknown`` (true when the photo looks like none of the run's species) with ``ood_score`` and
   ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated);
+* ``POST /api/identify``: up to 5 photos of one plant (multipart field ``files``, repeated) ->
+  one combined answer in the same shape (plantid.infer.group's rule), plus each photo's own
+  answer under ``photos``;
 * ``POST /api/gradcam``: multipart field ``file`` (+ optional ``label`` or ``class_index``) ->
   a PNG of the Grad-CAM heat-map over the photo (torch backend only).
 
@@ -40,10 +43,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from plantid.data.images import BadImageError
 from plantid.errors import PlantidError
+from plantid.infer.group import MAX_GROUP_PHOTOS, combine
 from plantid.infer.predictor import Predictor
 from plantid.serve.middleware import SecurityHeaders, install_error_handlers
 from plantid.serve.model_card import build_model_card, finite, package_version
-from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, UPLOAD_BODY
+from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, IDENTIFY_BODY, UPLOAD_BODY
 from plantid.serve.uploads import (
     MAX_UPLOAD_PIXELS,
     bad_image_error,
@@ -51,6 +55,7 @@ from plantid.serve.uploads import (
     displayed_size,
     int_or_reject,
     read_upload,
+    read_uploads,
 )
 
 log = logging.getLogger("plantid.serve")
@@ -168,6 +173,22 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         upload = await read_upload(request, state.settings.max_upload_bytes)
         return await _bounded(state.settings, upload.data, _predict_one, predictor, upload.data, k)
 
+    @app.post("/api/identify", tags=["predict"], responses=ERROR_RESPONSES,
+              openapi_extra={"requestBody": IDENTIFY_BODY})
+    async def identify(request: Request, top_k: int | None = None) -> dict[str, Any]:
+        """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
+        state = request.app.state
+        predictor: Predictor = state.predictor
+        k = state.settings.top_k if top_k is None else top_k
+        if not 1 <= k <= 1000:
+            raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
+        uploads = await read_uploads(request, state.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
+        for upload in uploads:
+            check_pixels(upload.data, state.settings.max_upload_pixels)
+        names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
+        work = functools.partial(_identify_group, predictor, [u.data for u in uploads], names, k)
+        return await asyncio.get_running_loop().run_in_executor(state.settings.decode_pool, work)
+
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
     async def gradcam(request: Request, label: str | None = None, class_index: int | None = None) -> dict[str, Any]:
@@ -221,6 +242,33 @@ def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
         "calibrated": predictor.trust is not None,
         "elapsed_ms": round(elapsed_ms, 2),
         "image": displayed_size(data),
+    }
+
+
+def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str], k: int) -> dict[str, Any]:
+    """The combined answer for the photos of one plant; any unreadable photo refuses the request, named."""
+    started = time.perf_counter()
+    predictions = predictor.predict(photos, top_k=k)
+    for name, prediction in zip(names, predictions):
+        prediction.source = name
+        if prediction.error is not None:
+            error = bad_image_error(prediction.error)
+            raise HTTPException(error.status_code, f"{name}: {error.detail}")
+    group = combine("plant", predictions, predictor.classes, predictor.threshold, k)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    return {
+        "model_id": predictor.model_id,
+        "top_k": [{"label": label, "probability": finite(p)} for label, p in group.top],
+        "unknown": group.unknown,
+        "ood_score": finite(group.ood_score),
+        "ood_threshold": finite(predictor.threshold),
+        "calibrated": predictor.trust is not None,
+        "combined": "mean of the photos' calibrated log-probabilities; unknown when their mean OOD score is above the threshold",
+        "photos": [{"name": name, "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
+                    "unknown": prediction.unknown, "ood_score": finite(prediction.ood_score),
+                    "image": displayed_size(data)}
+                   for name, prediction, data in zip(names, predictions, photos)],
+        "elapsed_ms": round(elapsed_ms, 2),
     }
 
 

@@ -54,8 +54,8 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"upload too large: the limit is {_mb(limit)} per photo; choose a smaller photo")
 
 
-async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
-    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+async def _read_form(request: Request, limit: int, max_files: int) -> Any:
+    """The multipart form of the request, its body counted against `limit` while it streams in."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "multipart/form-data":
@@ -92,31 +92,61 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
 
     form_request = Request(request.scope, replay)
     try:
-        form = await form_request.form(max_files=4, max_fields=16)
+        return await form_request.form(max_files=max_files, max_fields=16)
     except HTTPException:
         raise
     except StarletteHTTPException as exc:
         raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
     except Exception as exc:  # the multipart parser's own errors
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
+
+
+async def _photo(item: Any, field: str, limit: int) -> tuple[bytes, str]:
+    """The bytes and declared type of one form item that must be an image upload."""
+    if not isinstance(item, UploadFile):
+        raise HTTPException(422, f"the '{field}' field must be a file upload, not a text value")
+    part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
+    if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
+        shown = f"{item.filename}: " if item.filename and field == "files" else ""
+        raise HTTPException(415, f"{shown}the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
+    data = await item.read()
+    if len(data) > limit:
+        raise _too_large(limit)
+    return data, part_type
+
+
+async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
+    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+    form = await _read_form(request, limit, max_files=4)
     try:
         item = form.get("file")
         if item is None:
             raise HTTPException(422, "no file: send the photo as multipart/form-data in a field named 'file'")
-        if not isinstance(item, UploadFile):
-            raise HTTPException(422, "the 'file' field must be a file upload, not a text value")
-        part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
-        if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
-            raise HTTPException(415, f"the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
-        data = await item.read()
-        if len(data) > limit:
-            raise _too_large(limit)
+        data, part_type = await _photo(item, "file", limit)
         fields = {}
         for name in extra_fields:
             value = form.get(name)
             if isinstance(value, str) and value.strip():
                 fields[name] = value.strip()
         return Upload(data=data, content_type=part_type, filename=item.filename, fields=fields)
+    finally:
+        await form.close()
+
+
+async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
+    """Up to `max_files` photos of one plant from the multipart field 'files' (repeated), each within `limit`."""
+    form = await _read_form(request, limit * max_files, max_files=4 * max_files)  # a clear 422 past max_files
+    try:
+        items = form.getlist("files") or form.getlist("file")
+        if not items:
+            raise HTTPException(422, "no files: send the photos as multipart/form-data, each in a field named 'files'")
+        if len(items) > max_files:
+            raise HTTPException(422, f"{len(items)} photos: send at most {max_files} photos of one plant at a time")
+        uploads = []
+        for item in items:
+            data, part_type = await _photo(item, "files", limit)
+            uploads.append(Upload(data=data, content_type=part_type, filename=item.filename, fields={}))
+        return uploads
     finally:
         await form.close()
 

@@ -1,4 +1,5 @@
-/* plantid page: choose or drop a photo, ask /api/predict, optionally show /api/gradcam. */
+/* plantid page: choose or drop up to 5 photos of one plant, ask /api/identify (one combined
+   answer), optionally show /api/gradcam for the photo on display. */
 "use strict";
 
 (function () {
@@ -47,12 +48,19 @@
     statParams: $("stat-params"),
     f1List: $("f1-list"),
     f1Note: $("f1-note"),
+    morePhotos: $("more-photos"),
+    thumbs: $("thumbs"),
+    addInput: $("add-input"),
+    addPhoto: $("add-photo"),
   };
+  const MAX_PHOTOS = 5; // plantid.infer.group.MAX_GROUP_PHOTOS
 
   const state = {
     model: null,
     maxUploadBytes: 10 * 1024 * 1024,
-    file: null,
+    file: null, // the photo on display (Grad-CAM explains it)
+    files: [], // every photo of the plant, at most MAX_PHOTOS
+    thumbUrls: [],
     previewUrl: null,
     prediction: null,
     camLabel: null, // the species the heat-map explains
@@ -217,10 +225,25 @@
 
   // ------------------------------------------------------------------ choosing a photo
 
-  function acceptFile(file) {
-    if (!file) return;
-    clearError();
+  function acceptFiles(list, adding) {
+    const chosen = Array.from(list || []).filter(Boolean);
+    if (!chosen.length) return;
+    const kept = adding ? state.files.slice() : [];
+    const room = MAX_PHOTOS - kept.length;
+    if (chosen.length > room) {
+      showError("At most " + MAX_PHOTOS + " photos of one plant", "Only the first " + Math.max(room, 0) +
+        " of the " + chosen.length + " chosen photos were added.");
+    }
+    const files = kept.concat(chosen.slice(0, Math.max(room, 0)));
+    if (!files.length) return;
+    acceptFile(files, chosen.length <= room);
+  }
+
+  function acceptFile(files, clear) {
+    const file = files[files.length - 1];
+    if (clear !== false) clearError();
     state.seq += 1;
+    state.files = files;
     state.file = file;
     state.prediction = null;
     state.camCache = new Map();
@@ -228,7 +251,12 @@
     hideOverlay();
     showPreview(file);
     resetCamHelp();
-    if (file.size > state.maxUploadBytes) {
+    renderThumbs();
+    const large = files.find((f) => f.size > state.maxUploadBytes);
+    if (large) {
+      const file = large;
+      state.files = [];
+      renderThumbs();
       setResultView("empty");
       resetPhoto();
       el.camToggle.checked = false;
@@ -238,7 +266,37 @@
       updateCamControls();
       return;
     }
-    predict(file, state.seq);
+    predict(files, state.seq);
+  }
+
+  function renderThumbs() {
+    state.thumbUrls.forEach((url) => URL.revokeObjectURL(url));
+    state.thumbUrls = state.files.map((f) => URL.createObjectURL(f));
+    el.thumbs.replaceChildren();
+    state.files.forEach((file, index) => {
+      const li = document.createElement("li");
+      li.className = "thumb" + (file === state.file ? " current" : "");
+      const img = document.createElement("img");
+      img.src = state.thumbUrls[index];
+      img.alt = "Photo " + (index + 1) + ": " + (file.name || "photo");
+      img.addEventListener("click", () => { state.file = file; showPreview(file); renderThumbs(); });
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "thumb-remove";
+      remove.textContent = "\u00d7";
+      remove.setAttribute("aria-label", "Remove photo " + (index + 1));
+      remove.addEventListener("click", () => {
+        const rest = state.files.filter((f) => f !== file);
+        if (rest.length) acceptFile(rest);
+        else { state.files = []; renderThumbs(); resetPhoto(); setResultView("empty"); }
+      });
+      li.append(img, remove);
+      el.thumbs.append(li);
+    });
+    el.morePhotos.hidden = state.files.length === 0;
+    const full = state.files.length >= MAX_PHOTOS;
+    el.addInput.disabled = full;
+    el.addPhoto.setAttribute("aria-disabled", full ? "true" : "false");
   }
 
   function showPreview(file) {
@@ -280,9 +338,13 @@
   });
 
   el.input.addEventListener("change", () => {
-    const file = el.input.files && el.input.files[0];
-    if (file) acceptFile(file);
+    if (el.input.files && el.input.files.length) acceptFiles(el.input.files, false);
     el.input.value = ""; // so that choosing the same file again still counts as a change
+  });
+
+  el.addInput.addEventListener("change", () => {
+    if (el.addInput.files && el.addInput.files.length) acceptFiles(el.addInput.files, true);
+    el.addInput.value = "";
   });
 
   // drag and drop: anywhere on the page, highlighted on the drop zone
@@ -310,8 +372,8 @@
     event.preventDefault();
     dragDepth = 0;
     el.dropzone.classList.remove("dragging");
-    const file = event.dataTransfer.files && event.dataTransfer.files[0];
-    if (file) acceptFile(file);
+    const files = event.dataTransfer.files;
+    if (files && files.length) acceptFiles(files, state.files.length > 0);
   });
 
   // paste an image from the clipboard
@@ -319,22 +381,22 @@
     const items = (event.clipboardData && event.clipboardData.files) || [];
     if (items.length) {
       event.preventDefault();
-      acceptFile(items[0]);
+      acceptFiles(items, state.files.length > 0);
     }
   });
 
   // ------------------------------------------------------------------ prediction
 
-  async function predict(file, seq) {
+  async function predict(files, seq) {
     setResultView("loading");
     el.timing.textContent = "";
     announce("Identifying the plant…");
     updateCamControls();
     const form = new FormData();
-    form.append("file", file, file.name || "photo");
+    files.forEach((file, i) => form.append("files", file, file.name || "photo " + (i + 1)));
     let response;
     try {
-      response = await fetch("/api/predict", { method: "POST", body: form });
+      response = await fetch("/api/identify", { method: "POST", body: form });
     } catch (err) {
       if (seq !== state.seq) return;
       setResultView("empty");
@@ -346,6 +408,8 @@
       const message = await readError(response);
       if (seq !== state.seq) return;
       setResultView("empty");
+      state.files = [];
+      renderThumbs();
       resetPhoto();
       el.camToggle.checked = false;
       resetCamHelp();
@@ -419,10 +483,13 @@
         fill.style.width = Math.max(0.5, item.probability * 100) + "%";
       }));
     });
-    const size = body.image && body.image.width ? body.image.width + " × " + body.image.height + " px photo" : "photo";
+    const photos = body.photos || [];
+    const first = photos.length ? photos[0].image : body.image;
+    const size = photos.length > 1 ? photos.length + " photos of one plant combined (the mean of their log-probabilities)"
+      : "this " + (first && first.width ? first.width + " × " + first.height + " px photo" : "photo");
     el.resultNote.textContent = (unknown ? "Closest species, shown only for reference: probabilities over the "
       : (body.calibrated ? "Calibrated probabilities over the " : "Probabilities over the ")) +
-      (known ? known + " " : "") + "species the model was trained on, for this " + size + "." +
+      (known ? known + " " : "") + "species the model was trained on, for " + size + "." +
       (body.unknown === null || body.unknown === undefined
         ? " This model does not check whether a photo shows one of its species at all."
         : "");
