@@ -1,7 +1,10 @@
-"""`plantid export RUN`: a run as an ONNX model (`onnx_export`) or a challenge submission (`submission`).
+"""`plantid export RUN`: a run as an ONNX model (`onnx_export`), a browser app (`web_export`) or a
+challenge submission (`submission`).
 
 `--format onnx` writes RUN/export/model.onnx and preprocessing.json, `--quantize` adds
-model.int8.onnx (`plantid.infer.quantize`); `--format submission` writes RUN/submission.
+model.int8.onnx (`plantid.infer.quantize`); `--format web` writes RUN/web, a static folder that
+runs the model in a browser, offline (int8 by default when it keeps its val accuracy);
+`--format submission` writes RUN/submission.
 """
 
 from __future__ import annotations
@@ -13,21 +16,26 @@ from plantid.errors import PlantidError
 from plantid.infer.onnx_export import export_onnx
 from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
 from plantid.infer.submission import SUBMISSION_FILES, export_submission
+from plantid.infer.web_export import WEB_DIR, check_runtime, check_web_target, export_web
 from plantid.outputs import json_object, refuse_foreign_file, refuse_foreign_folder
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, SUBMISSION_DIR, check_run_folder
 
-FORMATS = ("onnx", "submission")
+FORMATS = ("onnx", "web", "submission")
 
 
-def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None = None, quantize: bool = False,
+def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None = None, quantize: bool | None = None,
                quantization: str = "static", calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
-    """Export a run folder as 'onnx' or 'submission' and return the files/folders written.
+    """Export a run folder as 'onnx', 'web' or 'submission' and return the files/folders written.
 
-    `quantization` ('static' or 'dynamic') picks how model.int8.onnx is made when `quantize`.
+    `quantize` None means no int8 model for onnx and submission, and for web int8 when it kept
+    its val accuracy. `quantization` ('static' or 'dynamic') picks how model.int8.onnx is made.
     """
     fmt = (export_format or "").strip().lower()
     if fmt not in FORMATS:
-        raise PlantidError(f"unknown export format '{export_format}': use onnx or submission")
+        raise PlantidError(f"unknown export format '{export_format}': use onnx, web or submission")
+    if fmt == "web":  # a missing runtime or a folder that is not ours is said before the checkpoint is read
+        check_runtime()
+        check_web_target(Path(out) if out is not None else Path(run_dir) / WEB_DIR)
     if quantization not in QUANTIZATIONS:
         raise PlantidError(f"unknown quantization '{quantization}': use static or dynamic")
     run_dir = Path(run_dir)
@@ -37,8 +45,8 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
         if target is not None and target.suffix.lower() != ".onnx":
             target = target / ONNX_FILE
         if target is not None:
-            refuse_foreign_export(target, quantize)
-    else:
+            refuse_foreign_export(target, bool(quantize))
+    elif fmt == "submission":
         refuse_foreign_folder(Path(out) if out is not None else run_dir / SUBMISSION_DIR, set(SUBMISSION_FILES),
                               is_plantid_submission, "submission")
     from plantid.infer.checkpoint import load_trained
@@ -46,6 +54,9 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
     trained = load_trained(run_dir)  # PlantidError (exit 2) for a missing folder or checkpoint
     if trained.checkpoint.is_file() and run_dir.is_file():
         run_dir = trained.checkpoint.parent
+    if fmt == "web":
+        return [export_web(trained, run_dir, Path(out) if out is not None else run_dir / WEB_DIR, quantize=quantize).folder]
+    quantize = bool(quantize)
     if fmt == "onnx":
         target = Path(out) if out is not None else run_dir / EXPORT_DIR / ONNX_FILE
         if target.suffix.lower() != ".onnx":
