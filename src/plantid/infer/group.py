@@ -9,7 +9,7 @@ then:
   that rules it out weighs more than in an arithmetic mean. This is the product of the photos'
   likelihoods as if they were independent views, tempered by 1/n: photos that agree give an
   answer about as confident as one photo's, not n times more (photos of one plant are not
-  independent, and the plain product was over-confident);
+  independent, and the plain product would be over-confident);
 * unknown: the mean of the photos' OOD scores, compared with the run's single-photo threshold.
 
 Why, and what it buys: docs/decisions.md, "2026-12-07 · Several photos of one plant". The
