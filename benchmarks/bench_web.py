@@ -24,6 +24,7 @@ import argparse
 import base64
 import functools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a trained run folder")
     parser.add_argument("--photos", type=int, default=64, help="test photos timed, one at a time")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--web", type=Path, default=None, help="the exported folder (default RUN/web, exported if missing)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -124,9 +126,9 @@ def main() -> None:
     from plantid.infer.export import export_run
     from plantid.infer.web_export import folder_size_bytes
 
-    web = args.run / "web"
+    web = args.web or args.run / "web"
     if not (web / "model-info.js").is_file():
-        export_run(args.run, "web")
+        export_run(args.run, "web", out=web)
     meta = json.loads((web / "preprocessing.json").read_text(encoding="utf-8"))
     weights = meta["web"]["weights"]
     paths = [Path(r.path) for r in read_manifest(args.run / "split.csv").rows_for("test")][: args.photos]
@@ -138,9 +140,10 @@ def main() -> None:
     finally:
         httpd.shutdown()
     python = python_timings(args.run, paths, args.threads, weights)
-    result = {"run": str(args.run), "weights": weights, "photos": len(paths), "image_size": meta["image_size"],
+    result = {"run": args.run.name, "weights": weights, "photos": len(paths), "image_size": meta["image_size"],
               "folder_mb": folder_size_bytes(web) / 1e6, "browser": browser, "python_onnxruntime": python,
-              "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
+              "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                          "cpus": os.cpu_count(), "load_average_1_5_15": [round(v, 1) for v in os.getloadavg()]},
               "date": time.strftime("%Y-%m-%d")}
     print(f"web app ({weights}, {meta['image_size']} px, {len(paths)} test photos, {args.threads} threads)")
     print(f"  folder {result['folder_mb']:.1f} MB; page weight on a first visit {browser['page_weight_mb']:.1f} MB")
