@@ -206,7 +206,8 @@ def noisiest_nodes(fp32_path: Path, int8_path: Path, images: np.ndarray, count: 
         for name, path in (("fp32", fp32_path), ("int8", int8_path)):
             augmented = Path(work) / f"{name}.onnx"
             modify_model_output_intermediate_tensors(str(path), str(augmented))
-            activations[name] = collect_activations(str(augmented), _CalibrationReader(images, batch=4))
+            batches = [{INPUT_NAME: images[i:i + 4]} for i in range(0, len(images), 4)]
+            activations[name] = collect_activations(str(augmented), batches)
     float_acts, quant_acts = activations["fp32"], activations["int8"]
 
     def sqnr(tensor: str) -> float | None:
