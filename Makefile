@@ -68,7 +68,8 @@ $(WEB_RUNTIME)/ort.wasm.min.js: $(WEB_RUNTIME_SPEC)
 	  rm -rf "$(WEB_RUNTIME)" && mv "$(WEB_RUNTIME).part" "$(WEB_RUNTIME)" && \
 	  echo "onnxruntime-web $(ORT_WEB_VERSION) in $(WEB_RUNTIME)"
 
-test: $(STAMP) browser-deps web-runtime
+test: $(STAMP) browser-deps
+	@$(MAKE) --no-print-directory web-runtime || echo "warning: onnxruntime-web could not be fetched; the web app tests will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

@@ -41,12 +41,12 @@ def web_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A copy of the session's tiny run with trust files fitted (so answers can be unknown), exported for the web."""
     from plantid.trust.fit import fit_trust
 
-    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("web") / "run", symlinks=True))
-    fit_trust(run)
     try:
         check_runtime()
     except PlantidError as exc:
         pytest.skip(str(exc))
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("web") / "run", symlinks=True))
+    fit_trust(run)
     export_run(run, "web", quantize=False)
     return run
 
