@@ -102,8 +102,26 @@ def _require_free_port(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
+            free = _free_port_near(family, kind, proto, address, port)
+            suggestion = f"e.g. --port {free}, free now" if free else "none of the next 50 ports is free either"
             raise PlantidError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
-                               f"choose another --port (e.g. --port {port + 1 if port < 65535 else 8000})") from None
+                               f"choose another --port ({suggestion})") from None
+
+
+def _free_port_near(family, kind, proto, address: tuple, port: int, tries: int = 50) -> int | None:
+    """The first port after `port` (wrapping to 8000) that binds on `address` now, or None."""
+    import socket
+
+    start = port + 1 if port < 65535 else 8000
+    for candidate in [p for p in range(start, start + tries) if 1024 <= p <= 65535]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address[0], candidate, *address[2:]))
+            except OSError:
+                continue
+            return candidate
+    return None
 
 
 def _run_data_root(run: Path) -> Path | None:
@@ -229,6 +247,10 @@ def train(
 ) -> None:
     """Train a classifier; extra arguments are key=value overrides of the recipe.
 
+    Settings: any section.key=value after the options (train.budget_minutes=5, data.image_size=160,
+    train.epochs=12, model.name=resnet50); `plantid recipes cpu-default` lists every setting with its
+    value and what it does.
+
     Examples:
 
       plantid train --data photos/ --recipe cpu-default --out runs/lite0
@@ -313,19 +335,24 @@ def _parent_settings(run: Path) -> tuple[Optional[str], Optional[Path]]:
 
 def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
+    from plantid.trust.selective import promise_note
     from plantid.trust.store import describe_detector
 
     return (f"trust fitted ({run}/trust.json): {describe_detector(fitted.summary())} score"
             f", unknown above {fitted.threshold:.4g} "
             f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
             f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%"
-            + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else ""))
+            + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else "")
+            + (f"; unsure below {100 * fitted.answer_level:.0f}% top probability" if fitted.answer_level is not None else "")
+            + ("" if m.get("keep_promised", True) else
+               f"\nwarning: {promise_note(m['val_photos'], fitted.keep, m['keep_confidence'])}"))
 
 
 @app.command(name="trust")
 def trust_command(
     run: RunArg,
-    keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
+    keep: Annotated[Optional[float], typer.Option(help="Share of new photos of the known species kept as known (default: the run's trust.keep, 0.95).")] = None,
+    answered_accuracy: Annotated[Optional[float], typer.Option(help="Target accuracy of the photos named a species; below the level that reaches it on val the answer is 'unsure between A and B' (default: the run's trust.answered_accuracy, 0.95).")] = None,
     detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
     combine: Annotated[Optional[str], typer.Option(help="How the mahalanobis+knn detectors join their parts: mean (default) or max.")] = None,
@@ -342,8 +369,8 @@ def trust_command(
     _setup_logging()
     config_path = RunFolder(run).config
     base = load_run_config(config_path).trust if config_path.is_file() else TrustConfig()
-    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k),
-                                                             ("combine", combine)) if value is not None}
+    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k), ("combine", combine),
+                                               ("answered_accuracy", answered_accuracy)) if value is not None}
     from pydantic import ValidationError
 
     try:
@@ -359,13 +386,48 @@ def trust_command(
 
 
 @app.command()
-def recipes() -> None:
-    """List the shipped training recipes."""
+def recipes(
+    name: Annotated[Optional[str], typer.Argument(help="A recipe (or YAML file) to list every setting of, with its value and what it does.")] = None,
+) -> None:
+    """List the shipped training recipes, or every setting of one with its value and a line of help.
+
+    Any setting can be changed on the command line as section.key=value, e.g.
+    `plantid train --data photos/ train.budget_minutes=5 data.image_size=160`.
+
+    Examples: plantid recipes; plantid recipes cpu-default
+    """
     from plantid.config import load_config, recipe_names
 
-    for name in recipe_names():
-        cfg = load_config(name)
-        console.print(f"{name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, {cfg.train.precision}")
+    if name is None:
+        for recipe_name in recipe_names():
+            cfg = load_config(recipe_name)
+            console.print(f"{recipe_name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
+                          f"{cfg.train.precision}")
+        console.print("every setting of one, with what it does: plantid recipes NAME", highlight=False)
+        return
+    from rich.table import Table
+
+    from plantid.settings_help import setting_rows
+
+    table = Table(title=f"{name}: change any setting with section.key=value after `plantid train`", title_justify="left")
+    for column in ("setting", "value", "what it does"):
+        table.add_column(column, overflow="fold")
+    for key, value, help_text in setting_rows(load_config(name)):
+        table.add_row(key, _setting_text(value), help_text)
+    console.print(table)
+
+
+def _setting_text(value: object) -> str:
+    """A setting's value as it would be typed after `key=`."""
+    import yaml
+
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def _command_line() -> str:

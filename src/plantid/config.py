@@ -7,6 +7,7 @@ result, so an unknown key or a bad value is a one-line PlantidError naming it.
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,30 +27,31 @@ class DataConfig(_Section):
 
     root: Path | None = None  # image folder (one subfolder per class) or an already split root
     manifest: Path | None = None  # an existing split.csv to use instead of splitting `root`
+    # share of the photos held out for validation (checkpoint choice, trust fitting)
     val: float = Field(0.15, ge=0.0, lt=1.0)
-    test: float = Field(0.15, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    test: float = Field(0.15, ge=0.0, lt=1.0)  # share of the photos held out for the final test
+    split_seed: int = 0  # seed of the stratified split
     # 'auto': from the train photos' resolution when the run starts (plantid.train.plan)
     image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = 224
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    num_workers: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)  # training photos per optimizer step
+    eval_batch_size: int = Field(128, ge=1)  # photos per batch in validation, evaluation and trust fitting
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: in the main process)
     cache_dir: Path | None = None  # default: ~/.cache/plantid
 
 
 class ModelConfig(_Section):
     """Which network: any timm model name, or `simple_cnn` / `inception` from scratch."""
 
-    name: str = "tf_efficientnet_lite0"
+    name: str = "tf_efficientnet_lite0"  # any timm model name, or simple_cnn / inception
     weights: str = "auto"  # auto | none | hub | lite-package | path/to/file.(pth|safetensors)
     freeze: float = Field(0.0, ge=0.0)  # >= 1: first N layers; 0 < f < 1: that fraction of layers
     head: Literal["linear", "seed"] = "linear"  # seed: GAP, Dropout, Dense(hidden) ReLU, Dense(classes)
-    head_hidden: int = Field(1024, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    head_hidden: int = Field(1024, ge=1)  # width of the seed head's hidden dense layer
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)  # dropout before the classifier
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # stochastic depth rate of the backbone's blocks
     l1: float = Field(0.0, ge=0.0)  # L1 penalty on the head's hidden dense layer
     l2: float = Field(0.0, ge=0.0)  # L2 penalty on the head's hidden dense layer
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on most CPUs and GPUs)
     # > 1: that many copies of the network train side by side (each with its own head, data
     # order, dropout and augmentation draws) and predict together by averaging their probabilities.
     members: int = Field(1, ge=1, le=16)
@@ -73,6 +75,7 @@ class ModelConfig(_Section):
 class AugmentConfig(_Section):
     """Batched augmentation applied on the training device; `preset` picks the recipe."""
 
+    # none | flip | seed (flips, shifts, rotation, zoom, colour jitter)
     preset: Literal["none", "flip", "seed"] = "seed"
     strength: float = Field(1.0, ge=0.0, le=3.0)  # scales shifts, rotation, zoom, colour jitter
     # Share of samples that get the shift/rotation/zoom warp. Bilinear resampling softens every
@@ -85,18 +88,18 @@ class AugmentConfig(_Section):
     # ways, right for leaves shot from above); false for photos that have an up, such as plants
     # photographed standing.
     vflip: bool | None = None
-    mixup_alpha: float = Field(0.0, ge=0.0)
-    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)  # > 0: MixUp with this Beta parameter (see mix_prob)
+    cutmix_alpha: float = Field(0.0, ge=0.0)  # > 0: CutMix with this Beta parameter (see mix_prob)
     mix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is mixed (CutMix or MixUp)
 
 
 class LossConfig(_Section):
     """Classification loss and imbalance handling."""
 
-    name: Literal["ce", "weighted_ce", "focal"] = "ce"
+    name: Literal["ce", "weighted_ce", "focal"] = "ce"  # ce | weighted_ce (inverse class frequency) | focal
     gamma: float = Field(2.0, ge=0.0)  # focal loss focusing parameter
     alpha: Literal["none", "balanced"] | list[float] = "none"  # per-class weights for focal loss
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # share of the target spread over the other classes
 
 
 class LRPhase(_Section):
@@ -111,14 +114,15 @@ class LRPhase(_Section):
 class OptimConfig(_Section):
     """Optimizer and learning-rate schedule."""
 
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    name: Literal["adam", "adamw", "sgd"] = "adam"  # adam | adamw | sgd
+    lr: float = Field(1e-3, gt=0)  # peak learning rate
+    weight_decay: float = Field(0.0, ge=0.0)  # L2 weight decay (decoupled for adamw)
     # timm's rule (False): biases, norm weights and a backbone's no_weight_decay() names are not
     # decayed. True decays every trainable tensor, as plantid's optimizer did before timm's.
     decay_biases_and_norms: bool = False
+    # learning-rate schedule: constant | cyclic | onecycle | cosine
     schedule: Literal["constant", "cyclic", "onecycle", "cosine"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)  # linear warm-up before the schedule, in epochs
     phases: list[LRPhase] = Field(default_factory=list)  # for schedule=cyclic
     # Layer-wise LR decay: each backbone block trains at this times the rate of the next one
     # (the classifier at the full rate); unset trains every layer at optim.lr.
@@ -144,14 +148,14 @@ class TrainConfig(_Section):
     # resumed run counts the minutes it already trained.
     max_minutes: float | None = Field(None, gt=0)
     patience: int = Field(0, ge=0)  # early stopping on val accuracy; 0 disables it
-    seed: int = 0
+    seed: int = 0  # seed of weights, data order and augmentation
     accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int | str = 1
-    num_nodes: int = Field(1, ge=1)
+    devices: int | str = 1  # GPUs (or CPU processes) per node
+    num_nodes: int = Field(1, ge=1)  # machines in a multi-node run
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...
     precision: str = "auto"  # auto (bf16-mixed on a bf16-capable GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed
     threads: int = Field(0, ge=0)  # torch intra-op threads on CPU; 0 keeps torch's default
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     # CPU: train depthwise convolutions whose kernel exceeds their feature map with plantid's
     # weight gradient, 3-7x faster there than PyTorch's (plantid.train.depthwise). Same gradients.
     small_map_depthwise: bool = True
@@ -160,17 +164,17 @@ class TrainConfig(_Section):
     # them, validation and test use data.image_size.
     # 'auto': two thirds of the epochs at two thirds of the final size (plantid.train.plan).
     resize_phases: list[ResizePhase] | Literal["auto"] = Field(default_factory=list)
-    deterministic: bool = True
+    deterministic: bool = True  # deterministic kernels: a rerun repeats bit for bit on one machine
     # false: the run never scores its test split (train_summary's test_acc is null). For choosing
     # settings on val, where a test split is read once per decision, to report it.
     score_test: bool = True
     # A run folder whose weights this run starts from (`plantid train --from RUN`): its classes
     # keep their head rows, new classes get fresh ones, removed ones are dropped (plantid.train.warm_start).
     init_from: Path | None = None
-    limit_train_batches: float | int = 1.0
-    limit_val_batches: float | int = 1.0
-    log_every_n_steps: int = Field(10, ge=1)
-    progress: bool = True
+    limit_train_batches: float | int = 1.0  # share (or count) of training batches per epoch
+    limit_val_batches: float | int = 1.0  # share (or count) of validation batches per epoch
+    log_every_n_steps: int = Field(10, ge=1)  # optimizer steps between logged training metrics
+    progress: bool = True  # show the progress line
 
     @field_validator("devices")
     @classmethod
@@ -212,7 +216,7 @@ class EvalConfig(_Section):
     """What `--tta default` means for this run (`plantid evaluate`, `plantid predict`): a set's
     name (flips, report, dihedral), 'none', or a list of views (VIEW_NAMES)."""
 
-    tta: str | list[str] = DEFAULT_VIEW_SET
+    tta: str | list[str] = DEFAULT_VIEW_SET  # test-time views `--tta default` averages (plantid.infer.view_names)
 
     @field_validator("tta")
     @classmethod
@@ -246,6 +250,12 @@ class TrustConfig(_Section):
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".
     keep: float = Field(0.95, gt=0.0, lt=1.0)
+    # How sure the threshold must be to keep `keep` of NEW photos (a finite-sample conformal bound over
+    # the draw of the val photos, plantid.trust.selective); a small val split raises the threshold.
+    keep_confidence: float = Field(0.9, gt=0.0, lt=1.0)
+    # Target accuracy of the photos answered with one species, on val: below the level that reaches it
+    # the answer is "unsure between A and B" (plantid.infer.answers).
+    answered_accuracy: float = Field(0.95, gt=0.0, le=1.0)
     enabled: bool = True  # fit at the end of `plantid train`
 
 
@@ -258,9 +268,9 @@ class TrackConfig(_Section):
     cannot be written is a warning, never a failed run.
     """
 
-    mlflow: bool = True
-    tracking_uri: str | None = None
-    experiment: str = Field("plantid", min_length=1)
+    mlflow: bool = True  # also log the run to an MLflow store
+    tracking_uri: str | None = None  # MLflow URI; default $MLFLOW_TRACKING_URI or mlruns/ beside the run
+    experiment: str = Field("plantid", min_length=1)  # MLflow experiment name
 
 
 class RunConfig(_Section):
@@ -333,6 +343,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def setting_keys() -> list[str]:
+    """Every dotted setting name (`train.epochs`, ...), section by section."""
+    return [f"{section}.{name}" for section, field in RunConfig.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+            for name in field.annotation.model_fields]
+
+
+def closest_settings(key: str, n: int = 3) -> list[str]:
+    """The setting names closest to a misspelt `key` (difflib), best first; a right name in the wrong
+    section is found by its last part."""
+    keys = setting_keys()
+    close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
+    if not close and "." in key:
+        tails = difflib.get_close_matches(key.rsplit(".", 1)[1], [k.rsplit(".", 1)[1] for k in keys], n=n)
+        close = [k for k in keys if k.rsplit(".", 1)[1] in tails]
+    return close[:n]
+
+
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate a nested dict into a RunConfig, turning the first problem into a one-line error."""
     try:
@@ -342,7 +370,10 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         # drop pydantic's union branch tags ('constrained-int', "literal['auto']") from the path
         where = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier())
         if err["type"] == "extra_forbidden":
-            raise PlantidError(f"{source}: unknown setting '{where}' (check the spelling; see `plantid recipes`)") from None
+            close = closest_settings(where)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else "check the spelling"
+            raise PlantidError(f"{source}: unknown setting '{where}' ({hint} `plantid recipes "
+                               f"{data.get('recipe') or 'cpu-default'}` lists every setting)") from None
         msg = err["msg"].removeprefix("Value error, ")
         raise PlantidError(f"{source}: bad value for '{where}': {msg} (got {err.get('input')!r})") from None
 

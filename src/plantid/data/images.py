@@ -14,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# HEIC/HEIF (the iPhone camera's default) through pillow-heif; AVIF is read by Pillow itself (>= 11.3)
+register_heif_opener()
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                              ".avif"})
 HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit, made explicit and enforced as an error
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a larger file is not a photo we can train on or predict

@@ -206,6 +206,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
         "metrics": base["metrics"],
         "per_class": base["per_class"],
         "confusion": base["confusion"],
+        "intervals": base["intervals"],  # 95%: accuracy and per-class recall Wilson, balanced accuracy bootstrap
         "tta": None,
         "worst": worst_errors(probabilities[0], data.labels, data.paths, classes, limit=WORST_LIMIT),
     }
@@ -254,27 +255,37 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}%"
 
 
+def _interval(bounds: list[float] | None) -> str:
+    """' (78.1-93.5%)': a 95% interval after its value, or nothing for an older eval.json."""
+    return "" if not bounds else f" ({100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%)"
+
+
 def print_evaluation(result: dict, console) -> None:
     """The summary table (metric, without TTA, with TTA) and the per-class table."""
     from rich.table import Table
     from rich.text import Text
 
     tta = result.get("tta")
-    summary = Table(title=Text(f"{result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}"),
+    summary = Table(title=Text(f"{result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}"
+                               + ("; 95% intervals in brackets" if result.get("intervals") else "")),
                     title_justify="left")
     summary.add_column("metric")
     summary.add_column("without TTA", justify="right")
     if tta:
         summary.add_column(Text(f"with TTA ({len(tta['views'])} views)"), justify="right")
     rows = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")]
+    intervals = result.get("intervals") or {}
+    tta_intervals = (tta or {}).get("intervals") or {}
     for label, key in rows:
-        summary.add_row(label, _pct(result["metrics"][key]), *([_pct(tta["metrics"][key])] if tta else []))
+        summary.add_row(label, _pct(result["metrics"][key]) + _interval(intervals.get(key)),
+                        *([_pct(tta["metrics"][key]) + _interval(tta_intervals.get(key))] if tta else []))
     for k, v in result["metrics"]["top_k"].items():
         summary.add_row(f"top-{k} accuracy", _pct(v), *([_pct(tta["metrics"]["top_k"].get(k))] if tta else []))
     console.print(summary)
 
     table = Table(title="per class (without TTA)" + (", F1 with TTA alongside" if tta else ""), title_justify="left")
-    for name in ("class", "precision", "recall", "F1"):
+    recall_intervals = intervals.get("recall") or {}
+    for name in ("class", "precision", "recall", "recall 95%", "F1"):
         table.add_column(name, justify="left" if name == "class" else "right")
     if tta:
         table.add_column("F1 (TTA)", justify="right")
@@ -282,8 +293,9 @@ def print_evaluation(result: dict, console) -> None:
     tta_rows = tta["per_class"] if tta else [None] * len(result["per_class"])
     for row, trow in zip(result["per_class"], tta_rows):
         weak = row["support"] > 0 and row["f1"] < 0.5
+        bounds = recall_intervals.get(row["class"])
         cells = [Text(row["class"], style="bold red" if weak else ""), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                 f"{row['f1']:.3f}"]
+                 f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else "", f"{row['f1']:.3f}"]
         if trow is not None:
             cells.append(f"{trow['f1']:.3f}")
         cells.append(str(row["support"]))
@@ -306,6 +318,15 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     for name in ("", "value"):
         table.add_column(name, justify="left" if not name else "right")
     table.add_row(f"{split} photos kept as known", _pct(section["kept"]))
+    answers = section.get("answers")
+    if answers and answers.get("photos"):
+        level = section.get("answer_level")
+        table.add_row(f"{split} photos named a species (coverage; unsure below "
+                      f"{'no level' if level is None else _pct(level)}, unknown above the threshold)",
+                      f"{_pct(answers['coverage'])} ({answers['answered']} of {answers['photos']})")
+        table.add_row("accuracy of the photos named (selective accuracy)", _pct(answers["answered_accuracy"]))
+        table.add_row(f"{split} photos answered unsure between two / not one of the species",
+                      f"{_pct(answers['unsure'])} / {_pct(answers['unknown'])}")
     table.add_row("calibration error (ECE), softmax -> with temperature",
                   f"{_pct(cal['ece_before'])} -> {_pct(cal['ece_after'])}")
     if cal.get("ece_if_calibrated"):

@@ -192,6 +192,11 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
 # ---- sections -------------------------------------------------------------------------------------
 
 
+def _range(bounds: list[float] | None) -> str:
+    """'; 95% interval 78.1-93.5%' after a card's detail, or nothing (older eval.json)."""
+    return f"; 95% interval {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%" if bounds else ""
+
+
 def _card(label: str, value: str, detail: str = "", main: bool = False) -> str:
     cls = "card main" if main else "card"
     det = f'<div class="detail">{e(detail)}</div>' if detail else ""
@@ -202,12 +207,15 @@ def _key_numbers(summary: dict, result: dict | None, split_label: str, planned_e
     m = (result or {}).get("metrics") or {}
     tta = (result or {}).get("tta")
     params = summary.get("parameters") or {}
+    intervals = (result or {}).get("intervals") or {}
     cards = [
         _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.get("test_acc"))),
-              f"{result['n_images']} images, no TTA" if result else "from training", main=True),
+              (f"{result['n_images']} images, no TTA" + _range(intervals.get("accuracy"))) if result else "from training",
+              main=True),
         _card(f"{split_label} accuracy, TTA", _pct(tta["metrics"]["accuracy"]) if tta else "not run",
               f"{len(tta['views'])} views averaged" if tta else "plantid evaluate RUN --tta default", main=bool(tta)),
-        _card("Balanced accuracy", _pct(m.get("balanced_accuracy")), "mean per-class recall"),
+        _card("Balanced accuracy", _pct(m.get("balanced_accuracy")),
+              "mean per-class recall" + _range(intervals.get("balanced_accuracy"))),
         _card("Macro-F1", _pct(m.get("macro_f1")), "mean per-class F1"),
         _card("Best val accuracy", _pct(summary.get("best_val_acc")), "checkpoint selection"),
         _card("Epochs", str(summary.get("epochs_run", "n/a")), f"of {planned_epochs} planned" if planned_epochs else ""),
@@ -226,6 +234,34 @@ def _training_speed(summary: dict[str, Any]) -> str:
     if summary.get("train_images_per_s"):
         parts.append(f"{summary['train_images_per_s']:,.0f} photos/s")
     return ", ".join(parts)
+
+
+def _answers_table(result: dict, trust: dict) -> str:
+    """The three answers on the evaluated photos: what each means, and how often each was given."""
+    from plantid.infer.answers import meanings
+
+    answers = trust.get("answers")
+    if not answers or not answers.get("photos"):
+        return ""
+    classes = len(result.get("per_class") or [])
+    words = meanings(classes, trust.get("answered_accuracy"))
+    level = trust.get("answer_level")
+    species = (f"{_pct(answers['coverage'])} ({answers['answered']:,} of {answers['photos']:,}), "
+               f"{_pct(answers['answered_accuracy'])} of them right" if answers["answered"] else "none")
+    rows = [
+        ("a species", words["species"] + (f" (level {_pct(level, 0)})" if level is not None else ""), species),
+        ("unsure between two", words["unsure"], _pct(answers["unsure"])),
+        (f"not one of the {classes} species", words["unknown"] + f" (score above {trust['threshold']:.4g})",
+         _pct(answers["unknown"])),
+    ]
+    body = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{c}</td></tr>" for a, b, c in rows)
+    promise = ""
+    if trust.get("keep_promised") is False:
+        from plantid.trust.selective import promise_note
+
+        promise = f'<p class="note">Warning: {e(promise_note(int(trust["val_photos"]), trust["keep"], trust["keep_confidence"]))}.</p>'
+    return (f'<table class="narrow"><thead><tr><th>answer</th><th>what it means</th><th>{e(result["split"])} photos'
+            f'</th></tr></thead><tbody>{body}</tbody></table>{promise}')
 
 
 def _data_section(run_dir: Path) -> str:
@@ -254,8 +290,10 @@ def _data_section(run_dir: Path) -> str:
     if isinstance(scan, dict):
         bad = scan.get("num_bad", 0) or 0
         dups = len(scan.get("duplicate_groups") or [])
+        near = len(scan.get("near_duplicate_groups") or [])
         parts.append(f'<p class="note">Scanned {e(scan.get("root", "the data folder"))}: {int(bad):,} unusable file(s) '
-                     f'skipped, {dups:,} group(s) of byte-identical photos (kept in one split).</p>')
+                     f'skipped; {dups:,} group(s) of byte-identical photos and {near:,} group(s) of near-duplicate '
+                     f'photos, each group kept in one split.</p>')
     return "".join(parts)
 
 
@@ -291,7 +329,10 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     cal = trust["calibration"]
     rows = [
         ("unknown-photo score", describe_detector(trust)),
-        ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
+        ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen on the val photos to keep {_pct(trust['keep'], 0)} "
+                                       "of new photos of the known species"
+                                       + (f" with {_pct(trust['keep_confidence'], 0)} confidence"
+                                          if trust.get("keep_confidence") else "")),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),
         ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
@@ -303,7 +344,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
         ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
     ]
     body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)
-    out = [f'<table class="narrow"><tbody>{body}</tbody></table>']
+    out = [_answers_table(result, trust), f'<table class="narrow"><tbody>{body}</tbody></table>']
     if trust["ood"]:
         ood_rows = "".join(
             f"<tr><td><code>{e(x['folder'])}</code></td><td>{x['n_images']:,}</td><td>{_pct(x['rejected'])}</td>"
@@ -335,16 +376,20 @@ def _per_class_table(result: dict) -> str:
     weak = weak_classes(result)
     tta = result.get("tta")
     tta_f1 = {r["class"]: r["f1"] for r in tta["per_class"]} if tta else {}
-    head = "<th>class</th><th>precision</th><th>recall</th><th>F1</th>" + ("<th>F1 with TTA</th>" if tta else "") + "<th>support</th>"
+    recall_bounds = (result.get("intervals") or {}).get("recall") or {}
+    head = ("<th>class</th><th>precision</th><th>recall</th><th>recall, 95% interval</th><th>F1</th>"
+            + ("<th>F1 with TTA</th>" if tta else "") + "<th>support</th>")
     body = []
     for r in result["per_class"]:
+        bounds = recall_bounds.get(r["class"])
+        shown = f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else ""
         cls = "weak" if r["class"] in weak else "absent" if r["support"] == 0 else ""
         tag = '<span class="tag">weak</span>' if r["class"] in weak else ""
         bar = f'<span class="bar" style="width:{max(2, round(60 * r["f1"]))}px"></span>'
         extra = f"<td>{r_f:.3f}</td>" if tta and (r_f := tta_f1.get(r["class"])) is not None else ("<td></td>" if tta else "")
         body.append(
             f'<tr class="{cls}"><td class="name">{e(r["class"])}{tag}</td><td>{r["precision"]:.3f}</td>'
-            f'<td>{r["recall"]:.3f}</td><td>{bar}{r["f1"]:.3f}</td>{extra}<td>{int(r["support"]):,}</td></tr>'
+            f'<td>{r["recall"]:.3f}</td><td>{shown}</td><td>{bar}{r["f1"]:.3f}</td>{extra}<td>{int(r["support"]):,}</td></tr>'
         )
     note = (f'<p class="note">Highlighted: F1 below {WEAK_F1:.2f} or more than {100 * WEAK_GAP:.0f} points below the '
             f'macro-F1 ({_pct(result["metrics"]["macro_f1"], 1)}). ' +

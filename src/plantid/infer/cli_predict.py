@@ -10,12 +10,14 @@ Output formats:
 * table: file, top-1 species, its probability, and the top-k species with probabilities (rich table);
   with trust files a photo unlike every known species reads "unknown (closest: X)", and a column
   gives its OOD score.
-* csv: long format, one row per file and rank: ``file,label,probability,rank,unknown,ood_score``
+* csv: long format, one row per file and rank: ``file,label,probability,rank,unknown,ood_score,answer``
   (rank 1 = most likely), so top-k rows per file; easy to filter (rank == 1) or pivot. ``unknown``
   is true/false and ``ood_score`` the score (higher = less like the training photos); both are
-  empty for a run without trust files.
-* json: a list of ``{"file": ..., "unknown": ..., "ood_score": ..., "predictions": [{"label": ...,
-  "probability": ...}, ...]}`` (unknown and ood_score null without trust files).
+  empty for a run without trust files. ``answer`` is species, unsure or unknown
+  (plantid.infer.answers).
+* json: a list of ``{"file": ..., "unknown": ..., "ood_score": ..., "answer": {"kind", "species",
+  "text"}, "predictions": [{"label": ..., "probability": ...}, ...]}`` (unknown and ood_score null
+  without trust files).
 
 Probabilities are calibrated (softmax of logits / the run's temperature) when the run has trust
 files; a run without them predicts as before, with a one-line note on stderr.
@@ -48,12 +50,13 @@ from rich.text import Text
 from plantid.data.images import is_hidden, is_image_name
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.infer.answers import Answer, answer_for, short_label
 from plantid.infer.backend_choice import BACKENDS, BackendChoice, choose_backend
 from plantid.infer.group import GroupPrediction, combine
 from plantid.outputs import head, refuse_foreign_file, refuse_onto_inputs, spreadsheet_safe
 
 OUTPUT_FORMATS = ("table", "csv", "json")
-CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score"]
+CSV_HEADER = ["file", "label", "probability", "rank", "unknown", "ood_score", "answer"]
 GROUP_CSV_HEADER = ["group", "photos", "label", "probability", "rank", "unknown", "ood_score"]
 GROUP_BY_FOLDER = "folder"
 GLOB_CHARS = set("*?[")
@@ -111,7 +114,8 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     return result
 
 
-Row = tuple[str, list[tuple[str, float]], "bool | None", "float | None"]  # file, top-k, unknown, OOD score
+# file, top-k, unknown, OOD score, answer (plantid.infer.answers)
+Row = tuple[str, list[tuple[str, float]], "bool | None", "float | None", "Answer | None"]
 
 
 def _csv_flag(value: bool | None) -> str:
@@ -123,35 +127,38 @@ def format_csv(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for file, top, unknown, score in rows:
+    for file, top, unknown, score, answer in rows:
         for rank, (label, prob) in enumerate(top, start=1):
-            writer.writerow([spreadsheet_safe(file), spreadsheet_safe(label), f"{prob:.6f}", rank, _csv_flag(unknown), "" if score is None else f"{score:.6g}"])
+            writer.writerow([spreadsheet_safe(file), spreadsheet_safe(label), f"{prob:.6f}", rank, _csv_flag(unknown),
+                             "" if score is None else f"{score:.6g}", "" if answer is None else answer.kind])
     return buf.getvalue()
 
 
 def format_json(rows: list[Row]) -> str:
     """`plantid predict --format json`: one object per photo, the shape the JSON API answers with."""
     data = [{"file": file, "unknown": unknown, "ood_score": None if score is None else float(f"{score:.6g}"),
+             "answer": None if answer is None else answer.as_json(),
              "predictions": [{"label": label, "probability": round(prob, 6)} for label, prob in top]}
-            for file, top, unknown, score in rows]
+            for file, top, unknown, score, answer in rows]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def build_table(rows: list[Row], top_k: int, title: str | None = None) -> Table:
     """`plantid predict`'s terminal table: top answer, its probability, the runners-up, and unknowns."""
     table = Table(title=title, show_lines=False)
-    scored = any(score is not None for *_, score in rows)
+    scored = any(row[3] is not None for row in rows)
     table.add_column("file", overflow="fold")
-    table.add_column("top-1", style="bold green")
+    table.add_column("answer", style="bold green")
     table.add_column("prob", justify="right")
     if scored:
         table.add_column("OOD score", justify="right")
     if top_k > 1:
         table.add_column(f"top-{top_k}", overflow="fold")
-    for file, top, unknown, score in rows:
+    for file, top, unknown, score, answer in rows:
         label, prob = top[0]
         style = "dim" if unknown else None
-        first = Text(f"unknown (closest: {label})", style="bold yellow") if unknown else label
+        shown = short_label(answer) if answer is not None else label
+        first = Text(shown, style="bold yellow") if answer is not None and answer.kind != "species" else shown
         cells = [file, first, f"{prob:.3f}"]
         if scored:
             cells.append("" if score is None else f"{score:.4g}")
@@ -173,7 +180,8 @@ def is_predictions_file(path: Path) -> bool:
     if text.lstrip().startswith("[") and (text.strip() == "[]" or text.lstrip()[1:].lstrip().startswith(
             ('{\n    "file"', '{\n    "group"'))):
         return True
-    return "\u2503 file" in text and "\u2503 top-1" in text  # the table's header row (rich's heavy bars)
+    # the table's header row (rich's heavy bars); "top-1" in tables written before the answer column
+    return "\u2503 file" in text and ("\u2503 answer" in text or "\u2503 top-1" in text)
 
 
 def _render_table_text(table: Table) -> str:
@@ -257,9 +265,11 @@ def format_group_json(groups: list[GroupPrediction]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def group_rows(groups: list[GroupPrediction]) -> list[Row]:
-    """Table rows for groups: the group's name and photo count in the first column."""
-    return [(f"{g.name} ({len(g.used)} photo{'s' if len(g.used) != 1 else ''})", g.top, g.unknown, g.ood_score)
+def group_rows(groups: list[GroupPrediction], level: float | None = None, n_classes: int = 0) -> list[Row]:
+    """Table rows for groups: the group's name and photo count in the first column, and the group's
+    answer at the run's answer `level` (plantid.infer.answers)."""
+    return [(f"{g.name} ({len(g.used)} photo{'s' if len(g.used) != 1 else ''})", g.top, g.unknown, g.ood_score,
+             answer_for(g.top, g.unknown, level, n_classes) if g.top else None)
             for g in groups]
 
 
@@ -306,7 +316,7 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     rows: list[Row] = []
     for pred in predictions:
         if pred.ok:
-            rows.append((pred.source, pred.top, pred.unknown, pred.ood_score))
+            rows.append((pred.source, pred.top, pred.unknown, pred.ood_score, pred.answer))
         else:
             err_console.print(f"skipped {pred.source}: {pred.error}", markup=False, highlight=False, soft_wrap=True)
 
@@ -320,9 +330,12 @@ def predict_command(run: Path, paths: list[str], top_k: int = 3, tta: str | None
     views = predictor.views
     title = f"{predictor.model_id} ({predictor.backend}{', TTA ' + str(len(views)) + ' views' if views else ''})"
     if predictor.threshold is not None:
-        n_unknown = sum(1 for row in rows if row[2])
-        title += (f"\n{n_unknown} of {len(rows)} photo(s) look like none of the {len(predictor.classes)} species "
-                  f"this model knows (OOD score above {predictor.threshold:.4g})")
+        kinds = [row[4].kind for row in rows if row[4] is not None]
+        level = predictor.answer_level
+        title += (f"\n{kinds.count('species')} named, {kinds.count('unsure')} unsure between two species"
+                  + (f" (top probability below {100 * level:.0f}%)" if level is not None else "")
+                  + f", {kinds.count('unknown')} not one of the {len(predictor.classes)} species "
+                  f"(OOD score above {predictor.threshold:.4g})")
     text = {"csv": format_csv, "json": format_json}.get(file_fmt, lambda r: None)(rows)
     if out is not None:
         if text is None:
@@ -364,13 +377,15 @@ def _write_groups(predictor, groups: list[tuple[str, list[Path]]], predictions: 
     text = {"csv": format_group_csv, "json": format_group_json}.get(file_fmt, lambda g: None)(answered)
     if out is not None:
         if text is None:
-            text = _render_table_text(build_table(group_rows(answered), k, title))
+            text = _render_table_text(build_table(group_rows(answered, predictor.answer_level, len(predictor.classes)),
+                                                     k, title))
         write_text_atomic(out, text)
         err_console.print(f"wrote {len(answered)} group predictions to {out}", markup=False, highlight=False,
                           soft_wrap=True)
     elif fmt == "table":
         if answered:
-            console.print(build_table(group_rows(answered), k, title))
+            console.print(build_table(group_rows(answered, predictor.answer_level, len(predictor.classes)), k,
+                                      title))
     else:
         console.out(text, end="", highlight=False)
     return 0 if answered else 1

@@ -6,7 +6,8 @@
 * ``GET /api/health``, ``GET /api/model``: liveness and the model card;
 * ``POST /api/predict``: multipart field ``file`` -> top-k species with probabilities, and
   ``unknown`` (true when the photo looks like none of the run's species) with ``ood_score`` and
-  ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated);
+  ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated),
+  and ``answer`` {"kind": species | unsure | unknown, "species", "text"} (plantid.infer.answers);
 * ``POST /api/identify``: up to 5 photos of one plant (multipart field ``files``, repeated) ->
   one combined answer in the same shape (plantid.infer.group's rule), plus each photo's own
   answer under ``photos``;
@@ -239,6 +240,9 @@ def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
         "unknown": prediction.unknown,
         "ood_score": finite(prediction.ood_score),
         "ood_threshold": finite(predictor.threshold),
+        # species | unsure (between the two named) | unknown, with the sentence the page shows
+        "answer": None if prediction.answer is None else prediction.answer.as_json(),
+        "answer_level": finite(predictor.answer_level),
         "calibrated": predictor.trust is not None,
         "elapsed_ms": round(elapsed_ms, 2),
         "image": displayed_size(data),
@@ -296,13 +300,15 @@ def _gradcam_one(predictor: Predictor, cam: Any, data: bytes, target: int | None
     except BadImageError as exc:
         raise bad_image_error(exc.reason) from None
     result = cam(image, target)
+    # the probability predict gives (calibrated by the run's temperature), not the heat-map pass's raw softmax
+    probabilities = predictor.predict_scored(image[None])[0][0]
     png = encode_png(overlay_heatmap(image, result.heatmap))
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     return {
         "model_id": predictor.model_id,
         "label": predictor.classes[result.class_index],
         "class_index": result.class_index,
-        "probability": finite(result.probabilities[result.class_index]),
+        "probability": finite(probabilities[result.class_index]),
         "heatmap_png": base64.b64encode(png).decode("ascii"),
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),

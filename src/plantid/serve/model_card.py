@@ -63,6 +63,10 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
         "test_accuracy": test_accuracy,
         "per_class_f1": per_class_f1,
         "balanced_accuracy": finite(metrics.get("balanced_accuracy")),
+        # 95% intervals of the evaluated split (accuracy, balanced_accuracy, per-class recall), or None
+        "intervals": (evaluation or {}).get("intervals"),
+        # the three answers on the evaluated split: coverage and accuracy of the photos named, or None
+        "answers": ((evaluation or {}).get("trust") or {}).get("answers"),
         "macro_f1": finite(metrics.get("macro_f1")),
         "gradcam_available": gradcam_available,
         "evaluated": evaluation is not None,

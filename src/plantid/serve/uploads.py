@@ -23,8 +23,12 @@ from starlette.requests import ClientDisconnect
 MAX_UPLOAD_PIXELS = 40_000_000
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 16 * 1024
-ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+ACCEPTED_FORMATS = "JPEG, PNG, WebP, HEIC, AVIF, BMP, GIF or TIFF"
 # Declared part types we let through to the decoder (it has the last word on what is an image).
+# /api/predict and /api/gradcam take one photo; several photos of one plant go to this endpoint
+SEVERAL_PHOTOS_ENDPOINT = "/api/identify"
+SEVERAL_FILES = (f"this endpoint takes one photo in the field 'file'; send several photos of one plant to "
+                 f"{SEVERAL_PHOTOS_ENDPOINT}, or one request per photo")
 NEUTRAL_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/x-octet-stream"})
 
 
@@ -96,6 +100,8 @@ async def _read_form(request: Request, limit: int, max_files: int) -> Any:
     except HTTPException:
         raise
     except StarletteHTTPException as exc:
+        if "too many files" in str(exc.detail).lower():
+            raise HTTPException(400, SEVERAL_FILES) from None
         raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
     except Exception as exc:  # the multipart parser's own errors
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
@@ -119,6 +125,8 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
     """The bytes of the multipart field 'file', enforcing the size limit while reading."""
     form = await _read_form(request, limit, max_files=4)
     try:
+        if sum(isinstance(value, UploadFile) for _, value in form.multi_items()) > 1:
+            raise HTTPException(400, SEVERAL_FILES)  # answering for one of them silently would mislead
         item = form.get("file")
         if item is None:
             raise HTTPException(422, "no file: send the photo as multipart/form-data in a field named 'file'")

@@ -38,6 +38,10 @@ class FittedTrust:
     keep: float  # the share of validation photos the threshold was chosen to keep
     classes: list[str]
     measured: dict[str, Any] = field(default_factory=dict)  # validation numbers at fitting time
+    # calibrated top probability below which a known-looking photo is answered "unsure between A and B"
+    # (plantid.trust.selective); None in trust files fitted before it existed: every photo is named
+    answer_level: float | None = None
+    answered_accuracy: float | None = None  # the val accuracy of named photos the level was chosen for
 
     def head(self):
         """The TrustHead (detector + temperature) as an nn.Module in eval mode."""
@@ -49,7 +53,8 @@ class FittedTrust:
     def summary(self) -> dict[str, Any]:
         """What predictors and exports publish about it (JSON-ready, no tensors)."""
         return {"detector": self.detector, **self.settings, "temperature": self.temperature,
-                "threshold": self.threshold, "keep": self.keep}
+                "threshold": self.threshold, "keep": self.keep, "answer_level": self.answer_level,
+                "answered_accuracy": self.answered_accuracy}
 
 
 def describe_detector(summary: dict[str, Any]) -> str:
@@ -162,6 +167,12 @@ def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTru
         tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
         return FittedTrust(detector=str(meta["detector"]), settings=dict(meta.get("settings") or {}), tensors=tensors,
                            temperature=float(meta["temperature"]), threshold=float(meta["threshold"]),
-                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}))
+                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}),
+                           answer_level=_optional_float(meta.get("answer_level")),
+                           answered_accuracy=_optional_float(meta.get("answered_accuracy")))
     except (KeyError, TypeError, ValueError):
         raise PlantidError(f"{run_dir / TRUST_JSON}: incomplete; {fix}") from None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -164,8 +164,11 @@
     }
     setStat(el.statBackbone, model.backbone || "–");
     el.statBackbone.title = model.backbone || "";
+    const intervals = model.intervals || {};
     setStat(el.statAccuracy, model.test_accuracy !== null ? percent(model.test_accuracy) : "–");
     setStat(el.statBalanced, model.balanced_accuracy !== null ? percent(model.balanced_accuracy) : "–");
+    el.statAccuracy.title = range95(intervals.accuracy);
+    el.statBalanced.title = range95(intervals.balanced_accuracy);
     setStat(el.statF1, model.macro_f1 !== null ? model.macro_f1.toFixed(3) : "–");
     setStat(el.statSize, model.image_size + " × " + model.image_size + " px");
     setStat(el.statClasses, String(model.classes.length));
@@ -426,6 +429,12 @@
     if (el.camToggle.checked) showGradcam();
   }
 
+  // "95% interval 78.1–93.5%": how far the measured value may be from the truth on so few photos
+  function range95(bounds) {
+    return Array.isArray(bounds) && bounds.length === 2
+      ? "95% interval " + (100 * bounds[0]).toFixed(1) + "–" + (100 * bounds[1]).toFixed(1) + "%" : "";
+  }
+
   function errorTitle(status) {
     if (status === 413) return "That photo is too large";
     if (status === 415) return "That file is not a photo we can read";
@@ -436,16 +445,28 @@
 
   function renderPrediction(body) {
     const top = body.top_k[0];
-    const unknown = body.unknown === true;
+    const kind = body.answer ? body.answer.kind : (body.unknown === true ? "unknown" : "species");
+    const unknown = kind === "unknown";
+    const unsure = kind === "unsure";
     const known = state.model ? state.model.classes.length : null;
+    const level = typeof body.answer_level === "number" ? percent(body.answer_level) : null;
     el.result.classList.toggle("unknown", unknown);
     el.best.classList.toggle("unknown", unknown);
+    el.best.classList.toggle("unsure", unsure);
     if (unknown) {
-      el.bestEyebrow.textContent = "Not one of the species I know";
-      el.bestLabel.textContent = "This photo does not look like any of the " + (known ? known + " " : "") +
-        "species this model knows";
-      el.bestConfidence.textContent = "Closest: " + top.label + " (" + percent(top.probability) +
-        "), but treat the greyed guesses below with care: the photo may show something else entirely.";
+      el.bestEyebrow.textContent = "Not one of the " + (known ? known + " " : "") + "species";
+      el.bestLabel.textContent = "This photo does not look like any of the " +
+        (known ? known + " " : "") + "species this model knows";
+      el.bestConfidence.textContent = "It may show another plant or something else, or be taken very differently. " +
+        "Closest: " + top.label + " (" + percent(top.probability) + "), greyed below for reference only.";
+    } else if (unsure) {
+      const second = body.top_k[1];
+      el.bestEyebrow.textContent = "Unsure between two species";
+      el.bestLabel.textContent = top.label + " or " + second.label;
+      el.bestConfidence.textContent = percent(top.probability) + " and " + percent(second.probability) +
+        ": it looks like a species this model knows, but no single one reached " + (level || "the level") +
+        ", the probability at which its named answers were right on photos it was not trained on. " +
+        "A closer or sharper photo may settle it.";
     } else {
       el.bestEyebrow.textContent = "Best match";
       el.bestLabel.textContent = top.label;
@@ -497,6 +518,7 @@
     setResultView("result");
     announce(unknown
       ? "This photo does not look like any of the species this model knows. Closest: " + top.label + "."
+      : unsure ? "Unsure between " + top.label + " and " + body.top_k[1].label + "."
       : "Best match: " + top.label + ", " + percent(top.probability) + ".");
   }
 
