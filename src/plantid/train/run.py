@@ -27,7 +27,6 @@ from lightning.pytorch.callbacks import (
     EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
@@ -49,6 +48,7 @@ from plantid.train.head_init import ProbeHeadInit
 from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
+from plantid.train.progress_line import ProgressLine, epoch_sizes
 from plantid.train.throughput import EpochThroughput
 from plantid.train.warm_start import load_parent_weights, parent_manifest
 
@@ -201,8 +201,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
-    if t.progress:
-        callbacks.append(RichProgressBar(leave=True))
+    if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
+        phases = t.resize_phases if isinstance(t.resize_phases, list) else []
+        final = cfg.data.image_size if isinstance(cfg.data.image_size, int) else 0
+        callbacks.append(ProgressLine(epoch_sizes(int(t.epochs), phases, final)))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
@@ -234,7 +236,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         # ConvNeXt-Large last.ckpt (2.2 GB with Adam's state) otherwise stalled the GPU ~3.5 s an
         # epoch, 40% of the seed recipe's time (docs/benchmarks.md, "GPU").
         plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],
-        enable_progress_bar=t.progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
@@ -310,8 +312,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         carried = load_parent_weights(module.model, cfg, data.classes)
         log.info("starting from the weights of %s: %d class(es) kept, %d new, %d dropped", cfg.train.init_from,
                  carried["kept"], carried["new"], carried["dropped"])
-    counts = module.model.parameter_counts()
-    log.info("parameters: %s trainable, %s frozen", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+    counts = module.model.parameter_counts()  # the model line (plantid.models.factory) logged them already
     if cfg.train.compile:
         # In place (nn.Module.compile): parameter names, and so checkpoints and load_trained, stay
         # as without it. Per member, since an ensemble's training step calls each member itself.
