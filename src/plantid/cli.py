@@ -310,7 +310,9 @@ def _train_and_fit(cfg, run_dir: Path) -> None:
     test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
     console.print(
         f"run {result.run_dir}: best val acc {val}, test acc {test_acc}, "
-        f"{result.epochs_run} epochs in {result.train_seconds:.0f} s; best checkpoint {result.best_checkpoint}"
+        f"{result.epochs_run} epochs in {result.train_seconds:.0f} s"
+        + (f", peak memory {result.peak_memory_mb / 1024:.2f} GB" if result.peak_memory_mb else "")
+        + f"; best checkpoint {result.best_checkpoint}"
     )
     from plantid.trust.fit import fit_after_training
 

@@ -13,6 +13,7 @@ import json
 import logging
 import pickle
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class RunResult:
     epochs_run: int
     train_seconds: float
     best_checkpoint: Path
+    peak_memory_mb: float | None = None  # the process's peak resident memory so far (planning, training, test)
 
 
 def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
@@ -342,6 +344,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         epochs_run=trainer.current_epoch,
         train_seconds=train_seconds,
         best_checkpoint=checkpoint,
+        peak_memory_mb=peak_resident_mb(),
     )
     if trainer.is_global_zero:
         previous = _read_summary(run_dir) if resume else {}
@@ -361,10 +364,21 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             "world_size": trainer.world_size,
             "best_checkpoint": checkpoint.name,
             "parameters": counts,
+            "peak_memory_mb": result.peak_memory_mb,
         })
         # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
         log_run_files(run_dir, store=None if resume else tracking_uri(cfg.track, run_dir))
     return result
+
+
+def peak_resident_mb() -> float | None:
+    """The peak resident memory of this process in MB (getrusage; None where it is not available)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _check_resumable(last: Path) -> int:
