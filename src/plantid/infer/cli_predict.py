@@ -7,9 +7,9 @@ extension, so a mislabelled file gets a reason instead of silence.
 
 Output formats:
 
-* table: file, top-1 species, its probability, and the top-k species with probabilities (rich table);
-  with trust files a photo unlike every known species reads "unknown (closest: X)", and a column
-  gives its OOD score.
+* table: file, the answer (the species; "unsure: A or B" below the run's answer level; "unknown
+  (closest: X)" for a photo unlike every known species), the top probability, and the top-k species
+  with probabilities (rich table); with trust files a column gives the OOD score.
 * csv: long format, one row per file and rank: ``file,label,probability,rank,unknown,ood_score,answer``
   (rank 1 = most likely), so top-k rows per file; easy to filter (rank == 1) or pivot. ``unknown``
   is true/false and ``ood_score`` the score (higher = less like the training photos); both are
