@@ -27,8 +27,8 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # a larger file is not a photo we can train 
 # The only Pillow plugins plantid lets decode a file: the formats its docs name. Every other plugin
 # (TGA, PCX, ICO, SGI, DDS, JPEG 2000, SPIDER, ...) is old parser code no photo needs, and EPS would
 # start Ghostscript. Pillow picks by the file's header, never by its name.
-PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-PHOTO_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "TIFF", "GIF")
+PHOTO_FORMAT_NAMES = "JPEG, PNG, WebP, HEIC, AVIF, BMP, TIFF or GIF"
 
 
 class BadImageError(ValueError):
