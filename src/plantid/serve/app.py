@@ -44,6 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from plantid.data.images import BadImageError
 from plantid.errors import PlantidError
+from plantid.infer.answers import answer_for
 from plantid.infer.group import MAX_GROUP_PHOTOS, combine
 from plantid.infer.predictor import Predictor
 from plantid.serve.middleware import SecurityHeaders, install_error_handlers
@@ -266,10 +267,15 @@ def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str],
         "unknown": group.unknown,
         "ood_score": finite(group.ood_score),
         "ood_threshold": finite(predictor.threshold),
+        # the group's answer at the same level as one photo's (plantid.infer.answers)
+        "answer": answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes)).as_json()
+        if group.top else None,
+        "answer_level": finite(predictor.answer_level),
         "calibrated": predictor.trust is not None,
         "combined": "mean of the photos' calibrated log-probabilities; unknown when their mean OOD score is above the threshold",
         "photos": [{"name": name, "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
                     "unknown": prediction.unknown, "ood_score": finite(prediction.ood_score),
+                    "answer": None if prediction.answer is None else prediction.answer.as_json(),
                     "image": displayed_size(data)}
                    for name, prediction, data in zip(names, predictions, photos)],
         "elapsed_ms": round(elapsed_ms, 2),

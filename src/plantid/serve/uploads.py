@@ -58,7 +58,7 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"upload too large: the limit is {_mb(limit)} per photo; choose a smaller photo")
 
 
-async def _read_form(request: Request, limit: int, max_files: int) -> Any:
+async def _read_form(request: Request, limit: int, max_files: int, too_many: str | None = None) -> Any:
     """The multipart form of the request, its body counted against `limit` while it streams in."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -100,8 +100,8 @@ async def _read_form(request: Request, limit: int, max_files: int) -> Any:
     except HTTPException:
         raise
     except StarletteHTTPException as exc:
-        if "too many files" in str(exc.detail).lower():
-            raise HTTPException(400, SEVERAL_FILES) from None
+        if too_many is not None and "too many files" in str(exc.detail).lower():
+            raise HTTPException(400, too_many) from None
         raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
     except Exception as exc:  # the multipart parser's own errors
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
@@ -123,7 +123,7 @@ async def _photo(item: Any, field: str, limit: int) -> tuple[bytes, str]:
 
 async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
     """The bytes of the multipart field 'file', enforcing the size limit while reading."""
-    form = await _read_form(request, limit, max_files=4)
+    form = await _read_form(request, limit, max_files=4, too_many=SEVERAL_FILES)
     try:
         if sum(isinstance(value, UploadFile) for _, value in form.multi_items()) > 1:
             raise HTTPException(400, SEVERAL_FILES)  # answering for one of them silently would mislead
@@ -143,7 +143,8 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
 
 async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
     """Up to `max_files` photos of one plant from the multipart field 'files' (repeated), each within `limit`."""
-    form = await _read_form(request, limit * max_files, max_files=4 * max_files)  # a clear 422 past max_files
+    form = await _read_form(request, limit * max_files, max_files=4 * max_files,  # a clear 422 past max_files
+                            too_many=f"too many photos: send at most {max_files} photos of one plant at a time")
     try:
         items = form.getlist("files") or form.getlist("file")
         if not items:
