@@ -12,14 +12,21 @@ DATA ?= $(DEMO_DATA)
 OUT ?= $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),runs/demo,runs/$(notdir $(abspath $(DATA))))
 RECIPE ?= cpu-default
 PYTEST_ARGS ?=
+# onnxruntime-web for `plantid export RUN --format web`: the npm package pinned (version and npm's
+# sha512 integrity) in src/plantid/infer/webapp/runtime.json, unpacked where plantid looks for it.
+WEB_RUNTIME_SPEC := src/plantid/infer/webapp/runtime.json
+ORT_WEB_VERSION := $(shell sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' $(WEB_RUNTIME_SPEC))
+ORT_WEB_INTEGRITY := $(shell sed -n 's/.*"integrity": *"\([^"]*\)".*/\1/p' $(WEB_RUNTIME_SPEC))
+WEB_RUNTIME ?= $(or $(PLANTID_WEB_RUNTIME),$(or $(PLANTID_CACHE),$(HOME)/.cache/plantid)/onnxruntime-web/$(ORT_WEB_VERSION))
 
-.PHONY: demo test test-slow bench browser-deps clean-demo help
+.PHONY: demo test test-slow bench browser-deps web-runtime clean-demo help
 
 help:
 	@echo "make demo [DATA=folder] [OUT=runs/demo]   scan, split, explore, train $(RECIPE), evaluate (+TTA), report"
 	@echo "make test                                 the default test suite (CPU, a few minutes)"
 	@echo "make test-slow                            end-to-end tests on the real data set"
 	@echo "make bench                                every benchmark with working defaults (hours), then docs/benchmarks.md"
+	@echo "make web-runtime                          fetch onnxruntime-web (npm) for plantid export --format web"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +55,22 @@ browser-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
+web-runtime: $(WEB_RUNTIME)/ort.wasm.min.js
+
+$(WEB_RUNTIME)/ort.wasm.min.js: $(WEB_RUNTIME_SPEC)
+	@command -v npm >/dev/null 2>&1 || { echo "make web-runtime: npm is needed to fetch onnxruntime-web (apt-get install npm)"; exit 2; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && npm pack --silent "onnxruntime-web@$(ORT_WEB_VERSION)" >/dev/null) && \
+	  got=$$(node -e 'const c=require("crypto"),f=require("fs");process.stdout.write("sha512-"+c.createHash("sha512").update(f.readFileSync(process.argv[1])).digest("base64"))' "$$tmp/onnxruntime-web-$(ORT_WEB_VERSION).tgz") && \
+	  { [ "$$got" = "$(ORT_WEB_INTEGRITY)" ] || { echo "make web-runtime: onnxruntime-web $(ORT_WEB_VERSION) does not match its pinned integrity"; exit 2; }; } && \
+	  tar -xzf "$$tmp/onnxruntime-web-$(ORT_WEB_VERSION).tgz" -C "$$tmp" package/package.json package/dist/ort.wasm.min.js \
+	    package/dist/ort-wasm-simd-threaded.mjs package/dist/ort-wasm-simd-threaded.wasm && \
+	  mkdir -p "$(WEB_RUNTIME).part" && cp "$$tmp"/package/package.json "$$tmp"/package/dist/* "$(WEB_RUNTIME).part/" && \
+	  rm -rf "$(WEB_RUNTIME)" && mv "$(WEB_RUNTIME).part" "$(WEB_RUNTIME)" && \
+	  echo "onnxruntime-web $(ORT_WEB_VERSION) in $(WEB_RUNTIME)"
+
 test: $(STAMP) browser-deps
+	@$(MAKE) --no-print-directory web-runtime || echo "warning: onnxruntime-web could not be fetched; the web app tests will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

@@ -33,9 +33,7 @@ import argparse
 import copy
 import csv
 import itertools
-import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -47,6 +45,8 @@ from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from cells import write_json
 
 MODEL = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = Path.home() / ".cache" / "plantid" / f"{MODEL}.timm.safetensors"
@@ -289,13 +289,7 @@ def main() -> None:
         "decode_seconds": round(decode_seconds, 1),
         "threads": torch.get_num_threads(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)  # never a half-written result
+    write_json(result, args.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cells import save_results, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "results" / "datasets.json"
 BASELINE = REPO / "benchmarks" / "baseline_finetune.py"
 METHODS = ("cpu-default", "baseline")
+# the numbers a cell reports, summarised over the seeds
+KEYS = ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "val_ece_crossfit", "test_ece", "train_seconds")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
@@ -115,14 +118,15 @@ def run_baseline(manifest: Path, cell_dir: Path, extra: list[str]) -> dict:
     if not out.is_file():
         log = cell_dir / "baseline.log"
         with open(log, "a", encoding="utf-8") as fh:
-            code = subprocess.run([sys.executable, str(BASELINE), str(manifest), "--out", str(out), *extra],
+            fixed = [] if {"--epochs", "--budget-seconds"} & set(extra) else ["--epochs", "6"]
+            code = subprocess.run([sys.executable, str(BASELINE), str(manifest), "--out", str(out), *fixed, *extra],
                                   stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
         if code != 0:
             raise SystemExit(f"baseline on {manifest} failed (exit {code}); see {log}")
     result = json.loads(out.read_text(encoding="utf-8"))
     return {
-        "val_acc": result["val_acc"],
-        "test_acc": result["test_acc"],
+        "val_acc": result["accuracy"]["val"],
+        "test_acc": result["accuracy"]["test"],
         "val_acc_views": None,
         "test_acc_views": None,
         "train_seconds": result["train_seconds"],
@@ -140,25 +144,6 @@ def load_results(path: Path) -> dict:
     return {"cells": []}
 
 
-def summarize(cells: list[dict]) -> list[dict]:
-    """Per (data set, method): seeds, and mean / sample std / min / max of every score."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for cell in cells:
-        groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
-    rows = []
-    for (dataset, method), group in sorted(groups.items()):
-        row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
-        for key in ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "val_ece_crossfit", "test_ece",
-                    "train_seconds"):
-            values = [c[key] for c in group if c.get(key) is not None]
-            if values:
-                row[key] = {"mean": statistics.fmean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                            "min": min(values), "max": max(values)}
-        rows.append(row)
-    return rows
-
-
 def table(rows: list[dict]) -> str:
     """Markdown table of the summary: mean ± std in percent (seconds for time)."""
 
@@ -174,15 +159,6 @@ def table(rows: list[dict]) -> str:
                      f"{cell(r.get('val_acc_views'))} | {cell(r.get('test_acc'))} | {cell(r.get('test_acc_views'))} | "
                      f"{cell(r.get('train_seconds'), 1.0, 0)} |")
     return "\n".join(lines)
-
-
-def save(results: dict, path: Path) -> None:
-    """Write the results with their summary, atomically."""
-    from plantid.fileio import write_json_atomic
-
-    results["summary"] = summarize(results["cells"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, results)
 
 
 def main() -> None:
@@ -205,7 +181,7 @@ def main() -> None:
 
     results = load_results(args.out)
     if args.table:
-        print(table(summarize(results["cells"])))
+        print(table(summarize(results["cells"], KEYS)))
         return
     names = args.datasets or sorted(p.name for p in args.root.iterdir() if p.is_dir())
     methods = [args.only] if args.only else list(METHODS)
@@ -235,14 +211,14 @@ def main() -> None:
                         "load_average": os.getloadavg()[0]}
                 results = load_results(args.out)  # another invocation may have added cells meanwhile
                 results["cells"].append(cell)
-                save(results, args.out)
+                save_results(results, args.out, KEYS)
                 print(f"  val {cell['val_acc']:.4f}  test {cell.get('test_acc', float('nan')):.4f}  "
                       f"train {cell['train_seconds']:.0f} s", flush=True)
     command = "python benchmarks/bench_datasets.py " + " ".join(sys.argv[1:])
     results = load_results(args.out)
     results.setdefault("commands", []).append(command)
-    save(results, args.out)
-    print(table(summarize(results["cells"])))
+    save_results(results, args.out, KEYS)
+    print(table(summarize(results["cells"], KEYS)))
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cells import save_results, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -40,6 +41,8 @@ RESULTS = REPO / "benchmarks" / "results" / "outside.json"
 SCRIPTS = REPO / "benchmarks"
 SETS = ("an2dl2022-plants", "oxford17-flowers", "plantvillage39-leaves", "fruits10-web")
 METHODS = ("plantid", "yardstick", "linear-probe")
+# the numbers a cell reports, summarised over the seeds
+KEYS = ("outside_acc", "outside_acc_views", "val_acc", "own_test_acc", "wall_seconds", "val_gap")
 OUTSIDE_SHARE = 0.2
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -138,25 +141,6 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"cells": []}
 
 
-def summarize(cells: list[dict]) -> list[dict]:
-    """Per (data set, method): the seeds, and mean / sample std / min / max of every number.
-    Cells marked `superseded` (a yardstick rule corrected in docs/decisions.md) are left out."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for cell in cells:
-        if not cell.get("superseded"):
-            groups.setdefault((cell["dataset"], cell["method"]), []).append(cell)
-    rows = []
-    for (dataset, method), group in sorted(groups.items()):
-        row: dict = {"dataset": dataset, "method": method, "seeds": sorted(c["seed"] for c in group)}
-        for key in ("outside_acc", "outside_acc_views", "val_acc", "own_test_acc", "wall_seconds", "val_gap"):
-            values = [c[key] for c in group if c.get(key) is not None]
-            if values:
-                row[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                            "min": min(values), "max": max(values)}
-        rows.append(row)
-    return rows
-
-
 def table(rows: list[dict], plantid_method: str = "plantid") -> str:
     """Markdown, one row per data set: outside accuracy (mean ± std over the seeds, %) of plantid,
     plantid with its default views, the yardstick and the linear probe; wall seconds; plantid's
@@ -187,15 +171,6 @@ def table(rows: list[dict], plantid_method: str = "plantid") -> str:
     return "\n".join(lines)
 
 
-def save(results: dict, path: Path) -> None:
-    """Write the results with their summary, atomically."""
-    results["summary"] = summarize(results["cells"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def git_commit(*paths: str) -> str | None:
     """The last commit (of `paths`, or HEAD), so each cell says which code produced it."""
     proc = subprocess.run(["git", "log", "-1", "--format=%h", "--", *paths], capture_output=True, text=True, cwd=REPO)
@@ -218,7 +193,7 @@ def main() -> None:
 
     plantid_method = f"plantid+{args.variant}" if args.variant else "plantid"
     if args.table:
-        print(table(summarize(load_results(args.out)["cells"]), plantid_method))
+        print(table(summarize(load_results(args.out)["cells"], KEYS), plantid_method))
         return
     methods = [plantid_method if m == "plantid" else m for m in args.methods]
     for seed in args.seeds:  # seed-major: a short session still covers every set once
@@ -246,12 +221,12 @@ def main() -> None:
                         "load_average": os.getloadavg()[0]}
                 results = load_results(args.out)
                 results["cells"].append(cell)
-                save(results, args.out)
+                save_results(results, args.out, KEYS)
                 print(f"  outside {cell['outside_acc']:.4f}  ({cell['wall_seconds']:.0f} s)", flush=True)
     results = load_results(args.out)
     results["command"] = "python benchmarks/bench_outside.py " + " ".join(sys.argv[1:])
-    save(results, args.out)
-    print(table(summarize(results["cells"]), plantid_method))
+    save_results(results, args.out, KEYS)
+    print(table(summarize(results["cells"], KEYS), plantid_method))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ scored on each `--eval` folder. What any fine-tune must clear to be worth its ti
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from cells import write_json
 from baseline_finetune import DEFAULT_WEIGHTS, MODEL, Photos, folder_items, image_size_for, make_weights_file
 
 
@@ -66,13 +65,7 @@ def main() -> None:
     result = {"method": "linear-probe", "data": str(args.data), "model": MODEL, "image_size": size,
               "classes": len(classes), "n": {"train": len(train)}, "accuracy": accuracies,
               "wall_seconds": round(fit_seconds, 1), "threads": torch.get_num_threads()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+    write_json(result, args.out, echo=True)
 
 
 if __name__ == "__main__":

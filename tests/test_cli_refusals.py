@@ -47,6 +47,47 @@ def test_serve_refuses_a_port_in_use_before_saying_it_serves(trained_run: Path):
     assert "serving" not in proc.stdout
 
 
+def test_busy_port_hint_names_a_port_that_is_free(trained_run: Path):
+    import re
+
+    with socket.socket() as busy, socket.socket() as next_busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        try:
+            next_busy.bind(("127.0.0.1", port + 1))
+            next_busy.listen(1)
+        except OSError:
+            pytest.skip("the port after the busy one is taken by something else")
+        line = one_line_error(_run("serve", str(trained_run), "--port", str(port)))
+        suggested = int(re.search(r"e\.g\. --port (\d+)", line).group(1))
+        assert suggested not in (port, port + 1)
+        with socket.socket() as probe:  # it binds: the hint is usable
+            probe.bind(("127.0.0.1", suggested))
+
+
+def test_recipes_name_lists_every_setting_with_its_value_and_help():
+    from plantid.config import load_config, setting_keys
+
+    proc = subprocess.run([*PLANTID, "recipes", "cpu-default"], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.count("│") >= 4 and line.split("│")[1].strip()]
+    lines = {line.split("│")[1].strip(): line for line in rows}
+    assert set(setting_keys()) <= set(lines)
+    budget = lines["train.budget_minutes"].split("│")
+    assert budget[2].strip() == str(load_config("cpu-default").train.budget_minutes)
+    assert "time" in budget[3]  # its help
+    assert all(line.split("│")[3].strip() for line in lines.values())  # every setting has a line of help
+
+
+def test_train_with_a_misspelt_setting_suggests_the_closest(tmp_path: Path, tiny_photos: Path):
+    line = one_line_error(_run("train", "--data", str(tiny_photos), "--out", str(tmp_path / "run"),
+                               "train.budget_minute=3"))
+    assert "unknown setting 'train.budget_minute'" in line and "did you mean 'train.budget_minutes'" in line
+    assert "plantid recipes" in line
+
+
 def test_predict_refuses_an_unwritable_out_before_predicting(trained_run: Path, tiny_photos: Path, tmp_path: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

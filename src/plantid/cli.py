@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, disk_error
 from plantid.runtime import keep_freed_memory
 
 app = typer.Typer(
@@ -106,8 +106,47 @@ def _require_free_port(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
+            free = _free_port_near(family, kind, proto, address, port)
+            suggestion = f"e.g. --port {free}, free now" if free else "none of the next 50 ports is free either"
             raise PlantidError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
-                               f"choose another --port (e.g. --port {port + 1 if port < 65535 else 8000})") from None
+                               f"choose another --port ({suggestion})") from None
+
+
+def _free_port_near(family, kind, proto, address: tuple, port: int, tries: int = 50) -> int | None:
+    """The first port after `port` (wrapping to 8000) that binds on `address` now, or None."""
+    import socket
+
+    start = port + 1 if port < 65535 else 8000
+    for candidate in [p for p in range(start, start + tries) if 1024 <= p <= 65535]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address[0], candidate, *address[2:]))
+            except OSError:
+                continue
+            return candidate
+    return None
+
+
+def _run_data_root(run: Path) -> Path | None:
+    """The photo folder a run folder trained on (data.root of its config.yaml), when it has one."""
+    from plantid.config import load_run_config
+    from plantid.runfolder import RunFolder
+
+    config = RunFolder(run).config
+    root = load_run_config(config).data.root if config.is_file() else None
+    return Path(root) if root else None
+
+
+def _writing_into_run(run: Path, command: str):
+    """The lock a command holds while it writes into a run folder; refuses a run inside its own photo
+    folder first (a report's figures there would be scanned as photos by the next training)."""
+    from plantid.outputs import refuse_inside_data
+    from plantid.runlock import run_lock
+
+    if run.is_dir():
+        refuse_inside_data(run, _run_data_root(run), option="run folder")
+    return run_lock(run, command)
 
 
 def _near_dup_option(distance: Optional[int]) -> dict[str, int]:
@@ -153,6 +192,9 @@ def split(
     Example: plantid split photos/ --out splits/ --val 0.15 --test 0.15 --seed 0 --materialize link
     """
     _require_data(data)
+    from plantid.outputs import refuse_inside_data
+
+    refuse_inside_data(out, data)
     from plantid.data.scan import scan_folder
     from plantid.data.split import describe_growth, split_or_grow, write_manifest
     from plantid.data.split import materialize as write_layout
@@ -187,6 +229,9 @@ def explore(
     Example: plantid explore photos/ --out explore/
     """
     _require_data(source)
+    from plantid.outputs import refuse_inside_data
+
+    refuse_inside_data(out, source if source.is_dir() else None)
     from plantid.data.explore import explore as run_explore
 
     run_explore(source, out, console=console, samples_per_class=samples)  # prints what it wrote
@@ -196,7 +241,8 @@ def explore(
 def train(
     ctx: typer.Context,
     data: DataOption = None,
-    recipe: RecipeOption = "cpu-default",
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe name (see `plantid recipes`) or a YAML file "
+                                                  "(default: cpu-default, or with --from that run's recipe).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Start from this run's weights (same network; "
@@ -204,6 +250,10 @@ def train(
     verbose: VerboseOption = False,
 ) -> None:
     """Train a classifier; extra arguments are key=value overrides of the recipe.
+
+    Settings: any section.key=value after the options (train.budget_minutes=5, data.image_size=160,
+    train.epochs=12, model.name=resnet50); `plantid recipes cpu-default` lists every setting with its
+    value and what it does.
 
     Examples:
 
@@ -231,49 +281,84 @@ def train(
         if from_run is not None:
             _require_run(from_run)
             overrides.insert(0, f"train.init_from={from_run.resolve()}")
-        cfg = load_config(recipe, overrides)  # validate before the heavy imports below
+            parent_recipe, parent_root = _parent_settings(from_run)
+            if recipe is None and parent_recipe is None:
+                raise PlantidError(f"{from_run}: not trained with a shipped recipe; pass its recipe with --recipe")
+            recipe = recipe or parent_recipe
+            if data is None and parent_root is not None:
+                overrides.insert(0, f"data.root={parent_root}")  # the same folder, grown or corrected since
+        cfg = load_config(recipe or "cpu-default", overrides)  # validate before the heavy imports below
         if from_run is not None:
             from plantid.train.warm_start import shorter_plan
 
             cfg = shorter_plan(cfg, list(ctx.args))
+        out = out or Path("runs") / cfg.recipe
+        from plantid.outputs import refuse_inside_data
 
+        refuse_inside_data(out, cfg.data.root)
+
+    run_dir = resume if cfg is None else out
+    with _writing_into_run(run_dir, "train"):
+        _train_and_fit(cfg, run_dir)
+
+
+def _train_and_fit(cfg, run_dir: Path) -> None:
+    """`plantid train` once it holds the run folder: train, fit trust, log to MLflow, print."""
     from plantid.train.run import train_run
 
     if cfg is None:
-        result = train_run(None, resume, resume=True)
+        result = train_run(None, run_dir, resume=True)
     else:
-        result = train_run(cfg, out or Path("runs") / cfg.recipe)
+        result = train_run(cfg, run_dir)
     val = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
     console.print(
         f"run {result.run_dir}: best val acc {val}, test acc {test_acc}, "
-        f"{result.epochs_run} epochs in {result.train_seconds:.0f} s; best checkpoint {result.best_checkpoint}"
+        f"{result.epochs_run} epochs in {result.train_seconds:.0f} s"
+        + (f", peak memory {result.peak_memory_mb / 1024:.2f} GB" if result.peak_memory_mb else "")
+        + f"; best checkpoint {result.best_checkpoint}"
     )
     from plantid.trustfit.fit import fit_after_training
 
     fitted = fit_after_training(result.run_dir)
     if fitted is not None:
         console.print(_trust_line(result.run_dir, fitted))
-        from plantid.track.mlflow_store import log_run_files
+        from plantid.track.mlflow_store import log_run_files, tracking_uri
 
-        log_run_files(result.run_dir)  # trust.json too, when the run is tracked in MLflow
+        # trust.json too, when the run is tracked in MLflow (in the store this command named)
+        log_run_files(result.run_dir, store=tracking_uri(cfg.track, run_dir) if cfg is not None else None)
+
+
+def _parent_settings(run: Path) -> tuple[Optional[str], Optional[Path]]:
+    """The shipped recipe (None for a recipe file) and the photo folder a run was trained with, for
+    `train --from RUN` without --recipe or --data."""
+    from plantid.config import load_run_config, recipe_names
+    from plantid.runfolder import RunFolder
+
+    config = load_run_config(RunFolder(run).config)
+    return (config.recipe if config.recipe in recipe_names() else None), config.data.root
 
 
 def _trust_line(run: Path, fitted) -> str:
     m = fitted.measured
     from plantid.records import describe_detector
+    from plantid.trust.selective import promise_note
 
     return (f"trust fitted ({run}/trust.json): {describe_detector(fitted.summary())} score"
             f", unknown above {fitted.threshold:.4g} "
             f"(keeps {100 * m['val_kept']:.1f}% of {m['val_photos']} val photos); temperature {fitted.temperature:.3f}, "
             f"val ECE {100 * m['val_ece'][0]:.2f}% -> {100 * m['val_ece'][1]:.2f}%"
-            + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else ""))
+            + (f" ({100 * m['val_ece_crossfit']:.2f}% cross-fitted)" if "val_ece_crossfit" in m else "")
+            + (f"; unsure below {100 * fitted.answer_level:.0f}% top probability" if fitted.answer_level is not None else "")
+            + ("" if m.get("keep_promised", True) else
+               f"\nwarning: {promise_note(m['val_photos'], fitted.keep, m['keep_confidence'])}"))
 
 
 @app.command(name="trust")
 def trust_command(
     run: RunArg,
-    keep: Annotated[Optional[float], typer.Option(help="Share of the val photos kept as known (default: the run's trust.keep, 0.95).")] = None,
+    keep: Annotated[Optional[float], typer.Option(help="Share of new photos of the known species kept as known (default: the run's trust.keep, 0.95).")] = None,
+    answered_accuracy: Annotated[Optional[float], typer.Option(help="Target accuracy of the photos named a species; below the level that reaches it on val the answer is 'unsure between A and B' (default: the run's trust.answered_accuracy, 0.95).")] = None,
     detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
     combine: Annotated[Optional[str], typer.Option(help="How the mahalanobis+knn detectors join their parts: mean (default) or max.")] = None,
@@ -290,8 +375,8 @@ def trust_command(
     _setup_logging()
     config_path = RunFolder(run).config
     base = load_run_config(config_path).trust if config_path.is_file() else TrustConfig()
-    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k),
-                                                             ("combine", combine)) if value is not None}
+    updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k), ("combine", combine),
+                                               ("answered_accuracy", answered_accuracy)) if value is not None}
     from pydantic import ValidationError
 
     try:
@@ -300,19 +385,55 @@ def trust_command(
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise PlantidError(f"bad value for --{where}: {err['msg']} (got {err.get('input')!r})") from None
-    fitted, written = fit_trust(run, cfg)
+    with _writing_into_run(run, "trust"):
+        fitted, written = fit_trust(run, cfg)
     console.print(_trust_line(run, fitted))
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()
-def recipes() -> None:
-    """List the shipped training recipes."""
+def recipes(
+    name: Annotated[Optional[str], typer.Argument(help="A recipe (or YAML file) to list every setting of, with its value and what it does.")] = None,
+) -> None:
+    """List the shipped training recipes, or every setting of one with its value and a line of help.
+
+    Any setting can be changed on the command line as section.key=value, e.g.
+    `plantid train --data photos/ train.budget_minutes=5 data.image_size=160`.
+
+    Examples: plantid recipes; plantid recipes cpu-default
+    """
     from plantid.config import load_config, recipe_names
 
-    for name in recipe_names():
-        cfg = load_config(name)
-        console.print(f"{name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, {cfg.train.precision}")
+    if name is None:
+        for recipe_name in recipe_names():
+            cfg = load_config(recipe_name)
+            console.print(f"{recipe_name}: {cfg.model.name}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
+                          f"{cfg.train.precision}")
+        console.print("every setting of one, with what it does: plantid recipes NAME", highlight=False)
+        return
+    from rich.table import Table
+
+    from plantid.settings_help import setting_rows
+
+    table = Table(title=f"{name}: change any setting with section.key=value after `plantid train`", title_justify="left")
+    for column in ("setting", "value", "what it does"):
+        table.add_column(column, overflow="fold")
+    for key, value, help_text in setting_rows(load_config(name)):
+        table.add_row(key, _setting_text(value), help_text)
+    console.print(table)
+
+
+def _setting_text(value: object) -> str:
+    """A setting's value as it would be typed after `key=`."""
+    import yaml
+
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def _command_line() -> str:
@@ -424,10 +545,11 @@ def evaluate(
     from plantid.evaluate.evaluation import evaluate_run
 
     _setup_logging()
-    evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
-    from plantid.track.mlflow_store import log_run_files
+    with _writing_into_run(run, "evaluate"):
+        evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
+        from plantid.track.mlflow_store import log_run_files
 
-    log_run_files(run)  # the evaluation's files to the run's MLflow run, when it has one
+        log_run_files(run)  # the evaluation's files to the run's MLflow run, when it has one
 
 
 @app.command()
@@ -439,11 +561,12 @@ def report(run: RunArg) -> None:
     _require_run(run)
     from plantid.evaluate.report import build_report
 
-    path = build_report(run)
-    console.print(f"report: {path}")
-    from plantid.track.mlflow_store import log_run_files
+    with _writing_into_run(run, "report"):
+        path = build_report(run)
+        console.print(f"report: {path}")
+        from plantid.track.mlflow_store import log_run_files
 
-    log_run_files(run)  # the report to the run's MLflow run, when it has one
+        log_run_files(run)  # the report to the run's MLflow run, when it has one
 
 
 @app.command()
@@ -492,45 +615,63 @@ def compare(
 @app.command()
 def predict(
     run: RunArg,
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many species to list per image.")] = 3,
     tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write the predictions to this file.")] = None,
     backend: Annotated[str, typer.Option(help="auto: the run's ONNX export when it matches the checkpoint, else torch; "
                                                "or torch (checkpoint), onnx, onnx-int8 (made by `plantid export`).")] = "auto",
+    group: Annotated[Optional[str], typer.Option(help="Several photos of one plant, one answer: 'folder' (each folder "
+                                                      "is one plant) or a CSV with columns group,file.")] = None,
 ) -> None:
     """Predict the species of photos; bad files are reported and skipped. Says which backend answered.
 
     Example: plantid predict runs/lite0 leaf.jpg more_leaves/ --top-k 3 --format csv --out preds.csv
+    Several photos of one plant: plantid predict runs/lite0 plants/ --group folder
     """
     _require_run(run, backend)
     if out is not None:
         _require_writable_file(out)
+        from plantid.outputs import refuse_inside_data
+
+        refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
     from plantid.infer.cli_predict import predict_command
 
-    code = predict_command(run, paths, top_k=top_k, tta=tta, output_format=output_format, out=out,
-                           backend=backend, console=console, err_console=err_console)
+    code = predict_command(run, paths or [], top_k=top_k, tta=tta, output_format=output_format, out=out,
+                           backend=backend, console=console, err_console=err_console, group=group)
     raise typer.Exit(code)
 
 
 @app.command()
 def export(
     run: RunArg,
-    export_format: Annotated[str, typer.Option("--format", help="onnx or submission.")] = "onnx",
+    export_format: Annotated[str, typer.Option("--format", help="onnx, web (a static app for phones, offline) or submission.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output file/folder (default: inside the run folder).")] = None,
-    quantize: Annotated[bool, typer.Option(help="Also write an int8-quantized ONNX model.")] = False,
+    quantize: Annotated[Optional[bool], typer.Option("--quantize/--no-quantize", help="int8 weights (onnx: also write model.int8.onnx). "
+                                                     "web: int8 by default when it kept its val accuracy, --no-quantize for fp32.")] = None,
 ) -> None:
-    """Export a run: ONNX model + preprocessing.json, or a course-challenge submission folder.
+    """Export a run: ONNX model + preprocessing.json, a web app folder, or a course-challenge submission folder.
 
     Example: plantid export runs/lite0 --format onnx
+    A phone-ready app that works offline: plantid export runs/lite0 --format web (needs `make web-runtime` once)
     """
     from plantid.infer.export import export_run
 
+    _require_run(run)
     _setup_logging()
+    if out is not None:
+        from plantid.outputs import refuse_inside_data
 
-    for path in export_run(run, export_format, out=out, quantize=quantize):
-        console.print(f"wrote {path}")
+        refuse_inside_data(out, _run_data_root(run) if run.is_dir() else None)
+    with _writing_into_run(run if run.is_dir() else run.parent, "export"):
+        for path in export_run(run, export_format, out=out, quantize=quantize):
+            if export_format.strip().lower() == "web":
+                from plantid.infer.web_export import describe
+
+                console.print(f"wrote {describe(path)}", markup=False, highlight=False, soft_wrap=True)
+                continue
+            console.print(f"wrote {path}")
 
 
 @app.command()
@@ -539,6 +680,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (1-65535).")] = 8000,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        help="Another Host name the server answers to (repeat for more; '*' for any), e.g. the name a "
+             "reverse proxy forwards. Always answered: 127.0.0.1, localhost, ::1 and --host.")] = None,
 ) -> None:
     """A local web page (and JSON API) to identify a plant from a photo.
 
@@ -550,7 +694,10 @@ def serve(
 
     from plantid.serve.app import create_app
 
-    application = create_app(run, backend=backend)
+    # requests naming any other host are refused (400): a web page that rebinds its own name to
+    # this machine's address cannot reach the server
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host, *(allowed_host or [])]
+    application = create_app(run, backend=backend, allowed_hosts=hosts)
     console.print(f"serving {run} on http://{host}:{port} (Ctrl+C to stop)")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
@@ -570,9 +717,11 @@ def audit(
     """
     from plantid.trustfit.audit import audit_run
 
+    _require_run(run)
     _setup_logging()
-    result = audit_run(run, features=features, folds=folds, limit=limit,
-                       splits=tuple(s.strip() for s in splits.split(",") if s.strip()))
+    with _writing_into_run(run, "audit"):
+        result = audit_run(run, features=features, folds=folds, limit=limit,
+                           splits=tuple(s.strip() for s in splits.split(",") if s.strip()))
     for rank, row in enumerate(result.flagged[:10], start=1):
         console.print(f"{rank:3d}. {row.path}: given {row.given} ({row.given_prob:.0%}), "
                       f"suggested {row.suggested} ({row.suggested_prob:.0%})", highlight=False)
@@ -670,6 +819,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted (a training run can be continued with `plantid train --resume RUN`)")
         sys.exit(130)
+    except OSError as exc:  # a full disk or a read-only folder met half-way: one line, not a traceback
+        err_console.print(f"[bold red]error:[/] {disk_error(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

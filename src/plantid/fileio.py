@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def give_usual_mode(path: str | os.PathLike) -> Path:
@@ -42,6 +42,35 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def all_or_none() -> Iterator[Callable[[str | os.PathLike], Path]]:
+    """Write several files as one: yields `stage(target) -> temporary path beside target`.
+
+    Every staged file is renamed onto its target only after the block has written all of them, so
+    a failure half-way (a full disk after the figures, before the JSON) leaves the previous set of
+    files, never a figure without the JSON it belongs to. On error the temporary files are removed.
+    """
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(target: str | os.PathLike) -> Path:
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        staged.append((Path(tmp), target))
+        return Path(tmp)
+
+    try:
+        yield stage
+        for tmp, target in staged:
+            give_usual_mode(tmp)
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -89,7 +89,8 @@ class TrainSummary(RunRecord):
     train_images_per_s: float | None = None
     world_size: int | None = None
     best_checkpoint: str | None = None
-    parameters: dict[str, int] | None = None  # {"trainable": n, "frozen": n}
+    parameters: dict[str, int] | None = None  # {"trainable": n, "frozen": n, "total": n}
+    peak_memory_mb: float | None = None  # the training process's peak resident memory
 
 
 # ---- eval*.json ----------------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class ViewsResult(BaseModel):
     metrics: Metrics
     per_class: list[ClassRow] = Field(default_factory=list)
     confusion: list[list[int]] = Field(default_factory=list)
+    intervals: dict[str, Any] | None = None  # 95% intervals, as in Evaluation
 
 
 class Evaluation(RunRecord):
@@ -152,6 +154,8 @@ class Evaluation(RunRecord):
     metrics: Metrics
     per_class: list[ClassRow] = Field(default_factory=list)
     confusion: list[list[int]] = Field(default_factory=list)
+    # 95%: accuracy and per-class recall (Wilson), balanced accuracy (bootstrap)
+    intervals: dict[str, Any] | None = None
     tta: ViewsResult | None = None
     worst: list[Mistake] = Field(default_factory=list)
     # calibration and unknown-photo results (plantid.evaluate.trust_eval); None without trust files

@@ -52,8 +52,10 @@ def test_linear_probe_fits_frozen_features_and_separates_the_classes(make_image_
     assert result["n"] == {"train": 36} and result["accuracy"]["outside"] >= 0.9
 
 
-def _bench_outside():
-    spec = importlib.util.spec_from_file_location("bench_outside", BENCH / "bench_outside.py")
+def _script_module(name: str):
+    """A benchmark script imported as a module (the scripts import their shared code by file name)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,7 +63,7 @@ def _bench_outside():
 
 def test_outer_split_keeps_identical_files_together_and_depends_on_the_seed(make_image_folder, tmp_path: Path) -> None:
     """Byte-identical copies land on one side; seeds give different outside folders of about the share."""
-    bench = _bench_outside()
+    bench = _script_module("bench_outside")
     data = make_image_folder(tmp_path / "data", per_class=40)
     shutil.copyfile(data / "a" / "a_000.jpg", data / "a" / "copy_of_a_000.jpg")
     sides = []
@@ -78,20 +80,12 @@ def test_outer_split_keeps_identical_files_together_and_depends_on_the_seed(make
     assert bench.is_outside(digest, 0) == ("b/b_003.jpg" in sides[0])
 
 
-def _yardstick():
-    sys.path.insert(0, str(BENCH))  # linear_probe imports it by its file name, as a script does
-    spec = importlib.util.spec_from_file_location("baseline_finetune", BENCH / "baseline_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_yardstick_size_shrinks_until_its_budget_fits_enough_epochs() -> None:
     """Room for every epoch keeps the photos' size; a set too large for the budget gets the smallest."""
     import timm
     import torch
 
-    yardstick = _yardstick()
+    yardstick = _script_module("baseline_finetune")
     model = timm.create_model(yardstick.MODEL, pretrained=False, num_classes=3)
     state = torch.random.get_rng_state()
     assert yardstick.size_for_budget(model, 160, n_train=2, batch_size=2, n_classes=3, seconds=1e6) == 160

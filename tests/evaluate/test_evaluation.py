@@ -16,7 +16,8 @@ from plantid.evaluate.evaluation import evaluate_run
 from plantid.runfolder import evaluation_files as output_names
 from tests.support.images import write_class_image
 
-EVAL_KEYS = {"split", "n_images", "classes", "checkpoint", "metrics", "per_class", "confusion", "tta", "worst", "trust"}
+EVAL_KEYS = {"split", "n_images", "classes", "checkpoint", "metrics", "per_class", "confusion", "intervals", "tta",
+             "worst", "trust"}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "top_k"}
 
 
@@ -72,7 +73,9 @@ def test_test_split_with_tta(copy_run: Path, tiny_classes: list[str]):
     assert set(saved["metrics"]["top_k"]) == {"2"}  # 3 classes: only k=2 < K
 
     tta = saved["tta"]
-    assert set(tta) == {"views", "metrics", "per_class", "confusion"}
+    assert set(tta) == {"views", "metrics", "per_class", "confusion", "intervals"}
+    low, high = saved["intervals"]["accuracy"]
+    assert low <= saved["metrics"]["accuracy"] <= high  # a 95% interval around the measured accuracy
     assert tta["views"] == ["identity", "hflip"]
     assert_consistent(tta, n_test, classes)
 

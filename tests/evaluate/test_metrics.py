@@ -122,3 +122,32 @@ def test_bad_inputs_raise():
         classification_metrics(np.zeros((2, 3)), np.array([0, 1]), ["a", "b"])
     with pytest.raises(ValueError):
         classification_metrics(np.zeros((0, 2)), np.zeros(0, dtype=int), ["a", "b"])
+
+
+def test_wilson_interval_matches_the_textbook_values_and_stays_in_bounds():
+    from plantid.evaluate.metrics import wilson_interval
+
+    low, high = wilson_interval(47, 54)  # 87.04% on 54 photos: about +-9 points
+    assert low == pytest.approx(0.7556, abs=5e-4) and high == pytest.approx(0.9359, abs=5e-4)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] < 0.75  # all right is not certainty
+    assert wilson_interval(0, 0) is None
+
+
+def test_intervals_cover_the_true_accuracy_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    hits = {"accuracy": 0, "balanced_accuracy": 0}
+    trials = 200
+    for _ in range(trials):
+        labels = rng.integers(0, 3, 60)
+        right = rng.uniform(size=60) < np.array([0.9, 0.8, 0.7])[labels]  # true balanced accuracy 0.8
+        predicted = np.where(right, labels, (labels + 1) % 3)
+        out = classification_metrics(np.eye(3)[predicted], labels, classes)
+        truth_acc = np.mean(np.array([0.9, 0.8, 0.7])[labels])
+        lo, hi = out["intervals"]["accuracy"]
+        hits["accuracy"] += lo <= truth_acc <= hi
+        lo, hi = out["intervals"]["balanced_accuracy"]
+        hits["balanced_accuracy"] += lo <= 0.8 <= hi
+        assert set(out["intervals"]["recall"]) == set(classes)
+    assert hits["accuracy"] / trials > 0.88
+    assert hits["balanced_accuracy"] / trials > 0.85

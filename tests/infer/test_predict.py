@@ -143,7 +143,7 @@ def test_predict_command_table_out_and_usage_errors(run: Path, inputs: dict[str,
                            backend="torch", console=console, err_console=err)
     assert code == 0
     text = out_buf.getvalue()
-    assert "top-1" in text and "TTA 2 views" in text and all(n in text for n in GOOD_IN_TREE)
+    assert "answer" in text and "TTA 2 views" in text and all(n in text for n in GOOD_IN_TREE)
     csv_out = tmp_path / "p.csv"
     assert predict_command(run, [str(inputs["single"])], top_k=5, output_format="table", out=csv_out,
                            console=console, err_console=err) == 0

@@ -1,6 +1,7 @@
 """The page in a real browser: `plantid serve` in a subprocess, driven by headless Chromium.
 
-Uploads a real JPEG through the file input, checks the species and the probability bars,
+Uploads a real JPEG through the file input, checks the species and the probability bars, adds
+a second photo of the same plant (one combined answer),
 turns on Grad-CAM and checks the heat-map overlay, shows an error for a bad file, and saves
 desktop (1280x800) and phone (390x844) screenshots to test-artifacts/serve/ at the repo root.
 """
@@ -145,6 +146,12 @@ def test_phone_layout(server: str, browser, run_dir: Path, tmp_path: Path) -> No
         _save(page, tmp_path, "phone-empty")
         page.set_input_files("#file-input", str(photo))
         page.wait_for_selector("#result:not([hidden])")
+        assert page.locator("#best-label").inner_text().strip() in classes
+        # a second photo of the same plant: one combined answer from /api/identify
+        second = _leaf_jpeg(tmp_path / "leaf2.jpg", size=100, seed=4)
+        page.set_input_files("#add-input", str(second))
+        page.wait_for_selector("#result-note:has-text('2 photos of one plant')")  # the page's CSP forbids eval
+        assert page.locator("#thumbs .thumb").count() == 2
         assert page.locator("#best-label").inner_text().strip() in classes
         page.locator("label.switch").click()
         page.wait_for_selector("#overlay-img.visible")

@@ -57,3 +57,23 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def run_plantid(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `plantid ARGS` in a child process as a user would, capturing its text output."""
+    import os
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", **kwargs.pop("env", {})}
+    return subprocess.run([*PLANTID, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def limit_file_size(limit: int):
+    """preexec_fn: files above `limit` bytes fail to write (EFBIG), as on a full disk."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,17 @@ def test_shorter_plan_halves_epochs_or_budget_unless_given(trained_run: Path) ->
     assert shorter_plan(planned, []).train.budget_minutes == planned.train.budget_minutes / 2
     assert parent_manifest(load_config("simple-cnn", [f"train.init_from={trained_run}"])) == trained_run / "split.csv"
     assert parent_manifest(fixed) is None
+
+
+def test_from_a_run_of_a_recipe_file_needs_the_recipe(tmp_path: Path) -> None:
+    from plantid.config import dump_config
+    from tests.support.cli import PLANTID, one_line_error
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config("simple-cnn").model_copy(update={"recipe": "my-tuned"})
+    (run / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    (run / "best.ckpt").write_bytes(b"")  # refused before it is read
+    proc = subprocess.run([*PLANTID, "train", "--from", str(run), "--data", str(tmp_path)], capture_output=True,
+                          text=True)
+    assert "pass its recipe with --recipe" in one_line_error(proc)

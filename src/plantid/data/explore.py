@@ -15,6 +15,8 @@ and prints the per-class table in the terminal. Figures are drawn with matplotli
 
 from __future__ import annotations
 
+import textwrap
+
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,8 +84,8 @@ def class_distribution_figure(counts: Mapping[str | None, Mapping[str, int]], ti
     counts_arr = np.array([sum(per.get(c, 0) for per in counts.values()) for c in classes])
     median = float(np.median(counts_arr)) if len(counts_arr) else 0.0
     rare = counts_arr < 0.5 * median
-    width = max(6.0, 0.6 * len(classes) + 2.0)
-    fig = Figure(figsize=(min(width, 40.0), 4.8))
+    width = min(max(6.0, 0.6 * len(classes) + 2.0), 40.0)
+    fig = Figure(figsize=(width, 4.8), layout="constrained")  # room for turned labels and the outside legend
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(classes))
     handles = []
@@ -98,8 +100,7 @@ def class_distribution_figure(counts: Mapping[str | None, Mapping[str, int]], ti
             if is_rare:
                 ax.bar(xi, counts_arr[xi], fill=False, edgecolor=RARE_COLOUR, linewidth=2.0, hatch="//")
     else:
-        ax.bar(x, counts_arr, color=[RARE_COLOUR if r else NORMAL_COLOUR for r in rare])
-        handles.append(Patch(color=NORMAL_COLOUR, label="class"))
+        ax.bar(x, counts_arr, color=[RARE_COLOUR if r else NORMAL_COLOUR for r in rare])  # a legend only for rare
     if rare.any():
         handles.append(
             Patch(facecolor="none" if by_split else RARE_COLOUR, edgecolor=RARE_COLOUR, hatch="//" if by_split else None,
@@ -110,11 +111,17 @@ def class_distribution_figure(counts: Mapping[str | None, Mapping[str, int]], ti
         ax.text(xi, n + top * 0.01, str(int(n)), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, top * 1.12)
     ax.set_xticks(x)
-    ax.set_xticklabels(classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
+    # names wrap to their bar's share of the axis (~0.075 in a character); a word still wider turns them all
+    per_bar_chars = 0.8 * width / max(1, len(classes)) / 0.075
+    names = [textwrap.fill(str(c), max(6, int(per_bar_chars))) for c in classes]
+    turned = max((len(line) for n in names for line in n.splitlines()), default=0) > per_bar_chars
+    ax.set_xticklabels(names, rotation=35 if turned else 0, ha="right" if turned else "center",
+                       rotation_mode="anchor" if turned else "default", fontsize=9)
     ax.set_xlabel("class")
     ax.set_ylabel("number of photos")
     ax.set_title(title)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
 

@@ -14,10 +14,21 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# HEIC/HEIF (the iPhone camera's default) through pillow-heif; AVIF is read by Pillow itself (>= 11.3)
+register_heif_opener()
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                              ".avif"})
 HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit, made explicit and enforced as an error
+MAX_FILE_BYTES = 512 * 1024 * 1024  # a larger file is not a photo we can train on or predict
+# The only Pillow plugins plantid lets decode a file: the formats its docs name. Every other plugin
+# (TGA, PCX, ICO, SGI, DDS, JPEG 2000, SPIDER, ...) is old parser code no photo needs, and EPS would
+# start Ghostscript. Pillow picks by the file's header, never by its name.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "TIFF", "GIF")
+PHOTO_FORMAT_NAMES = "JPEG, PNG, WebP, HEIC, AVIF, BMP, TIFF or GIF"
 
 
 class BadImageError(ValueError):
@@ -54,25 +65,36 @@ def decode_image(source: str | os.PathLike | bytes) -> DecodedImage:
 
     EXIF orientation is applied; palette, grayscale, RGBA, CMYK and 16-bit images are converted
     to RGB (alpha composited on white). Raises BadImageError for empty, truncated, non-image
-    or oversized (decompression bomb) input.
+    or oversized (decompression bomb) input. Only the photo formats plantid documents are
+    decoded, told from the file's header before the rest is read; a file over MAX_FILE_BYTES is
+    refused from its size alone, so a huge file costs a stat, not its size in memory.
     """
-    path = None if isinstance(source, (bytes, bytearray)) else Path(source)
+    path = None if isinstance(source, (bytes, bytearray, memoryview)) else Path(source)
     if path is not None:
         try:
-            if path.stat().st_size == 0:
+            size = path.stat().st_size
+            if size == 0:
                 raise BadImageError(path, "empty file (0 bytes)")
-            data = path.read_bytes()
+            if size > MAX_FILE_BYTES:
+                raise BadImageError(path, f"file too large ({size / 2**20:.0f} MB > {MAX_FILE_BYTES // 2**20} MB): "
+                                          "not a photo plantid reads")
+            stream = open(path, "rb")
         except OSError as exc:
             raise BadImageError(path, f"unreadable ({exc.strerror or exc})") from None
     else:
-        data = bytes(source)
-        if not data:
+        if not len(source):
             raise BadImageError(None, "empty file (0 bytes)")
+        stream = io.BytesIO(source)  # shares the caller's bytes: no copy of an upload
+    with stream:
+        return _decode_stream(stream, path)
+
+
+def _decode_stream(stream, path: Path | None) -> DecodedImage:
     try:
         # PIL warns (1x-2x its limit) or raises (beyond 2x) for huge images; the explicit check below
         # turns every oversized image into a BadImageError without touching the (process-global,
         # not thread-safe) warnings filters.
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(stream, formats=PHOTO_FORMATS) as img:
             width, height = img.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise BadImageError(
@@ -92,7 +114,9 @@ def decode_image(source: str | os.PathLike | bytes) -> DecodedImage:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise BadImageError(path, "too large: possible decompression bomb") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not an image (unrecognised format)") from None
+        raise BadImageError(path, f"not an image (unrecognised format; plantid reads {PHOTO_FORMAT_NAMES})") from None
+    except MemoryError:
+        raise BadImageError(path, "too large to decode in the memory available") from None
     except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc) or type(exc).__name__
         if "truncated" in msg.lower():

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plantid.data.images import BadImageError, decode_image, is_hidden, is_image_name
+from plantid.data.images import MAX_FILE_BYTES, BadImageError, decode_image, is_hidden, is_image_name
 from plantid.data.near_duplicates import NEAR_DUPLICATE_DISTANCE, group_near_duplicates, perceptual_hash
 from plantid.errors import PlantidError
 from plantid.fileio import write_json_atomic
@@ -42,7 +42,6 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "t
 LITTER_FOLDERS = frozenset({"__MACOSX", "@eaDir"})  # zip resource forks, NAS thumbnails: never classes
 # Where `plantid apply` puts photos a review excluded: inside the folder (never deleted), never a class.
 EXCLUDED_FOLDER = "_excluded"
-MAX_FILE_BYTES = 512 * 1024 * 1024  # a larger file is not a photo we can train on
 
 
 def _skip(path: Path) -> bool:
@@ -212,11 +211,28 @@ def _walk_class(
             if not regular:
                 reason = "broken symlink" if item.is_symlink() else "not a regular file"
                 bad.append(BadFile(str(path), reason))
+            elif not _is_utf8(path):
+                bad.append(BadFile(printable_path(path), "file name is not valid UTF-8 (the manifest, "
+                                   "scan.json and the report could not name it); rename the file"))
             elif not is_image_name(path):
                 bad.append(BadFile(str(path), f"not an image file extension ({path.suffix or 'none'}); ignored"))
             else:
                 out.append(_Candidate(path, _relpath(path, root), label, given_split))
         stack.extend(reversed(subdirs))
+
+
+def _is_utf8(path: Path) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: Path) -> str:
+    """The path with any byte that is not UTF-8 shown as \\xNN, safe to print and to write as JSON."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def _collect(root: Path) -> tuple[list[str], list[_Candidate], list[BadFile]]:

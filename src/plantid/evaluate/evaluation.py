@@ -28,6 +28,7 @@ from plantid.figures import save_png
 from plantid.infer.predictor import Predictor, TorchBackend
 from plantid.infer.view_names import parse_tta
 from plantid.records import Evaluation, describe_detector
+from plantid.fileio import all_or_none, write_json_atomic
 from plantid.runfolder import MANIFEST_SPLITS, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
@@ -208,6 +209,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
         "metrics": base["metrics"],
         "per_class": base["per_class"],
         "confusion": base["confusion"],
+        "intervals": base["intervals"],  # 95%: accuracy and per-class recall Wilson, balanced accuracy bootstrap
         "tta": None,
         "worst": worst_errors(probabilities[0], data.labels, data.paths, classes, limit=WORST_LIMIT),
     }
@@ -223,20 +225,23 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
     names = evaluation_files(data.name, folder=data.folder)
     n_errors = int(len(data.labels) - np.trace(np.asarray(base["confusion"])))
     where = f"folder {data.name}" if data.folder else f"{data.name} split"
-    save_png(confusion_figure(base["confusion"], classes, title=f"Confusion matrix: {where} ({len(data.paths)} images)"),
-             run_dir / names["confusion"])
-    shown = len(result["worst"])
-    save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
-                               f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
-             run_dir / names["errors"])
     written_paths = [run_dir / names[k] for k in ("json", "confusion", "errors")]
-    if result["trust"] is not None:
-        written_paths.append(save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
-                                      run_dir / names["reliability"]))
-        if ood:
-            written_paths.append(save_png(ood_scores_figure(raw_scores, trust.threshold, data.name),
-                                          run_dir / names["ood"]))
-    Evaluation.model_validate(result).write(run_dir / names["json"])
+    with all_or_none() as stage:  # a full disk half-way leaves no figure without its JSON
+        save_png(confusion_figure(base["confusion"], classes,
+                                  title=f"Confusion matrix: {where} ({len(data.paths)} images)"),
+                 stage(run_dir / names["confusion"]))
+        shown = len(result["worst"])
+        save_png(error_grid_figure(result["worst"], title=f"Most confident mistakes: {where} "
+                                   f"({shown} of {n_errors} shown)" if n_errors else f"Mistakes: {where}"),
+                 stage(run_dir / names["errors"]))
+        if result["trust"] is not None:
+            save_png(reliability_figure(result["trust"], title=f"Reliability: {where}"),
+                     stage(run_dir / names["reliability"]))
+            written_paths.append(run_dir / names["reliability"])
+            if ood:
+                save_png(ood_scores_figure(raw_scores, trust.threshold, data.name), stage(run_dir / names["ood"]))
+                written_paths.append(run_dir / names["ood"])
+        write_json_atomic(stage(run_dir / names["json"]), Evaluation.model_validate(result).model_dump(by_alias=True))
 
     print_evaluation(result, console)
     written = ", ".join(str(p) for p in written_paths)
@@ -248,27 +253,37 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}%"
 
 
+def _interval(bounds: list[float] | None) -> str:
+    """' (78.1-93.5%)': a 95% interval after its value, or nothing for an older eval.json."""
+    return "" if not bounds else f" ({100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%)"
+
+
 def print_evaluation(result: dict, console) -> None:
     """The summary table (metric, without TTA, with TTA) and the per-class table."""
     from rich.table import Table
     from rich.text import Text
 
     tta = result.get("tta")
-    summary = Table(title=Text(f"{result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}"),
+    summary = Table(title=Text(f"{result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}"
+                               + ("; 95% intervals in brackets" if result.get("intervals") else "")),
                     title_justify="left")
     summary.add_column("metric")
     summary.add_column("without TTA", justify="right")
     if tta:
         summary.add_column(Text(f"with TTA ({len(tta['views'])} views)"), justify="right")
     rows = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")]
+    intervals = result.get("intervals") or {}
+    tta_intervals = (tta or {}).get("intervals") or {}
     for label, key in rows:
-        summary.add_row(label, _pct(result["metrics"][key]), *([_pct(tta["metrics"][key])] if tta else []))
+        summary.add_row(label, _pct(result["metrics"][key]) + _interval(intervals.get(key)),
+                        *([_pct(tta["metrics"][key]) + _interval(tta_intervals.get(key))] if tta else []))
     for k, v in result["metrics"]["top_k"].items():
         summary.add_row(f"top-{k} accuracy", _pct(v), *([_pct(tta["metrics"]["top_k"].get(k))] if tta else []))
     console.print(summary)
 
     table = Table(title="per class (without TTA)" + (", F1 with TTA alongside" if tta else ""), title_justify="left")
-    for name in ("class", "precision", "recall", "F1"):
+    recall_intervals = intervals.get("recall") or {}
+    for name in ("class", "precision", "recall", "recall 95%", "F1"):
         table.add_column(name, justify="left" if name == "class" else "right")
     if tta:
         table.add_column("F1 (TTA)", justify="right")
@@ -276,8 +291,9 @@ def print_evaluation(result: dict, console) -> None:
     tta_rows = tta["per_class"] if tta else [None] * len(result["per_class"])
     for row, trow in zip(result["per_class"], tta_rows):
         weak = row["support"] > 0 and row["f1"] < 0.5
+        bounds = recall_intervals.get(row["class"])
         cells = [Text(row["class"], style="bold red" if weak else ""), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                 f"{row['f1']:.3f}"]
+                 f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else "", f"{row['f1']:.3f}"]
         if trow is not None:
             cells.append(f"{trow['f1']:.3f}")
         cells.append(str(row["support"]))
@@ -298,6 +314,15 @@ def _print_trust(section: dict | None, split: str, console) -> None:
     for name in ("", "value"):
         table.add_column(name, justify="left" if not name else "right")
     table.add_row(f"{split} photos kept as known", _pct(section["kept"]))
+    answers = section.get("answers")
+    if answers and answers.get("photos"):
+        level = section.get("answer_level")
+        table.add_row(f"{split} photos named a species (coverage; unsure below "
+                      f"{'no level' if level is None else _pct(level)}, unknown above the threshold)",
+                      f"{_pct(answers['coverage'])} ({answers['answered']} of {answers['photos']})")
+        table.add_row("accuracy of the photos named (selective accuracy)", _pct(answers["answered_accuracy"]))
+        table.add_row(f"{split} photos answered unsure between two / not one of the species",
+                      f"{_pct(answers['unsure'])} / {_pct(answers['unknown'])}")
     table.add_row("calibration error (ECE), softmax -> with temperature",
                   f"{_pct(cal['ece_before'])} -> {_pct(cal['ece_after'])}")
     if cal.get("ece_if_calibrated"):

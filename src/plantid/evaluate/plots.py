@@ -115,7 +115,8 @@ def error_grid_figure(errors: Sequence[Mapping[str, Any]], title: str = "Most co
             return fig
         cols = min(columns, len(errors))
         rows = math.ceil(len(errors) / cols)
-        fig = Figure(figsize=(2.25 * cols, 2.55 * rows + 0.5), dpi=DPI)
+        # constrained layout keeps each photo's file name clear of the next row's captions
+        fig = Figure(figsize=(2.25 * cols, 2.75 * rows + 0.5), dpi=DPI, layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat[len(errors):]:
             ax.axis("off")
@@ -137,7 +138,6 @@ def error_grid_figure(errors: Sequence[Mapping[str, Any]], title: str = "Most co
                 side.set_visible(False)
             ax.set_xlabel(short_label(Path(str(err.get("path", ""))).name, 26), fontsize=7, color="#777777", labelpad=2)
         fig.suptitle(title, fontsize=13, fontweight="bold")
-        fig.tight_layout()
     return fig
 
 
@@ -242,7 +242,6 @@ def training_curves_figure(metrics_csv: str | os.PathLike, title: str = "Trainin
         _finish_axis(ax, "Learning rate (fastest group)" if per_group else "Learning rate", "learning rate", drawn,
                      legend=len(lr_cols) > 1)
         fig.suptitle(title, fontsize=13, fontweight="bold")
-        fig.tight_layout()
     return fig
 
 

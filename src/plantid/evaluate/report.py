@@ -17,17 +17,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from plantid.config import load_run_config
+from plantid.config import load_run_config, load_yaml
 from plantid.data.explore import class_distribution_figure
 from plantid.data.split import SPLITS, read_manifest
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 from plantid.evaluate.evaluation import evaluate_run
 from plantid.evaluate.next_steps import advise
 from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
 from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
+from plantid.infer.answers import meanings
 from plantid.records import Evaluation, TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
+from plantid.trust.selective import promise_note
 
 log = logging.getLogger("plantid")
 
@@ -200,6 +202,11 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
 # ---- sections -------------------------------------------------------------------------------------
 
 
+def _range(bounds: list[float] | None) -> str:
+    """'; 95% interval 78.1-93.5%' after a card's detail, or nothing (older eval.json)."""
+    return f"; 95% interval {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%" if bounds else ""
+
+
 def _card(label: str, value: str, detail: str = "", main: bool = False) -> str:
     cls = "card main" if main else "card"
     det = f'<div class="detail">{e(detail)}</div>' if detail else ""
@@ -211,12 +218,15 @@ def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label:
     m = (result or {}).get("metrics") or {}
     tta = (result or {}).get("tta")
     params = (summary.parameters if summary else None) or {}
+    intervals = (result or {}).get("intervals") or {}
     cards = [
         _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.test_acc if summary else None)),
-              f"{result['n_images']} images, no TTA" if result else "from training", main=True),
+              (f"{result['n_images']} images, no TTA" + _range(intervals.get("accuracy"))) if result else "from training",
+              main=True),
         _card(f"{split_label} accuracy, TTA", _pct(tta["metrics"]["accuracy"]) if tta else "not run",
               f"{len(tta['views'])} views averaged" if tta else "plantid evaluate RUN --tta default", main=bool(tta)),
-        _card("Balanced accuracy", _pct(m.get("balanced_accuracy")), "mean per-class recall"),
+        _card("Balanced accuracy", _pct(m.get("balanced_accuracy")),
+              "mean per-class recall" + _range(intervals.get("balanced_accuracy"))),
         _card("Macro-F1", _pct(m.get("macro_f1")), "mean per-class F1"),
         _card("Best val accuracy", _pct(summary.best_val_acc if summary else None), "checkpoint selection"),
         _card("Epochs", str(summary.epochs_run) if summary else "n/a", f"of {planned_epochs} planned" if planned_epochs else ""),
@@ -235,6 +245,30 @@ def _training_speed(summary: TrainSummary | None) -> str:
     if summary and summary.train_images_per_s:
         parts.append(f"{summary.train_images_per_s:,.0f} photos/s")
     return ", ".join(parts)
+
+
+def _answers_table(result: dict, trust: dict) -> str:
+    """The three answers on the evaluated photos: what each means, and how often each was given."""
+    answers = trust.get("answers")
+    if not answers or not answers.get("photos"):
+        return ""
+    classes = len(result.get("per_class") or [])
+    words = meanings(classes, trust.get("answered_accuracy"))
+    level = trust.get("answer_level")
+    species = (f"{_pct(answers['coverage'])} ({answers['answered']:,} of {answers['photos']:,}), "
+               f"{_pct(answers['answered_accuracy'])} of them right" if answers["answered"] else "none")
+    rows = [
+        ("a species", words["species"] + (f" (level {_pct(level, 0)})" if level is not None else ""), species),
+        ("unsure between two", words["unsure"], _pct(answers["unsure"])),
+        (f"not one of the {classes} species", words["unknown"] + f" (score above {trust['threshold']:.4g})",
+         _pct(answers["unknown"])),
+    ]
+    body = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{c}</td></tr>" for a, b, c in rows)
+    promise = ""
+    if trust.get("keep_promised") is False:
+        promise = f'<p class="note">Warning: {e(promise_note(int(trust["val_photos"]), trust["keep"], trust["keep_confidence"]))}.</p>'
+    return (f'<table class="narrow"><thead><tr><th>answer</th><th>what it means</th><th>{e(result["split"])} photos'
+            f'</th></tr></thead><tbody>{body}</tbody></table>{promise}')
 
 
 def _data_section(run_dir: Path) -> str:
@@ -259,8 +293,10 @@ def _data_section(run_dir: Path) -> str:
     if isinstance(scan, dict):
         bad = scan.get("num_bad", 0) or 0
         dups = len(scan.get("duplicate_groups") or [])
+        near = len(scan.get("near_duplicate_groups") or [])
         parts.append(f'<p class="note">Scanned {e(scan.get("root", "the data folder"))}: {int(bad):,} unusable file(s) '
-                     f'skipped, {dups:,} group(s) of byte-identical photos (kept in one split).</p>')
+                     f'skipped; {dups:,} group(s) of byte-identical photos and {near:,} group(s) of near-duplicate '
+                     f'photos, each group kept in one split.</p>')
     return "".join(parts)
 
 
@@ -292,7 +328,10 @@ def _trust_section(run_dir: Path, result: dict) -> str:
     cal = trust["calibration"]
     rows = [
         ("unknown-photo score", describe_detector(trust)),
-        ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen to keep {_pct(trust['keep'], 0)} of the val photos"),
+        ("threshold (above: unknown)", f"{trust['threshold']:.4g}, chosen on the val photos to keep {_pct(trust['keep'], 0)} "
+                                       "of new photos of the known species"
+                                       + (f" with {_pct(trust['keep_confidence'], 0)} confidence"
+                                          if trust.get("keep_confidence") else "")),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),
         ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
@@ -304,7 +343,7 @@ def _trust_section(run_dir: Path, result: dict) -> str:
         ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
     ]
     body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)
-    out = [f'<table class="narrow"><tbody>{body}</tbody></table>']
+    out = [_answers_table(result, trust), f'<table class="narrow"><tbody>{body}</tbody></table>']
     if trust["ood"]:
         ood_rows = "".join(
             f"<tr><td><code>{e(x['folder'])}</code></td><td>{x['n_images']:,}</td><td>{_pct(x['rejected'])}</td>"
@@ -335,16 +374,20 @@ def _per_class_table(result: dict) -> str:
     weak = weak_classes(result)
     tta = result.get("tta")
     tta_f1 = {r["class"]: r["f1"] for r in tta["per_class"]} if tta else {}
-    head = "<th>class</th><th>precision</th><th>recall</th><th>F1</th>" + ("<th>F1 with TTA</th>" if tta else "") + "<th>support</th>"
+    recall_bounds = (result.get("intervals") or {}).get("recall") or {}
+    head = ("<th>class</th><th>precision</th><th>recall</th><th>recall, 95% interval</th><th>F1</th>"
+            + ("<th>F1 with TTA</th>" if tta else "") + "<th>support</th>")
     body = []
     for r in result["per_class"]:
+        bounds = recall_bounds.get(r["class"])
+        shown = f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else ""
         cls = "weak" if r["class"] in weak else "absent" if r["support"] == 0 else ""
         tag = '<span class="tag">weak</span>' if r["class"] in weak else ""
         bar = f'<span class="bar" style="width:{max(2, round(60 * r["f1"]))}px"></span>'
         extra = f"<td>{r_f:.3f}</td>" if tta and (r_f := tta_f1.get(r["class"])) is not None else ("<td></td>" if tta else "")
         body.append(
             f'<tr class="{cls}"><td class="name">{e(r["class"])}{tag}</td><td>{r["precision"]:.3f}</td>'
-            f'<td>{r["recall"]:.3f}</td><td>{bar}{r["f1"]:.3f}</td>{extra}<td>{int(r["support"]):,}</td></tr>'
+            f'<td>{r["recall"]:.3f}</td><td>{shown}</td><td>{bar}{r["f1"]:.3f}</td>{extra}<td>{int(r["support"]):,}</td></tr>'
         )
     note = (f'<p class="note">Highlighted: F1 below {WEAK_F1:.2f} or more than {100 * WEAK_GAP:.0f} points below the '
             f'macro-F1 ({_pct(result["metrics"]["macro_f1"], 1)}). ' +
@@ -453,7 +496,7 @@ def _config_section(run_dir: Path) -> str:
     except OSError:
         return '<p class="empty">No config.yaml in the run folder.</p>'
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError:
         data = None
     raw = f"<details><summary>config.yaml</summary><pre>{e(text.rstrip())}</pre></details>"
@@ -579,5 +622,13 @@ def build_report(run_dir: Path, console=None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PlantidError(f"{run_dir}: no such run folder; train one with `plantid train --data DATA --out {run_dir}`")
-    result, note = load_or_run_evaluation(run_dir, console=console)
-    return write_text_atomic(RunFolder(run_dir).report, render_report(run_dir, result, note))
+    try:
+        result, note = load_or_run_evaluation(run_dir, console=console)
+        page = render_report(run_dir, result, note)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+        # eval.json, train_summary.json or trust.json edited, damaged or from an older plantid:
+        # values of the wrong type or shape are one line, not a traceback
+        raise PlantidError(f"{run_dir}: a result file holds values of the wrong type or shape "
+                           f"({type(exc).__name__}: {first_line(exc)[:120]}); run `plantid evaluate {run_dir}` "
+                           "again, then the report") from None
+    return write_text_atomic(RunFolder(run_dir).report, page)

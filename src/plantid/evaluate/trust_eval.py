@@ -6,6 +6,8 @@ Results go into eval.json under "trust":
 
     {"detector", "threshold", "temperature", "keep",
      "kept": share of the evaluated photos answered known (score <= threshold),
+     "answers": {"photos", "answered", "coverage", "answered_accuracy", "unsure", "unknown"}: the three
+                answers (plantid.infer.answers) on the evaluated photos, with "answer_level" beside "threshold",
      "calibration": {"ece_before", "ece_after", "nll_before", "nll_after", "bins_before", "bins_after",
                      "val_ece_crossfit", "ece_if_calibrated": [mean, 5th, 95th percentile]},
      "ood": [{"folder", "n_images", "skipped", "rejected", "auroc"}, ...]}
@@ -27,6 +29,7 @@ from plantid.evaluate.trust_metrics import calibration, ood_auroc, share_above
 from plantid.infer.cli_predict import expand_inputs
 from plantid.infer.predictor import TorchBackend
 from plantid.trust.calibration import ece_if_calibrated, nll
+from plantid.trust.selective import selective_summary
 from plantid.trustfit.features import features_and_logits, folder_pixels
 
 log = logging.getLogger("plantid")
@@ -60,6 +63,11 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
     section: dict[str, Any] = {
         **trust.summary(),
         "kept": share_above(-split_scores, -trust.threshold),  # score <= threshold
+        # the three answers on these photos: coverage (named a species) and the accuracy of those named
+        "answers": selective_summary(calibrated.numpy(), labels, split_scores > trust.threshold, trust.answer_level),
+        "keep_promised": trust.measured.get("keep_promised"),
+        "val_photos": trust.measured.get("val_photos"),
+        "keep_confidence": trust.measured.get("keep_confidence"),
         "calibration": {"ece_before": before["ece"], "ece_after": after["ece"],
                         "nll_before": round(nll(z, y), 6), "nll_after": round(nll(z, y, trust.temperature), 6),
                         "bins_before": before["bins"], "bins_after": after["bins"],

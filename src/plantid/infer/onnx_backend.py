@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from plantid.errors import PlantidError, first_line
+from plantid.fileio import sha256_file
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE
 
 log = logging.getLogger("plantid")
@@ -157,6 +158,11 @@ class OnnxBackend:
         expected_size = entry.get("size_bytes")
         if expected_size is not None and model_path.stat().st_size != expected_size:
             raise PlantidError(f"{model_path}: does not match {meta_path.name} (interrupted export?); {export_hint}")
+        # the checksum, not only the size: a model overwritten in place with other bytes of the same
+        # size (a damaged copy, or a swapped graph) is never run
+        if entry.get("sha256") != sha256_file(model_path):
+            raise PlantidError(f"{model_path}: its sha256 does not match {meta_path.name} (changed or damaged "
+                               f"since the export); {export_hint}")
         _warn_if_stale(run_dir if run_dir.is_dir() else folder, meta)
         check = entry.get("accuracy") if model_name == INT8_FILE else None
         if isinstance(check, dict) and check.get("drop_points", 0) > INT8_MAX_DROP_POINTS:

@@ -8,7 +8,9 @@ server all go through this class.
 When the run has trust files (plantid.trust, fitted by `plantid train` or `plantid trust RUN`)
 both backends return temperature-calibrated probabilities and an out-of-distribution score per
 photo, and a Prediction says `unknown` when the score is above the run's threshold: the photo
-does not look like any species the model knows. Older runs predict as before, with a note.
+does not look like any species the model knows. Each Prediction carries one of three answers
+(plantid.infer.answers): a species, unsure between two, or not one of the species. Older runs
+predict as before, with a note.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from plantid.data.images import BadImageError, load_image
 from plantid.errors import PlantidError
+from plantid.infer.answers import Answer, answer_for
 from plantid.infer.view_names import parse_tta
 from plantid.runtime import keep_freed_memory
 
@@ -45,6 +48,7 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     ood_score: float | None = None  # higher = less like the training photos; None without trust files
     unknown: bool | None = None  # score above the run's threshold; None without trust files
+    answer: Answer | None = None  # species, unsure between two, or not one of the species (plantid.infer.answers)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +155,12 @@ class Predictor:
         return None if info is None else float(info["threshold"])
 
     @property
+    def answer_level(self) -> float | None:
+        """Calibrated top probability below which a photo is answered "unsure"; None without one."""
+        level = (self.trust or {}).get("answer_level")
+        return None if level is None else float(level)
+
+    @property
     def views(self) -> tuple[str, ...]:
         """The TTA views each photo's probabilities average over; empty means the photo alone."""
         return self.batch_fn.views if isinstance(self.batch_fn, TorchBackend) else ()
@@ -223,12 +233,14 @@ class Predictor:
                 return
             probs, scores = self.predict_scored(np.stack([arr for _, arr in pending]))
             threshold = self.threshold if scores is not None else None
+            level = self.answer_level
             for i, ((pred, _), p) in enumerate(zip(pending, probs)):
                 pred.probabilities = p
                 pred.top = self.top_k(p, top_k)
                 if scores is not None and threshold is not None:
                     pred.ood_score = float(scores[i])
                     pred.unknown = bool(scores[i] > threshold)
+                pred.answer = answer_for(self.top_k(p, 2), pred.unknown, level, len(self.classes))
             pending.clear()
 
         for source in sources:

@@ -47,7 +47,8 @@ class _CalibrationReader:
         self.index = 0
 
 
-def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static") -> dict[str, Any]:
+def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static",
+                  exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write an int8 model next to the fp32 one and report how it was made and how it agrees.
 
     static: QDQ, per-channel symmetric int8 weights, uint8 activations calibrated (MinMax) on
@@ -62,6 +63,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
     fp32 on either (93% and 91% agreement, the rest is 8-bit rounding spread over all layers).
     uint8 weights (U8U8) avoid the overflow too but run ~7x slower in onnxruntime's QLinearConv;
     int8 activations (S8S8) are slower on AVX2 and saturate alike.
+    `exclude` names nodes left in float (see `noisiest_nodes`), besides the final Softmax.
     (Dynamic mode keeps 8 bits: reduce_range made its ConvInteger model worse, 56% -> 40% top-1.)
     """
     import onnx
@@ -86,7 +88,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
                         str(prepared), str(tmp), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=softmax,
+                        nodes_to_exclude=softmax + list(exclude),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                     )
                 else:
@@ -104,6 +106,7 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
         "activations": "uint8 (calibrated MinMax)" if mode == "static" else "uint8 (dynamic)",
         "calibration_images": int(len(calibration)) if mode == "static" else 0,
         "calibration_split": "train",
+        "float_nodes": list(exclude),
         "top1_agreement_with_fp32": agreement,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -181,3 +184,47 @@ def accuracy_on(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np
                for name, path in (("fp32", fp32_path), ("int8", int8_path))}
     return {"images": int(len(images)), "fp32": correct["fp32"], "int8": correct["int8"],
             "drop_points": round(100 * (correct["fp32"] - correct["int8"]), 2)}
+
+
+def noisiest_nodes(fp32_path: Path, int8_path: Path, images: np.ndarray, count: int) -> list[str]:
+    """The `count` quantized nodes that add the most quantization noise, worst first.
+
+    Every float tensor of both models is read on `images` (a few train photos); a node's noise is
+    how much the signal-to-quantization-noise ratio (dB, int8 model against fp32) falls from its
+    input to its output. Noise that a node only passes on is not counted against it, so the
+    layers that lose most are named, not the ones at the end of the network.
+    """
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="plantid-noise-") as work:
+        activations = {}
+        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+            augmented = Path(work) / f"{name}.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(augmented))
+            batches = [{INPUT_NAME: images[i:i + 4]} for i in range(0, len(images), 4)]
+            activations[name] = collect_activations(str(augmented), batches)
+    float_acts, quant_acts = activations["fp32"], activations["int8"]
+
+    def sqnr(tensor: str) -> float | None:
+        # the int8 model's value of a float tensor is the dequantized one where it was quantized
+        got = quant_acts.get(tensor + "_DequantizeLinear_Output") or quant_acts.get(tensor)
+        want = float_acts.get(tensor)
+        if not got or not want:
+            return None
+        return float(compute_signal_to_quantization_noice_ratio(want, got))
+
+    noise: list[tuple[float, str]] = []
+    for node in onnx.load(str(int8_path)).graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or not node.input[0].endswith("_DequantizeLinear_Output"):
+            continue  # a node left in float
+        before = [v for v in [sqnr(node.input[0].removesuffix("_DequantizeLinear_Output"))] if v is not None]
+        after = sqnr(node.output[0])
+        if after is None:
+            continue
+        noise.append(((before[0] if before else 100.0) - after, node.name))
+    return [name for _, name in sorted(noise, reverse=True)[:count]]

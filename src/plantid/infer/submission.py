@@ -36,6 +36,7 @@ from plantid.runfolder import INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, RunFolde
 log = logging.getLogger("plantid")
 
 SUBMISSION_SIZE = 96  # the course challenge feeds 96 x 96 x 3 images
+SUBMISSION_FILES = ("model.py", ONNX_FILE, PREPROCESSING_FILE, "README.txt")  # all a submission folder holds
 
 
 SUBMISSION_MODEL_PY = '''\
@@ -167,7 +168,7 @@ Files:
 def export_submission(trained: Any, run_dir: Path, folder: Path, quantize: bool = False, quantization: str = "static",
                       calibration_images: int = CALIBRATION_IMAGES) -> Path:
     """Build the submission folder in a staging folder, test it in a clean process, then swap it in."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # `--out .` names a folder with a name and a parent
     if folder.exists() and not folder.is_dir():
         raise PlantidError(f"{folder}: exists and is not a folder; choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)

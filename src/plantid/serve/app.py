@@ -6,7 +6,11 @@
 * ``GET /api/health``, ``GET /api/model``: liveness and the model card;
 * ``POST /api/predict``: multipart field ``file`` -> top-k species with probabilities, and
   ``unknown`` (true when the photo looks like none of the run's species) with ``ood_score`` and
-  ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated);
+  ``ood_threshold`` (all null for a run without trust files; probabilities are then uncalibrated),
+  and ``answer`` {"kind": species | unsure | unknown, "species", "text"} (plantid.infer.answers);
+* ``POST /api/identify``: up to 5 photos of one plant (multipart field ``files``, repeated) ->
+  one combined answer in the same shape (plantid.infer.group's rule), plus each photo's own
+  answer under ``photos``;
 * ``POST /api/gradcam``: multipart field ``file`` (+ optional ``label`` or ``class_index``) ->
   a PNG of the Grad-CAM heat-map over the photo (torch backend only).
 
@@ -36,13 +40,16 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from plantid.data.images import BadImageError
 from plantid.errors import PlantidError
+from plantid.infer.answers import answer_for
+from plantid.infer.group import MAX_GROUP_PHOTOS, combine
 from plantid.infer.predictor import Predictor
 from plantid.serve.middleware import SecurityHeaders, install_error_handlers
 from plantid.serve.model_card import build_model_card, finite, package_version
-from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, UPLOAD_BODY
+from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, IDENTIFY_BODY, UPLOAD_BODY
 from plantid.serve.uploads import (
     MAX_UPLOAD_PIXELS,
     bad_image_error,
@@ -50,6 +57,7 @@ from plantid.serve.uploads import (
     displayed_size,
     int_or_reject,
     read_upload,
+    read_uploads,
 )
 
 log = logging.getLogger("plantid.serve")
@@ -75,16 +83,26 @@ class ServeSettings:
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="plantid-decode"))
 
 
+def markdown_text(text: str) -> str:
+    """`text` shown literally inside the API description (Markdown that may hold HTML): every
+    character Markdown or HTML could read as markup becomes an HTML character reference."""
+    return "".join(f"&#{ord(c)};" if not (c.isalnum() or c in " .-_") else c for c in text)
+
+
 def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_bytes: int = 10 * 1024 * 1024,
-               top_k: int = 5) -> FastAPI:
-    """Load `run_dir`'s model with `backend` ('torch' or 'onnx') once and return the web app."""
+               top_k: int = 5, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """Load `run_dir`'s model with `backend` ('torch' or 'onnx') once and return the web app.
+
+    `allowed_hosts`: the Host header values answered (`plantid serve` passes the loopback names
+    and the bound one); None answers any, for an app mounted behind another server."""
     run_dir = Path(run_dir)
     predictor = Predictor.from_run(run_dir, backend=backend)
-    return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k)
+    return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k, allowed_hosts=allowed_hosts)
 
 
 def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes: int = 10 * 1024 * 1024,
-              top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS) -> FastAPI:
+              top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+              allowed_hosts: list[str] | None = None) -> FastAPI:
     """The app around an already loaded Predictor (create_app's second half; handy in tests)."""
     if max_upload_bytes < 1:
         raise PlantidError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
@@ -104,7 +122,9 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         lifespan=lifespan,
         title="plantid",
         summary="Identify a plant species from a photo.",
-        description=f"Model `{predictor.model_id}` ({predictor.backend} backend). "
+        # the model id comes from a run folder (its name, preprocessing.json) that may be someone
+        # else's: escaped, so /redoc and /docs show it as text and never run it
+        description=f"Model <code>{markdown_text(predictor.model_id)}</code> ({predictor.backend} backend). "
                     "Send a photo as multipart/form-data in a field named `file`.",
         version=package_version(),
     )
@@ -115,6 +135,10 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
     install_error_handlers(app)
 
     app.add_middleware(SecurityHeaders)
+    if allowed_hosts is not None:
+        # DNS rebinding: a web page whose name resolves to 127.0.0.1 reaches this server with its
+        # own name in the Host header; only the names this server was started under are answered
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -150,6 +174,22 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
             raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
         upload = await read_upload(request, state.settings.max_upload_bytes)
         return await _bounded(state.settings, upload.data, _predict_one, predictor, upload.data, k)
+
+    @app.post("/api/identify", tags=["predict"], responses=ERROR_RESPONSES,
+              openapi_extra={"requestBody": IDENTIFY_BODY})
+    async def identify(request: Request, top_k: int | None = None) -> dict[str, Any]:
+        """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
+        state = request.app.state
+        predictor: Predictor = state.predictor
+        k = state.settings.top_k if top_k is None else top_k
+        if not 1 <= k <= 1000:
+            raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
+        uploads = await read_uploads(request, state.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
+        for upload in uploads:
+            check_pixels(upload.data, state.settings.max_upload_pixels)
+        names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
+        work = functools.partial(_identify_group, predictor, [u.data for u in uploads], names, k)
+        return await asyncio.get_running_loop().run_in_executor(state.settings.decode_pool, work)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -201,9 +241,44 @@ def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
         "unknown": prediction.unknown,
         "ood_score": finite(prediction.ood_score),
         "ood_threshold": finite(predictor.threshold),
+        # species | unsure (between the two named) | unknown, with the sentence the page shows
+        "answer": None if prediction.answer is None else prediction.answer.as_json(),
+        "answer_level": finite(predictor.answer_level),
         "calibrated": predictor.trust is not None,
         "elapsed_ms": round(elapsed_ms, 2),
         "image": displayed_size(data),
+    }
+
+
+def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str], k: int) -> dict[str, Any]:
+    """The combined answer for the photos of one plant; any unreadable photo refuses the request, named."""
+    started = time.perf_counter()
+    predictions = predictor.predict(photos, top_k=k)
+    for name, prediction in zip(names, predictions):
+        prediction.source = name
+        if prediction.error is not None:
+            error = bad_image_error(prediction.error)
+            raise HTTPException(error.status_code, f"{name}: {error.detail}")
+    group = combine("plant", predictions, predictor.classes, predictor.threshold, k)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    return {
+        "model_id": predictor.model_id,
+        "top_k": [{"label": label, "probability": finite(p)} for label, p in group.top],
+        "unknown": group.unknown,
+        "ood_score": finite(group.ood_score),
+        "ood_threshold": finite(predictor.threshold),
+        # the group's answer at the same level as one photo's (plantid.infer.answers)
+        "answer": answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes)).as_json()
+        if group.top else None,
+        "answer_level": finite(predictor.answer_level),
+        "calibrated": predictor.trust is not None,
+        "combined": "mean of the photos' calibrated log-probabilities; unknown when their mean OOD score is above the threshold",
+        "photos": [{"name": name, "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
+                    "unknown": prediction.unknown, "ood_score": finite(prediction.ood_score),
+                    "answer": None if prediction.answer is None else prediction.answer.as_json(),
+                    "image": displayed_size(data)}
+                   for name, prediction, data in zip(names, predictions, photos)],
+        "elapsed_ms": round(elapsed_ms, 2),
     }
 
 
@@ -231,13 +306,15 @@ def _gradcam_one(predictor: Predictor, cam: Any, data: bytes, target: int | None
     except BadImageError as exc:
         raise bad_image_error(exc.reason) from None
     result = cam(image, target)
+    # the probability predict gives (calibrated by the run's temperature), not the heat-map pass's raw softmax
+    probabilities = predictor.predict_scored(image[None])[0][0]
     png = encode_png(overlay_heatmap(image, result.heatmap))
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     return {
         "model_id": predictor.model_id,
         "label": predictor.classes[result.class_index],
         "class_index": result.class_index,
-        "probability": finite(result.probabilities[result.class_index]),
+        "probability": finite(probabilities[result.class_index]),
         "heatmap_png": base64.b64encode(png).decode("ascii"),
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,9 +22,25 @@ PAGE_CSP = (
 )
 
 
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+
+
+def docs_csp(html: bytes) -> str:
+    """The CSP of an API docs page (Swagger UI, ReDoc): scripts only from this server and the page's
+    own inline scripts, each allowed by its hash, so nothing injected into the page (a model id in
+    the API description) can run; inline styles allowed (ReDoc's styled components need them)."""
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'"
+                      for body in INLINE_SCRIPT.findall(html))
+    return ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            f"script-src 'self' {hashes}; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
 class SecurityHeaders:
     """Pure ASGI middleware (cheaper than @app.middleware): nosniff everywhere, a strict CSP on
-    the page and its static files, no caching of API answers."""
+    the page, its static files and the API docs, no caching of API answers; HEAD answered as GET
+    without a body."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -30,19 +49,40 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        head = scope.get("method") == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
         path = scope.get("path", "")
         extra = [(b"x-content-type-options", b"nosniff")]
         if path == "/" or path.startswith("/static/"):
             extra += [(b"content-security-policy", PAGE_CSP.encode()), (b"referrer-policy", b"no-referrer")]
         elif path.startswith("/api/"):
             extra.append((b"cache-control", b"no-store"))
+        docs = path in DOCS_PATHS
+        held: list[dict] = []
 
         async def send_with_headers(message: dict) -> None:
+            if docs:  # a small HTML page: held whole, so its CSP can name its inline scripts' hashes
+                held.append(message)
+                if message["type"] != "http.response.body" or message.get("more_body"):
+                    return
+                body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+                start = next(m for m in held if m["type"] == "http.response.start")
+                headers = [(n, v) for n, v in start.get("headers", []) if n.lower() != b"content-security-policy"]
+                headers += [(b"content-security-policy", docs_csp(body).encode()), (b"referrer-policy", b"no-referrer")]
+                await send_body({**start, "headers": headers + extra})
+                await send_body({"type": "http.response.body", "body": body, "more_body": False})
+                return
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in extra if name not in present]
                 message = {**message, "headers": headers}
+            await send_body(message)
+
+        async def send_body(message: dict) -> None:
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -51,6 +51,10 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
         "test_accuracy": test_accuracy,
         "per_class_f1": per_class_f1,
         "balanced_accuracy": finite(metrics.balanced_accuracy) if metrics else None,
+        # 95% intervals of the evaluated split (accuracy, balanced_accuracy, per-class recall), or None
+        "intervals": evaluation.intervals if evaluation else None,
+        # the three answers on the evaluated split: coverage and accuracy of the photos named, or None
+        "answers": (evaluation.trust or {}).get("answers") if evaluation else None,
         "macro_f1": finite(metrics.macro_f1) if metrics else None,
         "gradcam_available": gradcam_available,
         "evaluated": evaluation is not None,

@@ -36,3 +36,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "not multipart/form-data, or the file is not an image"},
     422: {"description": "no 'file' field, or a bad parameter"},
 }
+IDENTIFY_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": 5,
+                              "description": "1 to 5 photos of one plant (leaf, flower, whole plant)"},
+                },
+            }
+        }
+    },
+}

@@ -8,6 +8,7 @@ code and a sentence for the page.
 from __future__ import annotations
 
 import io
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,12 @@ from starlette.requests import ClientDisconnect
 MAX_UPLOAD_PIXELS = 40_000_000
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 16 * 1024
-ACCEPTED_FORMATS = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+ACCEPTED_FORMATS = "JPEG, PNG, WebP, HEIC, AVIF, BMP, GIF or TIFF"
 # Declared part types we let through to the decoder (it has the last word on what is an image).
+# /api/predict and /api/gradcam take one photo; several photos of one plant go to this endpoint
+SEVERAL_PHOTOS_ENDPOINT = "/api/identify"
+SEVERAL_FILES = (f"this endpoint takes one photo in the field 'file'; send several photos of one plant to "
+                 f"{SEVERAL_PHOTOS_ENDPOINT}, or one request per photo")
 NEUTRAL_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream", "application/x-octet-stream"})
 
 
@@ -53,8 +58,8 @@ def _too_large(limit: int) -> HTTPException:
     return HTTPException(413, f"upload too large: the limit is {_mb(limit)} per photo; choose a smaller photo")
 
 
-async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
-    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+async def _read_form(request: Request, limit: int, max_files: int, too_many: str | None = None) -> Any:
+    """The multipart form of the request, its body counted against `limit` while it streams in."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "multipart/form-data":
@@ -68,7 +73,7 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
         declared_size = int_or_reject(declared, 400, f"invalid Content-Length header '{declared}'")
         if declared_size > body_limit:
             raise _too_large(limit)
-    chunks: list[bytes] = []
+    chunks: deque[bytes] = deque()
     received = 0
     try:
         async for chunk in request.stream():
@@ -80,44 +85,77 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
         # A closed tab or a dropped connection, not a server error: no traceback in the log (one
         # each, a client could fill the log), and the 400 goes nowhere.
         raise HTTPException(400, f"the client closed the connection after {_mb(received)} of the upload") from None
-    body = b"".join(chunks)
-
-    replayed = False
 
     async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if replayed:
-            return {"type": "http.disconnect"}
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        # The chunks go to the multipart parser one at a time and are dropped as it takes them (it
+        # spools the file part), never joined into a second copy: a waiting upload costs its size once.
+        if not chunks:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        chunk = chunks.popleft()
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
     form_request = Request(request.scope, replay)
     try:
-        form = await form_request.form(max_files=4, max_fields=16)
+        return await form_request.form(max_files=max_files, max_fields=16)
     except HTTPException:
         raise
     except StarletteHTTPException as exc:
+        if too_many is not None and "too many files" in str(exc.detail).lower():
+            raise HTTPException(400, too_many) from None
         raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
     except Exception as exc:  # the multipart parser's own errors
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
+
+
+async def _photo(item: Any, field: str, limit: int) -> tuple[bytes, str]:
+    """The bytes and declared type of one form item that must be an image upload."""
+    if not isinstance(item, UploadFile):
+        raise HTTPException(422, f"the '{field}' field must be a file upload, not a text value")
+    part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
+    if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
+        shown = f"{item.filename}: " if item.filename and field == "files" else ""
+        raise HTTPException(415, f"{shown}the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
+    data = await item.read()
+    if len(data) > limit:
+        raise _too_large(limit)
+    return data, part_type
+
+
+async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
+    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+    form = await _read_form(request, limit, max_files=4, too_many=SEVERAL_FILES)
     try:
+        if sum(isinstance(value, UploadFile) for _, value in form.multi_items()) > 1:
+            raise HTTPException(400, SEVERAL_FILES)  # answering for one of them silently would mislead
         item = form.get("file")
         if item is None:
             raise HTTPException(422, "no file: send the photo as multipart/form-data in a field named 'file'")
-        if not isinstance(item, UploadFile):
-            raise HTTPException(422, "the 'file' field must be a file upload, not a text value")
-        part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
-        if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
-            raise HTTPException(415, f"the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
-        data = await item.read()
-        if len(data) > limit:
-            raise _too_large(limit)
+        data, part_type = await _photo(item, "file", limit)
         fields = {}
         for name in extra_fields:
             value = form.get(name)
             if isinstance(value, str) and value.strip():
                 fields[name] = value.strip()
         return Upload(data=data, content_type=part_type, filename=item.filename, fields=fields)
+    finally:
+        await form.close()
+
+
+async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
+    """Up to `max_files` photos of one plant from the multipart field 'files' (repeated), each within `limit`."""
+    form = await _read_form(request, limit * max_files, max_files=4 * max_files,  # a clear 422 past max_files
+                            too_many=f"too many photos: send at most {max_files} photos of one plant at a time")
+    try:
+        items = form.getlist("files") or form.getlist("file")
+        if not items:
+            raise HTTPException(422, "no files: send the photos as multipart/form-data, each in a field named 'files'")
+        if len(items) > max_files:
+            raise HTTPException(422, f"{len(items)} photos: send at most {max_files} photos of one plant at a time")
+        uploads = []
+        for item in items:
+            data, part_type = await _photo(item, "files", limit)
+            uploads.append(Upload(data=data, content_type=part_type, filename=item.filename, fields={}))
+        return uploads
     finally:
         await form.close()
 

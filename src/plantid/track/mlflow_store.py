@@ -92,6 +92,12 @@ def tracking_uri(track: TrackConfig, run_dir: Path) -> str:
     return track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
 
 
+def users_tracking_uri(run_dir: Path) -> str:
+    """The store a command after training logs a run's files to: $MLFLOW_TRACKING_URI, else the
+    default beside the run folder; never one named by a file inside the run folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a `sqlite:///path` URI (None for other stores and in-memory SQLite)."""
     if not uri.startswith(SQLITE_PREFIX):
@@ -142,7 +148,9 @@ def start_run(track: TrackConfig, run_dir: Path, *, resume: bool, tags: dict[str
     None, after one warning, when MLflow cannot be used.
     """
     run_dir = Path(run_dir)
-    uri = tracking_uri(track, run_dir)
+    # a resumed run's settings come from its config.yaml, a file inside the run folder: it does not
+    # choose the store either
+    uri = users_tracking_uri(run_dir) if resume else tracking_uri(track, run_dir)
     try:
         with quiet_mlflow():
             return _start_run(uri, track, run_dir, resume, tags)
@@ -191,9 +199,12 @@ def _evaluation_metrics(path: Path) -> dict[str, float]:
     return out
 
 
-def log_run_files(run_dir: str | Path) -> int:
+def log_run_files(run_dir: str | Path, store: str | None = None) -> int:
     """Mirror a run folder's result files (RunFolder.tracked_files) to its MLflow run as artifacts,
     and the headline numbers of its evaluations as metrics; return how many files were logged.
+
+    `store`: the tracking URI this command was given (a fresh training's track.tracking_uri);
+    otherwise `users_tracking_uri`. mlflow.json is followed only when it names that same store.
 
     Called after train, evaluate and report. Does nothing for a run without mlflow.json (tracking
     was off) and, with a warning, for a folder copied or moved from where its MLflow run was made
@@ -206,6 +217,14 @@ def log_run_files(run_dir: str | Path) -> int:
     if Path(tracked.run_dir) != run_dir.resolve():
         log.warning("MLflow tracking: %s was copied or moved from %s; its files are not logged to that "
                     "run's MLflow run", run_dir, tracked.run_dir)
+        return 0
+    # A run folder never chooses where its files are sent: mlflow.json (like everything in a run
+    # folder from elsewhere) could name any server or path. Only this user's store is used.
+    own_store = store or users_tracking_uri(run_dir)
+    if tracked.tracking_uri != own_store:
+        log.warning("MLflow tracking: %s names the store %s, not this user's (%s: $MLFLOW_TRACKING_URI, or the "
+                    "one beside the run folder); its files are not logged there", RunFolder(run_dir).mlflow,
+                    tracked.tracking_uri[:200], own_store)
         return 0
     files = RunFolder(run_dir).tracked_files()
     try:

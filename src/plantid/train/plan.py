@@ -19,8 +19,11 @@ is never changed. Each constant's measurement is in docs/decisions.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -136,7 +139,10 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     and of evaluation at the last size, on a throwaway copy of the run's model and device.
 
     Each measurement stops after `steps` steps or its share of `max_seconds` (at least one step),
-    so a slow machine does not spend its budget measuring itself."""
+    so a slow machine does not spend its budget measuring itself. The rate is that of the median
+    step, so one step stalled by another process does not make the machine look slow; a machine
+    whose cores are busy (load above its cores, or the probe getting under half of the CPU time
+    its threads could use) is named in a warning, since the plan then assumes it stays as busy."""
     from plantid.train.module import PlantClassifierModule
     from plantid.train.optim import build_optimizer
 
@@ -146,7 +152,8 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     probe_cfg = cfg.model_copy(deep=True)
     probe_cfg.train = probe_cfg.train.model_copy(update={"epochs": 1, "resize_phases": []})
     probe_cfg.data = probe_cfg.data.model_copy(update={"image_size": sizes[-1]})
-    module = PlantClassifierModule(probe_cfg.model_dump(mode="json"), classes, counts)
+    with _without_model_line():  # the run's own model says it once, when training starts
+        module = PlantClassifierModule(probe_cfg.model_dump(mode="json"), classes, counts)
     gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     model = module.model.to(device)  # the module is thrown away after the probe
@@ -157,16 +164,23 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
 
     share = max_seconds / (len(set(sizes)) + 1)  # of the time, per measurement
 
+    cpu_used, wall_used = 0.0, 0.0
+
     def timed(fn, size: int, n: int) -> float:
+        nonlocal cpu_used, wall_used
         x = torch.rand(n, 3, size, size, device=device).contiguous(memory_format=memory)
         fn(x[:4])  # warm-up on a few photos: kernel choice, first allocations
-        done, t0 = 0, time.perf_counter()
-        while done < steps and (done == 0 or time.perf_counter() - t0 < share):
+        durations: list[float] = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        while len(durations) < steps and (not durations or time.perf_counter() - t0 < share):
+            step_start = time.perf_counter()
             fn(x)
             if gpu:
                 torch.cuda.synchronize(device)
-            done += 1
-        return done * n / (time.perf_counter() - t0)
+            durations.append(time.perf_counter() - step_start)
+        cpu_used += time.process_time() - c0
+        wall_used += time.perf_counter() - t0
+        return n / statistics.median(durations)
 
     def train_step(x: torch.Tensor) -> None:
         loss = torch.nn.functional.cross_entropy(model(x), labels[: len(x)])
@@ -182,10 +196,40 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     train = {size: timed(train_step, size, batch) for size in sorted(set(sizes))}
     model.eval()
     evaluate = timed(eval_step, sizes[-1], min(cfg.data.eval_batch_size, 2 * batch))
+    if not gpu:
+        _warn_if_busy(cpu_used / max(wall_used, 1e-9), torch.get_num_threads())
     devices = cfg.train.devices if isinstance(cfg.train.devices, int) and cfg.train.devices > 0 else 1
     scale = devices * cfg.train.num_nodes  # DDP: every process trains its own shard at this speed
     return Speed(train={s: r * scale for s, r in train.items()}, evaluate=evaluate * scale,
                  seconds=time.perf_counter() - started)
+
+
+def _warn_if_busy(cpu_share: float, threads: int) -> None:
+    """Warn when other processes held the cores during the probe (its cores' share `cpu_share` of
+    `threads` busy threads, or a load average above the core count)."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    starved = cpu_share < 0.5 * min(threads, cores)
+    if starved or load > cores:
+        log.warning("the machine is busy (load %.1f on %d cores; the probe got %.1f of %d threads' CPU time): "
+                    "the plan assumes it stays this busy; set train.epochs=N to fix the epochs instead",
+                    load, cores, cpu_share, threads)
+
+
+@contextlib.contextmanager
+def _without_model_line():
+    """Leave out the model's lines (plantid.models: the model, its weights) while the probe builds its
+    throwaway copy."""
+    factory = logging.getLogger("plantid")
+
+    def not_the_model_line(record: logging.LogRecord) -> bool:
+        return record.module not in ("factory", "backbone")
+
+    factory.addFilter(not_the_model_line)
+    try:
+        yield
+    finally:
+        factory.removeFilter(not_the_model_line)
 
 
 def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
@@ -232,11 +276,32 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     rest = epochs - sum(p.epochs for p in phases)
     plan = f"{plan + ', ' if plan else ''}{rest} at {final} px"
     notes.append(f"plan: {plan}")
-    log.info("plan: %s", "; ".join(notes))
+    log.info("plan: %s", plan_in_words(epochs, phases, final, speed if auto_epochs else None, n_train if auto_epochs
+                                       else 0, n_val if auto_epochs else 0, share if auto_epochs else 1.0))
     data = cfg.data.model_copy(update={"image_size": final})
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
     return cfg.model_copy(update={"data": data, "train": train})
+
+
+def plan_in_words(epochs: int, phases: list[ResizePhase], final: int, speed: Speed | None = None, n_train: int = 0,
+                  n_val: int = 0, share: float = 1.0) -> str:
+    """The plan as a person says it: "9 epochs: 6 at 128 px, then 3 at 192 px; about 7 minutes"
+    (the time only when a probe measured the speed; the share when epochs train on part of the photos)."""
+    steps = [(p.epochs, min(p.image_size, final)) for p in phases] + [(epochs - sum(p.epochs for p in phases), final)]
+    steps = [(n, size) for n, size in steps if n > 0]
+    text = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    if len(steps) > 1:
+        text += ": " + ", then ".join(f"{n} at {size} px" for n, size in steps)
+    else:
+        text += f" at {final} px"
+    if share < 1.0:
+        text += f", each on {share:.0%} of the training photos"
+    if speed is not None and speed.train:
+        seconds = sum(n * epoch_seconds(size, n_train, n_val, speed, share) for n, size in steps
+                      if size in speed.train)
+        text += f"; about {max(1, round(seconds / 60))} minute{'s' if round(seconds / 60) > 1 else ''}"
+    return text
 
 
 def train_batches_for_share(share: float, n_train: int, batch_size: int) -> int:

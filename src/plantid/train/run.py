@@ -13,6 +13,7 @@ import json
 import logging
 import pickle
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from lightning.pytorch.callbacks import (
     EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
@@ -43,11 +43,14 @@ from plantid.records import TrainSummary, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
 from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
-from plantid.track.mlflow_store import log_run_files
+from plantid.track.mlflow_store import log_run_files, tracking_uri
 from plantid.train.augment import train_image_size
+from plantid.train.divergence import DivergenceGuard
+from plantid.train.head_init import ProbeHeadInit
 from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
 from plantid.train.plan import plan_run
+from plantid.train.progress_line import ProgressLine, epoch_sizes
 from plantid.train.throughput import EpochThroughput
 from plantid.train.warm_start import load_parent_weights, parent_manifest
 
@@ -93,6 +96,7 @@ class RunResult:
     epochs_run: int
     train_seconds: float
     best_checkpoint: Path
+    peak_memory_mb: float | None = None  # the process's peak resident memory so far (planning, training, test)
 
 
 def prepare_manifest(cfg: RunConfig, run_dir: Path) -> Path:
@@ -190,15 +194,20 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
                         auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         EpochThroughput(),
+        DivergenceGuard(),  # before the checkpoints' turn at each validation
     ]
+    if cfg.model.head_init == "probe":
+        callbacks.append(ProbeHeadInit(cfg.loss.label_smoothing))
     if t.ema_decay > 0:
         # An exponential moving average of the weights: smoother than the last step's weights,
         # and what validation, best.ckpt and every later use of the run see.
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
-    if t.progress:
-        callbacks.append(RichProgressBar(leave=True))
+    if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
+        phases = t.resize_phases if isinstance(t.resize_phases, list) else []
+        final = cfg.data.image_size if isinstance(cfg.data.image_size, int) else 0
+        callbacks.append(ProgressLine(epoch_sizes(int(t.epochs), phases, final)))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
@@ -230,7 +239,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         # ConvNeXt-Large last.ckpt (2.2 GB with Adam's state) otherwise stalled the GPU ~3.5 s an
         # epoch, 40% of the seed recipe's time (docs/benchmarks.md, "GPU").
         plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],
-        enable_progress_bar=t.progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
@@ -306,8 +315,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         carried = load_parent_weights(module.model, cfg, data.classes)
         log.info("starting from the weights of %s: %d class(es) kept, %d new, %d dropped", cfg.train.init_from,
                  carried["kept"], carried["new"], carried["dropped"])
-    counts = module.model.parameter_counts()
-    log.info("parameters: %s trainable, %s frozen", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+    counts = module.model.parameter_counts()  # the model line (plantid.models.factory) logged them already
     if cfg.train.compile:
         # In place (nn.Module.compile): parameter names, and so checkpoints and load_trained, stay
         # as without it. Per member, since an ensemble's training step calls each member itself.
@@ -316,7 +324,12 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
 
     trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl+C into a silent exit(1); say what happened
+            raise KeyboardInterrupt from None
+        raise
     train_seconds = time.perf_counter() - started
 
     checkpoint = run.checkpoint() or last
@@ -332,6 +345,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         epochs_run=trainer.current_epoch,
         train_seconds=train_seconds,
         best_checkpoint=checkpoint,
+        peak_memory_mb=peak_resident_mb(),
     )
     if trainer.is_global_zero:
         previous = read_or_warn(read_summary, run_dir) if resume else None
@@ -351,9 +365,21 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             world_size=trainer.world_size,
             best_checkpoint=checkpoint.name,
             parameters=counts,
+            peak_memory_mb=result.peak_memory_mb,
         ).write(run.summary)
-        log_run_files(run_dir)  # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
+        # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
+        log_run_files(run_dir, store=None if resume else tracking_uri(cfg.track, run_dir))
     return result
+
+
+def peak_resident_mb() -> float | None:
+    """The peak resident memory of this process in MB (getrusage; None where it is not available)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _check_resumable(last: Path) -> int:

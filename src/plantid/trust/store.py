@@ -8,12 +8,14 @@ detector fitted for other weights: `load_trust` then returns None with a one-lin
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, sha256_file
@@ -37,6 +39,10 @@ class FittedTrust:
     keep: float  # the share of validation photos the threshold was chosen to keep
     classes: list[str]
     measured: dict[str, Any] = field(default_factory=dict)  # validation numbers at fitting time
+    # calibrated top probability below which a known-looking photo is answered "unsure between A and B"
+    # (plantid.trust.selective); None in trust files fitted before it existed: every photo is named
+    answer_level: float | None = None
+    answered_accuracy: float | None = None  # the val accuracy of named photos the level was chosen for
 
     def head(self):
         """The TrustHead (detector + temperature) as an nn.Module in eval mode."""
@@ -46,7 +52,8 @@ class FittedTrust:
     def summary(self) -> dict[str, Any]:
         """What predictors and exports publish about it (JSON-ready, no tensors)."""
         return {"detector": self.detector, **self.settings, "temperature": self.temperature,
-                "threshold": self.threshold, "keep": self.keep}
+                "threshold": self.threshold, "keep": self.keep, "answer_level": self.answer_level,
+                "answered_accuracy": self.answered_accuracy}
 
 
 def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path]:
@@ -55,6 +62,8 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
 
     run_dir = Path(run_dir)
     tensors_path, json_path = run_dir / TRUST_TENSORS, run_dir / TRUST_JSON
+    check_trust_numbers(trust.summary(), json_path, "the fit did not give usable numbers; train the run "
+                        "again (a diverged training?) before fitting trust")
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in trust.tensors.items()}
     if not tensors:
         tensors = {"_empty": torch.zeros(0)}  # safetensors files need at least one entry
@@ -76,10 +85,47 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
     return [tensors_path, json_path]
 
 
+MAX_TRUST_JSON_BYTES = 16 * 1024 * 1024  # a fitted trust.json is a few KB
+
+
+class TrustNumbers(BaseModel):
+    """The numbers in trust.json every prediction uses, checked before use: a run folder from
+    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
+    the ranking, and an infinite threshold turned the unknown answer off."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
+    keep: float = Field(gt=0, le=1, allow_inf_nan=False)
+
+
+def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
+    """Refuse, in one line naming the value, a trust.json whose temperature, threshold or keep is
+    missing, not a finite number, or out of its range."""
+    try:
+        TrustNumbers.model_validate(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise PlantidError(f"{path}: {name} {err['msg'].lower()} (got {str(err.get('input'))[:40]}); {fix}") from None
+
+
 def read_trust_json(run_dir: Path) -> dict[str, Any] | None:
-    """RUN/trust.json as a dict (validated as a `TrustRecord`), or None when the run has none."""
-    record = read_trust(run_dir)
-    return record.model_dump(mode="json") if record is not None else None
+    """RUN/trust.json as a dict, or None when the run has none (an older run)."""
+    path = Path(run_dir) / TRUST_JSON
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_TRUST_JSON_BYTES:
+            raise ValueError("too large")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
+    if not isinstance(meta, dict) or meta.get("format") != TRUST_FORMAT:
+        raise PlantidError(f"{path}: not a {TRUST_FORMAT} file; refit it with `plantid trust {run_dir}`")
+    check_trust_numbers(meta, path, f"refit it with `plantid trust {run_dir}`")
+    return meta
 
 
 def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTrust | None:
@@ -101,7 +147,16 @@ def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTru
     tensors_path = run_dir / TRUST_TENSORS
     if not tensors_path.is_file() or sha256_file(tensors_path) != meta.tensors_sha256:
         raise PlantidError(f"{tensors_path}: missing or not the file {TRUST_JSON} names; {fix}")
-    tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
-    return FittedTrust(detector=meta.detector, settings=dict(meta.settings), tensors=tensors,
-                       temperature=meta.temperature, threshold=meta.threshold, keep=meta.keep,
-                       classes=list(classes), measured=dict(meta.measured))
+    try:
+        tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
+        return FittedTrust(detector=str(meta["detector"]), settings=dict(meta.get("settings") or {}), tensors=tensors,
+                           temperature=float(meta["temperature"]), threshold=float(meta["threshold"]),
+                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}),
+                           answer_level=_optional_float(meta.get("answer_level")),
+                           answered_accuracy=_optional_float(meta.get("answered_accuracy")))
+    except (KeyError, TypeError, ValueError):
+        raise PlantidError(f"{run_dir / TRUST_JSON}: incomplete; {fix}") from None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

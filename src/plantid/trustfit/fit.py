@@ -4,7 +4,9 @@
    a detector that reads it the pooled output of the backbone's last stage in the same pass;
 2. the OOD detector on the training features (`trust.detector`, plantid.trust.ood);
 3. the temperature on the validation logits (plantid.trust.calibration);
-4. the threshold: the smallest score that keeps `trust.keep` (default 95%) of the val photos;
+4. the threshold: a finite-sample bound on the val scores that keeps `trust.keep` (default 95%) of
+   new photos with probability `trust.keep_confidence`, and the answer level below which a photo is
+   "unsure" (plantid.trust.selective);
 5. RUN/trust.json + RUN/trust.safetensors, written atomically (plantid.trust.store).
 """
 
@@ -25,6 +27,7 @@ from plantid.infer.predictor import TorchBackend
 from plantid.runfolder import RunFolder
 from plantid.trust.calibration import crossfit_probabilities, expected_calibration_error, fit_temperature, nll
 from plantid.trust.ood import fit_detector
+from plantid.trust.selective import answer_level, conformal_threshold, promise_note, selective_summary
 from plantid.trust.store import FittedTrust, save_trust
 from plantid.trustfit.features import features_and_logits, manifest_pixels
 
@@ -79,11 +82,21 @@ def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.n
     temperature = fit_temperature(vz, vy)
     with torch.no_grad():
         scores = detector(vf, vz).double().numpy()
-    threshold = choose_threshold(scores, cfg.keep)
+    threshold, promised = conformal_threshold(scores, cfg.keep, cfg.keep_confidence)
+    if not promised:
+        log.warning("trust: %s", promise_note(len(scores), cfg.keep, cfg.keep_confidence))
+    try:  # each val photo calibrated by a temperature fitted without it, so the level is not flattered
+        val_probabilities = crossfit_probabilities(vz, vy).numpy()
+    except PlantidError:
+        val_probabilities = torch.softmax(vz.double() / temperature, 1).numpy()
+    level = answer_level(val_probabilities, val_labels, scores <= threshold, cfg.answered_accuracy)
     measured = {
         "train_photos": int(len(train_features)),
         "val_photos": int(len(val_features)),
         "val_kept": round(float(np.mean(scores <= threshold)), 6),
+        "keep_promised": promised,
+        "keep_confidence": cfg.keep_confidence,
+        "val_answers": selective_summary(val_probabilities, val_labels, scores > threshold, level),
         "val_nll": [round(nll(vz, vy), 6), round(nll(vz, vy, temperature), 6)],
         "val_ece": [round(expected_calibration_error(torch.softmax(vz, 1), vy), 6),
                     round(expected_calibration_error(torch.softmax(vz / temperature, 1), vy), 6)],
@@ -93,7 +106,8 @@ def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.n
     except PlantidError:  # too few val photos to split; the in-sample numbers above still stand
         pass
     return FittedTrust(detector=cfg.detector, settings=settings, tensors=detector.state(), temperature=temperature,
-                       threshold=threshold, keep=cfg.keep, classes=list(classes), measured=measured)
+                       threshold=threshold, keep=cfg.keep, classes=list(classes), measured=measured,
+                       answer_level=level, answered_accuracy=cfg.answered_accuracy)
 
 
 def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str = "cpu") -> tuple[FittedTrust, list[Path]]:
@@ -120,6 +134,10 @@ def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str =
              "(val ECE %.2f%% -> %.2f%%, %.2f%% cross-fitted)", trust.detector, trust.threshold, 100 * m["val_kept"],
              m["val_photos"], trust.temperature, 100 * m["val_ece"][0], 100 * m["val_ece"][1],
              100 * m.get("val_ece_crossfit", float("nan")))
+    answers = m["val_answers"]
+    log.info("trust: below %.0f%% the answer is \"unsure between A and B\"; on val %.0f%% of photos named a species, "
+             "%s right", 100 * trust.answer_level, 100 * answers["coverage"],
+             "none" if answers["answered_accuracy"] is None else f"{100 * answers['answered_accuracy']:.1f}%")
     return trust, written
 
 

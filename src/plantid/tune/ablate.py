@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from plantid.config import RunConfig, load_config
+from plantid.config import RunConfig, load_config, load_yaml
 from plantid.errors import PlantidError, first_line
 from plantid.evaluate.evaluation import evaluate_run
 from plantid.fileio import write_json_atomic, write_text_atomic
@@ -112,7 +112,7 @@ def load_suite(name_or_path: str = DEFAULT_SUITE) -> Suite:
                                "or a path to a .yaml file")
         source, text = f"suite {name_or_path}", resource.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise PlantidError(f"{source} is not valid YAML: {first_line(exc)}") from None
     return parse_suite(data, source, default_name=path.stem)

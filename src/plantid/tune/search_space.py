@@ -24,7 +24,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from plantid.config import RunConfig, validate_config
+from plantid.config import RunConfig, load_yaml, validate_config
 from plantid.errors import PlantidError, first_line
 
 DEFAULT_SPACE = "default"
@@ -58,7 +58,7 @@ def load_space(name_or_path: str = DEFAULT_SPACE) -> dict[str, BaseDistribution]
     """Read a search space (shipped name or YAML path) into {config key: Optuna distribution}."""
     source, text = read_space_text(name_or_path)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise PlantidError(f"{source} is not valid YAML: {first_line(exc)}") from None
     return parse_space(data, source)

@@ -1,4 +1,5 @@
-/* plantid page: choose or drop a photo, ask /api/predict, optionally show /api/gradcam. */
+/* plantid page: choose or drop up to 5 photos of one plant, ask /api/identify (one combined
+   answer), optionally show /api/gradcam for the photo on display. */
 "use strict";
 
 (function () {
@@ -47,12 +48,19 @@
     statParams: $("stat-params"),
     f1List: $("f1-list"),
     f1Note: $("f1-note"),
+    morePhotos: $("more-photos"),
+    thumbs: $("thumbs"),
+    addInput: $("add-input"),
+    addPhoto: $("add-photo"),
   };
+  const MAX_PHOTOS = 5; // plantid.infer.group.MAX_GROUP_PHOTOS
 
   const state = {
     model: null,
     maxUploadBytes: 10 * 1024 * 1024,
-    file: null,
+    file: null, // the photo on display (Grad-CAM explains it)
+    files: [], // every photo of the plant, at most MAX_PHOTOS
+    thumbUrls: [],
     previewUrl: null,
     prediction: null,
     camLabel: null, // the species the heat-map explains
@@ -156,8 +164,11 @@
     }
     setStat(el.statBackbone, model.backbone || "–");
     el.statBackbone.title = model.backbone || "";
+    const intervals = model.intervals || {};
     setStat(el.statAccuracy, model.test_accuracy !== null ? percent(model.test_accuracy) : "–");
     setStat(el.statBalanced, model.balanced_accuracy !== null ? percent(model.balanced_accuracy) : "–");
+    el.statAccuracy.title = range95(intervals.accuracy);
+    el.statBalanced.title = range95(intervals.balanced_accuracy);
     setStat(el.statF1, model.macro_f1 !== null ? model.macro_f1.toFixed(3) : "–");
     setStat(el.statSize, model.image_size + " × " + model.image_size + " px");
     setStat(el.statClasses, String(model.classes.length));
@@ -217,10 +228,25 @@
 
   // ------------------------------------------------------------------ choosing a photo
 
-  function acceptFile(file) {
-    if (!file) return;
-    clearError();
+  function acceptFiles(list, adding) {
+    const chosen = Array.from(list || []).filter(Boolean);
+    if (!chosen.length) return;
+    const kept = adding ? state.files.slice() : [];
+    const room = MAX_PHOTOS - kept.length;
+    if (chosen.length > room) {
+      showError("At most " + MAX_PHOTOS + " photos of one plant", "Only the first " + Math.max(room, 0) +
+        " of the " + chosen.length + " chosen photos were added.");
+    }
+    const files = kept.concat(chosen.slice(0, Math.max(room, 0)));
+    if (!files.length) return;
+    acceptFile(files, chosen.length <= room);
+  }
+
+  function acceptFile(files, clear) {
+    const file = files[files.length - 1];
+    if (clear !== false) clearError();
     state.seq += 1;
+    state.files = files;
     state.file = file;
     state.prediction = null;
     state.camCache = new Map();
@@ -228,7 +254,12 @@
     hideOverlay();
     showPreview(file);
     resetCamHelp();
-    if (file.size > state.maxUploadBytes) {
+    renderThumbs();
+    const large = files.find((f) => f.size > state.maxUploadBytes);
+    if (large) {
+      const file = large;
+      state.files = [];
+      renderThumbs();
       setResultView("empty");
       resetPhoto();
       el.camToggle.checked = false;
@@ -238,7 +269,37 @@
       updateCamControls();
       return;
     }
-    predict(file, state.seq);
+    predict(files, state.seq);
+  }
+
+  function renderThumbs() {
+    state.thumbUrls.forEach((url) => URL.revokeObjectURL(url));
+    state.thumbUrls = state.files.map((f) => URL.createObjectURL(f));
+    el.thumbs.replaceChildren();
+    state.files.forEach((file, index) => {
+      const li = document.createElement("li");
+      li.className = "thumb" + (file === state.file ? " current" : "");
+      const img = document.createElement("img");
+      img.src = state.thumbUrls[index];
+      img.alt = "Photo " + (index + 1) + ": " + (file.name || "photo");
+      img.addEventListener("click", () => { state.file = file; showPreview(file); renderThumbs(); });
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "thumb-remove";
+      remove.textContent = "\u00d7";
+      remove.setAttribute("aria-label", "Remove photo " + (index + 1));
+      remove.addEventListener("click", () => {
+        const rest = state.files.filter((f) => f !== file);
+        if (rest.length) acceptFile(rest);
+        else { state.files = []; renderThumbs(); resetPhoto(); setResultView("empty"); }
+      });
+      li.append(img, remove);
+      el.thumbs.append(li);
+    });
+    el.morePhotos.hidden = state.files.length === 0;
+    const full = state.files.length >= MAX_PHOTOS;
+    el.addInput.disabled = full;
+    el.addPhoto.setAttribute("aria-disabled", full ? "true" : "false");
   }
 
   function showPreview(file) {
@@ -280,9 +341,13 @@
   });
 
   el.input.addEventListener("change", () => {
-    const file = el.input.files && el.input.files[0];
-    if (file) acceptFile(file);
+    if (el.input.files && el.input.files.length) acceptFiles(el.input.files, false);
     el.input.value = ""; // so that choosing the same file again still counts as a change
+  });
+
+  el.addInput.addEventListener("change", () => {
+    if (el.addInput.files && el.addInput.files.length) acceptFiles(el.addInput.files, true);
+    el.addInput.value = "";
   });
 
   // drag and drop: anywhere on the page, highlighted on the drop zone
@@ -310,8 +375,8 @@
     event.preventDefault();
     dragDepth = 0;
     el.dropzone.classList.remove("dragging");
-    const file = event.dataTransfer.files && event.dataTransfer.files[0];
-    if (file) acceptFile(file);
+    const files = event.dataTransfer.files;
+    if (files && files.length) acceptFiles(files, state.files.length > 0);
   });
 
   // paste an image from the clipboard
@@ -319,22 +384,22 @@
     const items = (event.clipboardData && event.clipboardData.files) || [];
     if (items.length) {
       event.preventDefault();
-      acceptFile(items[0]);
+      acceptFiles(items, state.files.length > 0);
     }
   });
 
   // ------------------------------------------------------------------ prediction
 
-  async function predict(file, seq) {
+  async function predict(files, seq) {
     setResultView("loading");
     el.timing.textContent = "";
     announce("Identifying the plant…");
     updateCamControls();
     const form = new FormData();
-    form.append("file", file, file.name || "photo");
+    files.forEach((file, i) => form.append("files", file, file.name || "photo " + (i + 1)));
     let response;
     try {
-      response = await fetch("/api/predict", { method: "POST", body: form });
+      response = await fetch("/api/identify", { method: "POST", body: form });
     } catch (err) {
       if (seq !== state.seq) return;
       setResultView("empty");
@@ -346,6 +411,8 @@
       const message = await readError(response);
       if (seq !== state.seq) return;
       setResultView("empty");
+      state.files = [];
+      renderThumbs();
       resetPhoto();
       el.camToggle.checked = false;
       resetCamHelp();
@@ -362,6 +429,12 @@
     if (el.camToggle.checked) showGradcam();
   }
 
+  // "95% interval 78.1–93.5%": how far the measured value may be from the truth on so few photos
+  function range95(bounds) {
+    return Array.isArray(bounds) && bounds.length === 2
+      ? "95% interval " + (100 * bounds[0]).toFixed(1) + "–" + (100 * bounds[1]).toFixed(1) + "%" : "";
+  }
+
   function errorTitle(status) {
     if (status === 413) return "That photo is too large";
     if (status === 415) return "That file is not a photo we can read";
@@ -372,16 +445,28 @@
 
   function renderPrediction(body) {
     const top = body.top_k[0];
-    const unknown = body.unknown === true;
+    const kind = body.answer ? body.answer.kind : (body.unknown === true ? "unknown" : "species");
+    const unknown = kind === "unknown";
+    const unsure = kind === "unsure";
     const known = state.model ? state.model.classes.length : null;
+    const level = typeof body.answer_level === "number" ? percent(body.answer_level) : null;
     el.result.classList.toggle("unknown", unknown);
     el.best.classList.toggle("unknown", unknown);
+    el.best.classList.toggle("unsure", unsure);
     if (unknown) {
-      el.bestEyebrow.textContent = "Not one of the species I know";
-      el.bestLabel.textContent = "This photo does not look like any of the " + (known ? known + " " : "") +
-        "species this model knows";
-      el.bestConfidence.textContent = "Closest: " + top.label + " (" + percent(top.probability) +
-        "), but treat the greyed guesses below with care: the photo may show something else entirely.";
+      el.bestEyebrow.textContent = "Not one of the " + (known ? known + " " : "") + "species";
+      el.bestLabel.textContent = "This photo does not look like any of the " +
+        (known ? known + " " : "") + "species this model knows";
+      el.bestConfidence.textContent = "It may show another plant or something else, or be taken very differently. " +
+        "Closest: " + top.label + " (" + percent(top.probability) + "), greyed below for reference only.";
+    } else if (unsure) {
+      const second = body.top_k[1];
+      el.bestEyebrow.textContent = "Unsure between two species";
+      el.bestLabel.textContent = top.label + " or " + second.label;
+      el.bestConfidence.textContent = percent(top.probability) + " and " + percent(second.probability) +
+        ": it looks like a species this model knows, but no single one reached " + (level || "the level") +
+        ", the probability at which its named answers were right on photos it was not trained on. " +
+        "A closer or sharper photo may settle it.";
     } else {
       el.bestEyebrow.textContent = "Best match";
       el.bestLabel.textContent = top.label;
@@ -419,10 +504,13 @@
         fill.style.width = Math.max(0.5, item.probability * 100) + "%";
       }));
     });
-    const size = body.image && body.image.width ? body.image.width + " × " + body.image.height + " px photo" : "photo";
+    const photos = body.photos || [];
+    const first = photos.length ? photos[0].image : body.image;
+    const size = photos.length > 1 ? photos.length + " photos of one plant combined (the mean of their log-probabilities)"
+      : "this " + (first && first.width ? first.width + " × " + first.height + " px photo" : "photo");
     el.resultNote.textContent = (unknown ? "Closest species, shown only for reference: probabilities over the "
       : (body.calibrated ? "Calibrated probabilities over the " : "Probabilities over the ")) +
-      (known ? known + " " : "") + "species the model was trained on, for this " + size + "." +
+      (known ? known + " " : "") + "species the model was trained on, for " + size + "." +
       (body.unknown === null || body.unknown === undefined
         ? " This model does not check whether a photo shows one of its species at all."
         : "");
@@ -430,6 +518,7 @@
     setResultView("result");
     announce(unknown
       ? "This photo does not look like any of the species this model knows. Closest: " + top.label + "."
+      : unsure ? "Unsure between " + top.label + " and " + body.top_k[1].label + "."
       : "Best match: " + top.label + ", " + percent(top.probability) + ".");
   }
 
