@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_busy_port_hint_names_a_port_that_is_free(trained_run: Path):
             next_busy.listen(1)
         except OSError:
             pytest.skip("the port after the busy one is taken by something else")
-        line = one_line_error(_run("serve", str(trained_run), "--port", str(port)))
+        line = one_line_error(run_plantid("serve", str(trained_run), "--port", str(port)))
         suggested = int(re.search(r"e\.g\. --port (\d+)", line).group(1))
         assert suggested not in (port, port + 1)
         with socket.socket() as probe:  # it binds: the hint is usable
@@ -69,8 +70,7 @@ def test_busy_port_hint_names_a_port_that_is_free(trained_run: Path):
 def test_recipes_name_lists_every_setting_with_its_value_and_help():
     from plantid.config import load_config, setting_keys
 
-    proc = subprocess.run([*PLANTID, "recipes", "cpu-default"], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "COLUMNS": "250"})
+    proc = run_plantid("recipes", "cpu-default", env={"COLUMNS": "250"})
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.count("│") >= 4 and line.split("│")[1].strip()]
     lines = {line.split("│")[1].strip(): line for line in rows}
@@ -82,8 +82,8 @@ def test_recipes_name_lists_every_setting_with_its_value_and_help():
 
 
 def test_train_with_a_misspelt_setting_suggests_the_closest(tmp_path: Path, tiny_photos: Path):
-    line = one_line_error(_run("train", "--data", str(tiny_photos), "--out", str(tmp_path / "run"),
-                               "train.budget_minute=3"))
+    line = one_line_error(invoke("train", "--data", str(tiny_photos), "--out", str(tmp_path / "run"),
+                                 "train.budget_minute=3"))
     assert "unknown setting 'train.budget_minute'" in line and "did you mean 'train.budget_minutes'" in line
     assert "plantid recipes" in line
 

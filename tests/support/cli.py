@@ -59,14 +59,6 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def run_plantid(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run `plantid ARGS` in a child process as a user would, capturing its text output."""
-    import os
-
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", **kwargs.pop("env", {})}
-    return subprocess.run([*PLANTID, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
-
-
 def limit_file_size(limit: int):
     """preexec_fn: files above `limit` bytes fail to write (EFBIG), as on a full disk."""
     import resource

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plantid.errors import PlantidError
 from plantid.fileio import atomic_path, sha256_file
-from plantid.records import TRUST_FORMAT, TrustRecord, read_trust
+from plantid.records import TRUST_FORMAT, TrustRecord
 from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
 from plantid.trust.ood import TrustHead, build_detector
 
@@ -133,19 +133,20 @@ def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTru
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    meta = read_trust(run_dir)
+    meta = read_trust_json(run_dir)
     if meta is None:
         return None
     checkpoint = Path(checkpoint)
     fix = f"refit with `plantid trust {run_dir}`"
-    if meta.checkpoint_size != checkpoint.stat().st_size or meta.checkpoint_sha256 != sha256_file(checkpoint):
+    if (meta.get("checkpoint_size") != checkpoint.stat().st_size
+            or meta.get("checkpoint_sha256") != sha256_file(checkpoint)):
         log.warning("%s was fitted for another %s (retrained or resumed since); predictions are not checked "
                     "for unknown photos: %s", run_dir / TRUST_JSON, checkpoint.name, fix)
         return None
-    if list(meta.classes) != list(classes):
+    if list(meta.get("classes") or []) != list(classes):
         raise PlantidError(f"{run_dir / TRUST_JSON}: its classes differ from the model's; {fix}")
     tensors_path = run_dir / TRUST_TENSORS
-    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.tensors_sha256:
+    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.get("tensors_sha256"):
         raise PlantidError(f"{tensors_path}: missing or not the file {TRUST_JSON} names; {fix}")
     try:
         tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
