@@ -129,6 +129,7 @@ def measure(run: Path, unseen: list[tuple[Path, str]], foreign: list[Path], budg
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(PAIRS))
+    parser.add_argument("--datasets-root", type=Path, default=DATASETS, help="the folder holding the shared sets")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=60)
@@ -140,8 +141,8 @@ def main() -> None:
     for name in args.datasets:
         for seed in args.seeds:
             cell = args.out / name / f"seed{seed}"
-            folder, unseen = small_folder(DATASETS / name, args.classes, args.per_class, seed, cell)
-            other = [p for paths in photos_of(DATASETS / PAIRS[name]).values() for p in paths]
+            folder, unseen = small_folder(args.datasets_root / name, args.classes, args.per_class, seed, cell)
+            other = [p for paths in photos_of(args.datasets_root / PAIRS[name]).values() for p in paths]
             foreign = random.Random(seed).sample(other, FOREIGN) + generated(cell / "generated", GENERATED, seed)
             run = cell / "run"
             if not (run / "trust.json").is_file():

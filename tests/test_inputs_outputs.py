@@ -104,7 +104,7 @@ def test_the_loopback_server_answers_only_its_own_host_names_and_head(tmp_path: 
 
 
 def test_csv_cells_that_look_like_formulas_are_quoted():
-    text = format_csv([("=cmd|' /C calc'!A0.jpg", [("+a", 0.5), ("b", 0.5)], False, 1.0)])
+    text = format_csv([("=cmd|' /C calc'!A0.jpg", [("+a", 0.5), ("b", 0.5)], False, 1.0, None)])
     rows = text.splitlines()[1:]
     assert all(row.startswith("'=cmd") for row in rows) and ",'+a," in rows[0]
 

@@ -299,7 +299,11 @@ def train(
 
     run_dir = resume if cfg is None else out
     with _writing_into_run(run_dir, "train"):
-        _train_and_fit(cfg, run_dir)
+        try:
+            _train_and_fit(cfg, run_dir)
+        except KeyboardInterrupt:  # typer would exit 130 in silence
+            err_console.print(f"interrupted; continue the run with `plantid train --resume {run_dir}`", highlight=False)
+            raise typer.Exit(130) from None
 
 
 def _train_and_fit(cfg, run_dir: Path) -> None:

@@ -431,7 +431,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise PlantidError(f"{path}: cannot read run config; is this a plantid run folder?") from None
     except yaml.YAMLError as exc:  # edited by hand, or damaged: one line, not a parser traceback
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
+        where = f" (line {mark.line + 1})" if mark is not None else f" ({first_line(exc)})"
         raise PlantidError(f"{path}: not valid YAML{where}; fix it, or train again into a new folder "
                            "(`plantid train --data DATA --out NEW_RUN`)") from None
     return validate_config(data, source=str(path))

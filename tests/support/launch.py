@@ -77,8 +77,12 @@ def running_server(
     backend: str = "torch",
     timeout: float = 60,
     log_path: str | os.PathLike | None = None,
+    command: tuple[str, ...] = ("serve",),
 ) -> Iterator[str]:
     """Run `plantid serve run_dir` on 127.0.0.1:`port` (a free one by default); yield its base URL.
+
+    `command` picks another page server with the same options: ``("review",)``, or ``("review",
+    "--sorted", "sorted/")`` (``--backend`` goes to serve only).
 
     Raises `ServerStartError` (with the tail of the server's log) when the process exits or
     /api/health does not answer 200 within `timeout` seconds. The server's stdout and stderr go to
@@ -86,8 +90,8 @@ def running_server(
     """
     port = free_port() if port is None else port
     base_url = f"http://{HOST}:{port}"
-    cmd = [sys.executable, "-m", "plantid.cli", "serve", str(run_dir),
-           "--host", HOST, "--port", str(port), "--backend", backend]
+    cmd = [sys.executable, "-m", "plantid.cli", command[0], str(run_dir), *command[1:],
+           "--host", HOST, "--port", str(port)] + (["--backend", backend] if command[0] == "serve" else [])
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     with (open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()) as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

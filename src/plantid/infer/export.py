@@ -60,8 +60,14 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
         target = Path(out) if out is not None else run_dir / EXPORT_DIR / ONNX_FILE
         if target.suffix.lower() != ".onnx":
             target = target / ONNX_FILE
-        return export_onnx(trained, run_dir, target, quantize=quantize, quantization=quantization,
-                           calibration_images=calibration_images)
+        made = not target.parent.exists()
+        try:
+            return export_onnx(trained, run_dir, target, quantize=quantize, quantization=quantization,
+                               calibration_images=calibration_images)
+        except BaseException:
+            if made and target.parent.is_dir() and not any(target.parent.iterdir()):
+                target.parent.rmdir()  # a failed first export (full disk) leaves no empty export/ behind
+            raise
     folder = Path(out) if out is not None else run_dir / SUBMISSION_DIR
     return [export_submission(trained, run_dir, folder, quantize=quantize, quantization=quantization,
                               calibration_images=calibration_images)]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plantid.errors import PlantidError
+from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, sha256_file
 from plantid.records import TRUST_FORMAT, TrustRecord
 from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
@@ -67,8 +67,15 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in trust.tensors.items()}
     if not tensors:
         tensors = {"_empty": torch.zeros(0)}  # safetensors files need at least one entry
-    with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": TRUST_FORMAT, "detector": trust.detector})
+    try:
+        with atomic_path(tensors_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": TRUST_FORMAT, "detector": trust.detector})
+    except Exception as exc:  # safetensors reports a full disk as its own error type, not OSError
+        if isinstance(exc, OSError):
+            raise
+        raise PlantidError(f"{tensors_path}: could not be written ({first_line(exc)}); free disk space on the drive "
+                           f"of {run_dir} or make it writable, then run the same command again (nothing was left "
+                           "half-written)") from None
     checkpoint = Path(checkpoint)
     TrustRecord(
         format=TRUST_FORMAT,
