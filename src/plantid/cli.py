@@ -739,7 +739,8 @@ def sort_command(
     photos: Annotated[Path, typer.Argument(help="A folder of unlabelled photos (searched recursively; never changed).")],
     out: Annotated[Path, typer.Option(help="The new folder to file them into: <species>/, unsure/, unknown/, sorted.csv.")],
     copy: Annotated[bool, typer.Option("--copy", help="Copy the photos instead of linking to them.")] = False,
-    sure: Annotated[float, typer.Option(help="Smallest (calibrated) probability filed under a species; below it: unsure/.")] = 0.8,
+    sure: Annotated[Optional[float], typer.Option(help="Smallest (calibrated) probability filed under a species; below "
+                                                  "it: unsure/ (default: the run's own answer level, chosen on val).")] = None,
     backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8.")] = "torch",
 ) -> None:
     """File unlabelled photos by species: OUT/<species>/, OUT/unsure/ or OUT/unknown/ (links, or copies
@@ -777,7 +778,8 @@ def review(
 
     from plantid.serve.review import create_review_app
 
-    application = create_review_app(run, list(sorted_folder or []))
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host]
+    application = create_review_app(run, list(sorted_folder or []), allowed_hosts=hosts)
     console.print(f"reviewing {run} on http://{host}:{port} (Ctrl+C to stop); then `plantid apply {run} --to FOLDER`")
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

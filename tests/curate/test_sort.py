@@ -92,3 +92,16 @@ def test_sort_refuses_an_existing_out_and_out_inside_the_photos(trusted_run: Pat
     proc = subprocess.run([*PLANTID, "sort", str(trusted_run), str(photos), "--out", str(tmp_path / "taken")],
                           capture_output=True, text=True)
     assert "already exists" in one_line_error(proc)
+
+
+def test_sort_by_default_files_each_photo_as_the_run_answers_it(trusted_run: Path, tmp_path: Path) -> None:
+    from plantid.infer.predictor import Predictor
+
+    photos = _unlabelled(tmp_path / "new")
+    result = sort_photos(trusted_run, photos, tmp_path / "sorted")
+    answers = {str(p.source): p.answer for p in Predictor.from_run(trusted_run).predict(
+        [d.path for d in result.decisions])}
+    for d in result.decisions:
+        answer = answers[d.path]
+        expected = d.species if answer.kind == "species" else answer.kind
+        assert d.decision == expected, (d, answer)

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from plantid.runlock import HOLDER_FILE, LOCK_FILE
+
 
 def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file's hash, leaving out the run lock (an empty file that stays once a command has held it)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
 
 
 class _RunsCode:

@@ -3,9 +3,9 @@
 Each photo is predicted once by the run (calibrated probabilities and the unknown-photo score
 when the run has trust files) and placed, as a link (default) or a copy, into
 
-* ``OUT/<species>/`` when the photo looks like a known species and its probability is at least
-  ``sure`` (default 0.8: with calibrated probabilities about 4 in 5 such photos are right, more
-  above it);
+* ``OUT/<species>/`` when the run names the species: the photo looks like a known species and its
+  calibrated probability reaches the run's answer level (chosen on val, plantid.infer.answers), or
+  ``sure`` when given;
 * ``OUT/unsure/`` when it looks like a known species but the model is less sure than that;
 * ``OUT/unknown/`` when its unknown-photo score is above the run's threshold (it looks like none
   of the species: another plant, not a plant, a bad photo).
@@ -36,7 +36,6 @@ UNSURE = "unsure"
 UNKNOWN = "unknown"
 UNREADABLE = "unreadable"
 SORTED_CSV = "sorted.csv"
-DEFAULT_SURE = 0.8
 CSV_HEADER = ["path", "decision", "placed", "species", "probability", "second", "second_probability",
               "ood_score", "note"]
 
@@ -70,14 +69,18 @@ class SortResult:
         return Counter(d.decision for d in self.decisions)
 
 
-def decide(top: list[tuple[str, float]], unknown: bool | None, sure: float) -> str:
-    """The folder of one prediction: 'unknown' above the threshold, the species when sure enough, else 'unsure'."""
-    if unknown:
+def decide(prediction: Prediction, sure: float | None) -> str:
+    """The folder of one prediction: 'unknown' above the threshold, the species when sure enough (the
+    run's own answer, or probability >= `sure` when given), else 'unsure'."""
+    if prediction.unknown:
         return UNKNOWN
-    return top[0][0] if top and top[0][1] >= sure else UNSURE
+    species, probability = prediction.top[0]
+    if sure is None:
+        return UNSURE if prediction.answer is not None and prediction.answer.kind == "unsure" else species
+    return species if probability >= sure else UNSURE
 
 
-def sort_photos(run: Path, source: Path, out: Path, *, copy: bool = False, sure: float = DEFAULT_SURE,
+def sort_photos(run: Path, source: Path, out: Path, *, copy: bool = False, sure: float | None = None,
                 backend: str = "torch") -> SortResult:
     """Predict every photo under `source` with `run` and file it under `out` (see the module docstring).
 
@@ -85,8 +88,8 @@ def sort_photos(run: Path, source: Path, out: Path, *, copy: bool = False, sure:
     `source`, and a run with a class named like one of the special folders.
     """
     source, out = Path(source), Path(out)
-    if not 0.0 < sure <= 1.0:
-        raise PlantidError(f"--sure {sure}: give a probability in (0, 1], e.g. --sure {DEFAULT_SURE}")
+    if sure is not None and not 0.0 < sure <= 1.0:
+        raise PlantidError(f"--sure {sure}: give a probability in (0, 1], e.g. --sure 0.8")
     if not source.is_dir():
         raise PlantidError(f"{source}: not a folder; pass the folder of unlabelled photos")
     if os.path.lexists(out):
@@ -116,14 +119,14 @@ def sort_photos(run: Path, source: Path, out: Path, *, copy: bool = False, sure:
 
 
 def _place_all(photos: list[Path], predictions, building: Path, out: Path, *, copy: bool,
-               sure: float) -> list[SortDecision]:
+               sure: float | None) -> list[SortDecision]:
     taken: set[tuple[str, str]] = set()
     decisions = []
     for photo, pred in zip(photos, predictions):
         if not pred.ok:
             decisions.append(SortDecision(str(photo), UNREADABLE, "", note=pred.error or ""))
             continue
-        folder = decide(pred.top, pred.unknown, sure)
+        folder = decide(pred, sure)
         name = _free_name(photo, folder, taken)
         (building / folder).mkdir(exist_ok=True)
         link_or_copy(photo, building / folder / name, "copy" if copy else "link")

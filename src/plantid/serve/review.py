@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from plantid.curate.corrections import ACTIONS, UNDO, append_decision, effective_decisions, read_decisions
 from plantid.curate.review import ReviewItem, review_items
@@ -64,8 +65,10 @@ def run_classes(run: Path) -> list[str]:
     return [str(c) for c in classes]
 
 
-def create_review_app(run: str | os.PathLike, sorted_folders: list[Path] | None = None) -> FastAPI:
-    """The review app for `run` (and the unsure photos of `sorted_folders`)."""
+def create_review_app(run: str | os.PathLike, sorted_folders: list[Path] | None = None,
+                      allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The review app for `run` (and the unsure photos of `sorted_folders`); `allowed_hosts`: the
+    Host header values answered, as for `plantid serve` (DNS rebinding)."""
     run = Path(run)
     classes = run_classes(run)
     items = review_items(run, sorted_folders)
@@ -73,6 +76,8 @@ def create_review_app(run: str | os.PathLike, sorted_folders: list[Path] | None 
     app = FastAPI(title="plantid review", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def item_of(item_id: int) -> ReviewItem:
