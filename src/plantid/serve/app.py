@@ -100,6 +100,14 @@ def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_by
     return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k, allowed_hosts=allowed_hosts)
 
 
+def _top_k(settings: Any, asked: int | None) -> int:
+    """How many species an answer lists: `asked` (1-1000; else a 422) or the server's setting."""
+    k = settings.top_k if asked is None else asked
+    if not 1 <= k <= 1000:
+        raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
+    return k
+
+
 def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes: int = 10 * 1024 * 1024,
               top_k: int = 5, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
               allowed_hosts: list[str] | None = None) -> FastAPI:
@@ -169,9 +177,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         """Top-k species for one photo (multipart field `file`)."""
         state = request.app.state
         predictor: Predictor = state.predictor
-        k = state.settings.top_k if top_k is None else top_k
-        if not 1 <= k <= 1000:
-            raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
+        k = _top_k(state.settings, top_k)
         upload = await read_upload(request, state.settings.max_upload_bytes)
         return await _bounded(state.settings, upload.data, _predict_one, predictor, upload.data, k)
 
@@ -181,9 +187,7 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
         state = request.app.state
         predictor: Predictor = state.predictor
-        k = state.settings.top_k if top_k is None else top_k
-        if not 1 <= k <= 1000:
-            raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
+        k = _top_k(state.settings, top_k)
         uploads = await read_uploads(request, state.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
         for upload in uploads:
             check_pixels(upload.data, state.settings.max_upload_pixels)
