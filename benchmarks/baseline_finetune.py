@@ -46,11 +46,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cells import write_json
+from cells import PHOTO_SUFFIXES, write_json
 
 MODEL = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = Path.home() / ".cache" / "plantid" / f"{MODEL}.timm.safetensors"
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 MIN_SIZE, MAX_SIZE = 96, 192
 MAX_EPOCHS = 40
 TIMED_STEPS = 4

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from cells import save_results, summarize
+from cells import PHOTO_SUFFIXES, save_results, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -44,7 +44,6 @@ METHODS = ("plantid", "yardstick", "linear-probe")
 # the numbers a cell reports, summarised over the seeds
 KEYS = ("outside_acc", "outside_acc_views", "val_acc", "own_test_acc", "wall_seconds", "val_gap")
 OUTSIDE_SHARE = 0.2
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 

@@ -7,6 +7,9 @@ import os
 import statistics
 from pathlib import Path
 
+# The photo files the plain scripts read from a class folder (plantid itself decides from headers).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
 
 def summarize(cells: list[dict], keys: tuple[str, ...]) -> list[dict]:
     """Per (data set, method): the seeds, and mean / sample std / min / max of each of `keys`.
