@@ -201,6 +201,10 @@ class TrustRecord(RunRecord):
     checkpoint_size: int
     checkpoint_sha256: str
     score: str = "higher = less like the training photos; unknown when score > threshold"
+    # the calibrated top probability below which a photo is answered "unsure" (plantid.infer.answers);
+    # None in trust files fitted before it existed
+    answer_level: float | None = None
+    answered_accuracy: float | None = None
 
 
 def read_trust(run_dir: str | os.PathLike) -> TrustRecord | None:
@@ -209,6 +213,27 @@ def read_trust(run_dir: str | os.PathLike) -> TrustRecord | None:
     if record is not None and record.format != TRUST_FORMAT:
         raise PlantidError(f"{Path(run_dir) / TRUST_JSON}: not a {TRUST_FORMAT} file; {TrustRecord.remedy}")
     return record
+
+
+TRUST_IDENTITY = ("detector", "threshold", "temperature", "answer_level")
+
+
+def same_trust(current: TrustRecord | None, exported: dict[str, Any] | None) -> bool:
+    """Whether an export's trust summary (preprocessing.json's "trust") is the run's current trust.json:
+    same detector, threshold, temperature and answer level, or neither has any. An export that
+    differs answers otherwise than the run and is made again."""
+    if not current or not exported:
+        return not current and not exported
+    return all(getattr(current, key) == exported.get(key) for key in TRUST_IDENTITY)
+
+
+def finite(value: Any) -> float | None:
+    """The value as a float, or None when it is missing or not finite (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def describe_detector(summary: dict[str, Any]) -> str:

@@ -7,8 +7,8 @@ the export whenever it is known to give the same answers as the checkpoint would
 * no test-time views were asked for (views run on torch only);
 * RUN/export/model.onnx and preprocessing.json exist and the export was made from the checkpoint
   the run uses now (same size and SHA-256 as preprocessing.json records);
-* the trust files the export carries are the run's current ones (same detector, threshold and
-  temperature), or neither has any.
+* the trust files the export carries are the run's current ones (`plantid.records.same_trust`),
+  or neither has any.
 
 Otherwise torch answers, and the reason says why and how to get the fast path. Nothing here
 imports torch: deciding must not cost what it tries to save.
@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plantid.fileio import sha256_file
-from plantid.runfolder import ONNX_FILE, PREPROCESSING_FILE, TRUST_JSON, RunFolder
+from plantid.errors import PlantidError
+from plantid.records import read_trust, same_trust
+from plantid.runfolder import ONNX_FILE, PREPROCESSING_FILE, RunFolder
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-TRUST_KEYS = ("detector", "threshold", "temperature")
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,6 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _trust_identity(summary: dict | None) -> tuple | None:
-    return None if not summary else tuple(summary.get(key) for key in TRUST_KEYS)
 
 
 def choose_backend(run_dir: str | os.PathLike, wants_views: bool = False) -> BackendChoice:
@@ -72,7 +69,10 @@ def choose_backend(run_dir: str | os.PathLike, wants_views: bool = False) -> Bac
                                       f"export again to use it")
     if meta.get("size_bytes") is not None and model.stat().st_size != meta["size_bytes"]:
         return BackendChoice("torch", f"{model} does not match {PREPROCESSING_FILE} (interrupted export?); export again")
-    current_trust = _read_json(run.root / TRUST_JSON)
-    if _trust_identity(current_trust) != _trust_identity(meta.get("trust")):
+    try:
+        current_trust = read_trust(run.root)
+    except PlantidError as exc:  # torch reads it too, and says so in one line
+        return BackendChoice("torch", str(exc))
+    if not same_trust(current_trust, meta.get("trust")):
         return BackendChoice("torch", f"the run's trust files changed since {model} was exported; export again to use it")
     return BackendChoice("onnx", f"{model}, exported from {checkpoint.name}")

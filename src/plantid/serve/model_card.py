@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from plantid.config import load_run_config
 from plantid.infer.predictor import Predictor
-from plantid.records import read_evaluation, read_or_warn, read_summary
+from plantid.records import finite, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
-
-
-def finite(value: Any) -> float | None:
-    """The value as a float, or None when it is missing or not finite (JSON has no NaN)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: bool, max_upload_bytes: int,
