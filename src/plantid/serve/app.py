@@ -36,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -47,8 +47,9 @@ from plantid.errors import PlantidError
 from plantid.infer.answers import answer_for
 from plantid.infer.group import MAX_GROUP_PHOTOS, combine
 from plantid.infer.predictor import Predictor
+from plantid.records import finite
 from plantid.serve.middleware import SecurityHeaders, install_error_handlers
-from plantid.serve.model_card import build_model_card, finite, package_version
+from plantid.serve.model_card import build_model_card, package_version
 from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, IDENTIFY_BODY, UPLOAD_BODY
 from plantid.serve.uploads import (
     MAX_UPLOAD_PIXELS,
@@ -65,6 +66,7 @@ log = logging.getLogger("plantid.serve")
 __all__ = ["create_app", "build_app", "ServeSettings"]
 
 STATIC_DIR = Path(str(resources.files("plantid.serve") / "static"))
+BARS_SCRIPT = Path(str(resources.files("plantid.infer") / "webapp" / "bars.js"))
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,23 @@ def create_app(run_dir: str | os.PathLike, backend: str = "torch", max_upload_by
     return build_app(predictor, run_dir, max_upload_bytes=max_upload_bytes, top_k=top_k, allowed_hosts=allowed_hosts)
 
 
-def _top_k(settings: Any, asked: int | None) -> int:
-    """How many species an answer lists: `asked` (1-1000; else a 422) or the server's setting."""
-    k = settings.top_k if asked is None else asked
+@dataclass(frozen=True)
+class Asked:
+    """What a request for an answer works with: the app's settings and model, and how many species to list."""
+
+    settings: ServeSettings
+    predictor: Predictor
+    top_k: int
+
+
+def asked(request: Request, top_k: int | None = None) -> Asked:
+    """The dependency of the answering endpoints: the app's state, and the `top_k` query parameter
+    (1-1000, else a 422; by default the server's setting)."""
+    settings = request.app.state.settings
+    k = settings.top_k if top_k is None else top_k
     if not 1 <= k <= 1000:
         raise HTTPException(422, f"top_k must be between 1 and 1000, got {k}")
-    return k
+    return Asked(settings, request.app.state.predictor, k)
 
 
 def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes: int = 10 * 1024 * 1024,
@@ -148,6 +161,11 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
         # own name in the Host header; only the names this server was started under are answered
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
+    @app.get("/static/bars.js", include_in_schema=False)
+    def bars_script() -> FileResponse:
+        # the probability bars, one script with the exported web app's (plantid.infer.webapp)
+        return FileResponse(BARS_SCRIPT, media_type="text/javascript; charset=utf-8")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -173,27 +191,21 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
 
     @app.post("/api/predict", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": UPLOAD_BODY})
-    async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
+    async def predict(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """Top-k species for one photo (multipart field `file`)."""
-        state = request.app.state
-        predictor: Predictor = state.predictor
-        k = _top_k(state.settings, top_k)
-        upload = await read_upload(request, state.settings.max_upload_bytes)
-        return await _bounded(state.settings, upload.data, _predict_one, predictor, upload.data, k)
+        upload = await read_upload(request, ask.settings.max_upload_bytes)
+        return await _bounded(ask.settings, upload.data, _predict_one, ask.predictor, upload.data, ask.top_k)
 
     @app.post("/api/identify", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": IDENTIFY_BODY})
-    async def identify(request: Request, top_k: int | None = None) -> dict[str, Any]:
+    async def identify(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
-        state = request.app.state
-        predictor: Predictor = state.predictor
-        k = _top_k(state.settings, top_k)
-        uploads = await read_uploads(request, state.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
+        uploads = await read_uploads(request, ask.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
         for upload in uploads:
-            check_pixels(upload.data, state.settings.max_upload_pixels)
+            check_pixels(upload.data, ask.settings.max_upload_pixels)
         names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
-        work = functools.partial(_identify_group, predictor, [u.data for u in uploads], names, k)
-        return await asyncio.get_running_loop().run_in_executor(state.settings.decode_pool, work)
+        work = functools.partial(_identify_group, ask.predictor, [u.data for u in uploads], names, ask.top_k)
+        return await asyncio.get_running_loop().run_in_executor(ask.settings.decode_pool, work)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -232,26 +244,30 @@ async def _bounded(settings: ServeSettings, data: bytes, work: Any, *args: Any) 
     return await asyncio.get_running_loop().run_in_executor(settings.decode_pool, functools.partial(work, *args))
 
 
+def _answer_fields(predictor: Predictor, top: list[tuple[str, float]], unknown: bool | None,
+                   ood_score: float | None, answer: Any) -> dict[str, Any]:
+    """What every answer of the API says: the ranking, the unknown check against the run's threshold
+    (plantid.trust) and the answer, species | unsure | unknown (plantid.infer.answers)."""
+    return {
+        "model_id": predictor.model_id,
+        "top_k": [{"label": label, "probability": finite(p)} for label, p in top],
+        "unknown": unknown,
+        "ood_score": finite(ood_score),
+        "ood_threshold": finite(predictor.threshold),
+        "answer": None if answer is None else answer.as_json(),
+        "answer_level": finite(predictor.answer_level),
+        "calibrated": predictor.trust is not None,
+    }
+
+
 def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
     started = time.perf_counter()
     prediction = predictor.predict([data], top_k=k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     if prediction.error is not None:
         raise bad_image_error(prediction.error)
-    return {
-        "model_id": predictor.model_id,
-        "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
-        # plantid.trust: the photo looks like none of the species (score above the run's threshold)
-        "unknown": prediction.unknown,
-        "ood_score": finite(prediction.ood_score),
-        "ood_threshold": finite(predictor.threshold),
-        # species | unsure (between the two named) | unknown, with the sentence the page shows
-        "answer": None if prediction.answer is None else prediction.answer.as_json(),
-        "answer_level": finite(predictor.answer_level),
-        "calibrated": predictor.trust is not None,
-        "elapsed_ms": round(elapsed_ms, 2),
-        "image": displayed_size(data),
-    }
+    return {**_answer_fields(predictor, prediction.top, prediction.unknown, prediction.ood_score, prediction.answer),
+            "elapsed_ms": round(elapsed_ms, 2), "image": displayed_size(data)}
 
 
 def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str], k: int) -> dict[str, Any]:
@@ -264,18 +280,11 @@ def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str],
             error = bad_image_error(prediction.error)
             raise HTTPException(error.status_code, f"{name}: {error.detail}")
     group = combine("plant", predictions, predictor.classes, predictor.threshold, k)
+    # the group is answered at the same level as one photo
+    answer = answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes)) if group.top else None
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     return {
-        "model_id": predictor.model_id,
-        "top_k": [{"label": label, "probability": finite(p)} for label, p in group.top],
-        "unknown": group.unknown,
-        "ood_score": finite(group.ood_score),
-        "ood_threshold": finite(predictor.threshold),
-        # the group's answer at the same level as one photo's (plantid.infer.answers)
-        "answer": answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes)).as_json()
-        if group.top else None,
-        "answer_level": finite(predictor.answer_level),
-        "calibrated": predictor.trust is not None,
+        **_answer_fields(predictor, group.top, group.unknown, group.ood_score, answer),
         "combined": "mean of the photos' calibrated log-probabilities; unknown when their mean OOD score is above the threshold",
         "photos": [{"name": name, "top_k": [{"label": label, "probability": finite(p)} for label, p in prediction.top],
                     "unknown": prediction.unknown, "ood_score": finite(prediction.ood_score),

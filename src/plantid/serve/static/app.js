@@ -71,14 +71,7 @@
 
   // ------------------------------------------------------------------ small shared functions
 
-  function percent(p, digits) {
-    if (p === null || p === undefined || !isFinite(p)) return "–";
-    const value = p * 100;
-    if (digits === undefined && value > 0 && value < 0.1) return "<0.1%";
-    if (digits === undefined && value >= 99.95 && value < 100) return ">99.9%";
-    const d = digits !== undefined ? digits : value >= 99.95 || value < 0.05 ? 0 : 1;
-    return value.toFixed(d) + "%";
-  }
+  const percent = plantidBars.percent;
 
   function formatBytes(n) {
     const nbsp = "\u00a0";
@@ -472,38 +465,7 @@
       el.bestLabel.textContent = top.label;
       el.bestConfidence.textContent = percent(top.probability) + " likely";
     }
-    el.bars.replaceChildren();
-    body.top_k.forEach((item, index) => {
-      const li = document.createElement("li");
-      li.className = "bar-row" + (index === 0 ? " top" : "");
-      li.dataset.label = item.label;
-      const head = document.createElement("div");
-      head.className = "bar-head";
-      const label = document.createElement("span");
-      label.className = "bar-label";
-      label.textContent = item.label;
-      const value = document.createElement("span");
-      value.className = "bar-value";
-      value.textContent = percent(item.probability);
-      head.append(label, value);
-      const track = document.createElement("div");
-      track.className = "bar-track";
-      track.setAttribute("role", "meter");
-      track.setAttribute("aria-label", item.label);
-      track.setAttribute("aria-valuemin", "0");
-      track.setAttribute("aria-valuemax", "100");
-      track.setAttribute("aria-valuenow", (item.probability * 100).toFixed(1));
-      track.setAttribute("aria-valuetext", percent(item.probability));
-      const fill = document.createElement("div");
-      fill.className = "bar-fill";
-      track.append(fill);
-      li.append(head, track);
-      el.bars.append(li);
-      // animate from 0 to the value on the next frame
-      requestAnimationFrame(() => requestAnimationFrame(() => {
-        fill.style.width = Math.max(0.5, item.probability * 100) + "%";
-      }));
-    });
+    plantidBars.renderBars(el.bars, body.top_k, true);
     const photos = body.photos || [];
     const first = photos.length ? photos[0].image : body.image;
     const size = photos.length > 1 ? photos.length + " photos of one plant combined (the mean of their log-probabilities)"
