@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from plantid.data.split import read_manifest
+from plantid.infer.answers import answer_for
 from plantid.infer.export import export_run
 from plantid.infer.group import combine
 from plantid.infer.predictor import Predictor
@@ -122,7 +123,7 @@ def _assert_parity(answers: list[dict], expected: list, classes: list[str]) -> N
 def test_folder_holds_the_app_and_nothing_large_in_git(web_run: Path) -> None:
     folder = web_run / "web"
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert {"index.html", "app.js", "preprocess.js", "style.css", "sw.js", "manifest.webmanifest", "model.onnx.js",
+    assert {"index.html", "app.js", "preprocess.js", "bars.js", "style.css", "sw.js", "manifest.webmanifest", "model.onnx.js",
             "model-info.js", "labels.json", "preprocessing.json", "runtime/ort.wasm.min.js",
             "runtime/ort-wasm-simd-threaded.wasm.js"} <= names
     html = (folder / "index.html").read_text(encoding="utf-8")
@@ -152,6 +153,32 @@ def test_file_url_answers_equal_predict_onnx(web_run: Path, photos: list[Path], 
 
 @NEEDS_CHROMIUM
 @pytest.mark.browser
+def test_app_answers_unsure_below_the_run_answer_level(web_run: Path, photos: list[Path], browser,
+                                                        tmp_path: Path) -> None:
+    """With the answer level at 1.0 no species is named: the app says "unsure between A and B" as
+    predict does, and the export is made again because the run's trust changed."""
+    run = Path(shutil.copytree(web_run, tmp_path / "run", symlinks=True))
+    trust = json.loads((run / "trust.json").read_text(encoding="utf-8"))
+    trust["answer_level"] = 1.0
+    (run / "trust.json").write_text(json.dumps(trust), encoding="utf-8")
+    export_run(run, "web", quantize=False)
+    assert json.loads((run / "web" / "preprocessing.json").read_text(encoding="utf-8"))["trust"]["answer_level"] == 1.0
+    predictor = Predictor.from_run(run, backend="onnx")
+    answered = predictor.predict([str(p) for p in photos], top_k=2)
+    photo, prediction = next((p, a) for p, a in zip(photos, answered) if a.answer.kind == "unsure")
+    context, page, outside, errors = _open(browser, (run / "web" / "index.html").as_uri(), 390, 844)
+    try:
+        page.set_input_files("#file-input", [str(photo)])
+        page.wait_for_selector("#result:not([hidden])")
+        assert page.text_content("#best-eyebrow").strip() == "Unsure between two species"
+        assert page.inner_text("#best-label").strip() == " or ".join(prediction.answer.species)
+        assert outside == [] and errors == []
+    finally:
+        context.close()
+
+
+@NEEDS_CHROMIUM
+@pytest.mark.browser
 def test_served_app_several_photos_card_and_screenshots(web_run: Path, photos: list[Path], server: str, browser,
                                                         tmp_path: Path) -> None:
     predictor = Predictor.from_run(web_run, backend="onnx")
@@ -172,9 +199,14 @@ def test_served_app_several_photos_card_and_screenshots(web_run: Path, photos: l
             page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 3")
             page.wait_for_function("document.querySelector('#result-note').textContent.includes('3 photos')")
             best = page.inner_text("#best-label").strip()
-            if group.unknown:
+            # the same one of the three answers as predict gives the group (plantid.infer.answers)
+            answer = answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes))
+            if answer.kind == "unknown":
                 assert "does not look like any" in best or "do not look like any" in best
                 assert f"{len(predictor.classes)} species" in best
+            elif answer.kind == "unsure":
+                assert best == f"{answer.species[0]} or {answer.species[1]}"
+                assert "Unsure between" in page.inner_text("#result")
             else:
                 assert best == group.top[0][0]
             rows = page.locator("#bars .bar-row")

@@ -37,12 +37,13 @@ from plantid.fileio import give_usual_mode, sha256_file
 from plantid.infer.group import MAX_GROUP_PHOTOS
 from plantid.infer.onnx_backend import INPUT_NAME, INT8_MAX_DROP_POINTS, OUTPUT_NAME, SCORE_NAME
 from plantid.infer.onnx_export import export_onnx
-from plantid.runfolder import EXPORT_DIR, INT8_FILE, LABELS_FILE, ONNX_FILE, PREPROCESSING_FILE, TRUST_JSON, RunFolder
+from plantid.records import finite, read_evaluation, read_or_warn, read_summary, read_trust, same_trust
+from plantid.runfolder import EXPORT_DIR, INT8_FILE, LABELS_FILE, ONNX_FILE, PREPROCESSING_FILE
 
 log = logging.getLogger("plantid")
 
 WEB_DIR = "web"
-APP_FILES = ("index.html", "app.js", "preprocess.js", "style.css", "icon.svg")
+APP_FILES = ("index.html", "app.js", "preprocess.js", "bars.js", "style.css", "icon.svg")
 RUNTIME_ENV = "PLANTID_WEB_RUNTIME"
 MODEL_INFO_FILE = "model-info.js"  # marks a folder as a plantid web export (safe to replace)
 
@@ -152,10 +153,7 @@ def current_onnx_export(run_dir: Path, trained: Any, need_int8: bool) -> dict[st
         models.append((folder / INT8_FILE, int8.get("size_bytes")))
     if any(not path.is_file() or path.stat().st_size != size for path, size in models):
         return None
-    trust = _read_json(Path(trained.checkpoint).parent / TRUST_JSON)
-    exported = meta.get("trust") or {}
-    if bool(trust) != bool(exported) or (trust and (trust.get("threshold") != exported.get("threshold")
-                                                    or trust.get("temperature") != exported.get("temperature"))):
+    if not same_trust(read_or_warn(read_trust, Path(trained.checkpoint).parent), meta.get("trust")):
         return None
     return meta
 
@@ -175,15 +173,12 @@ def _use_int8(meta: dict[str, Any], quantize: bool | None) -> bool:
 
 def model_info(trained: Any, run_dir: Path, meta: dict[str, Any], weights: str, model_path: Path) -> dict[str, Any]:
     """What the app needs: labels, input, outputs, the unknown threshold and the model card."""
-    folder = RunFolder(run_dir)
-    summary = _read_json(folder.summary)
-    evaluation = _read_json(folder.eval)
-    test_accuracy, test_photos = None, None
-    if evaluation.get("split") == "test":
-        test_accuracy = (evaluation.get("metrics") or {}).get("accuracy")
-        test_photos = evaluation.get("num_images") or evaluation.get("images")
-    if test_accuracy is None:
-        test_accuracy = summary.get("test_acc")
+    summary = read_or_warn(read_summary, run_dir)
+    evaluation = read_or_warn(read_evaluation, run_dir)
+    test_accuracy = finite(evaluation.metrics.accuracy) if evaluation else None
+    test_photos = evaluation.n_images if evaluation else None
+    if test_accuracy is None and summary is not None:
+        test_accuracy, test_photos = finite(summary.test_acc), None
     checkpoint = Path(trained.checkpoint)
     trust = meta.get("trust")
     return {
@@ -195,12 +190,13 @@ def model_info(trained: Any, run_dir: Path, meta: dict[str, Any], weights: str, 
         "output": {"name": OUTPUT_NAME},
         "ood_score_name": SCORE_NAME,
         "trust": {"threshold": float(trust["threshold"]), "keep": float(trust.get("keep", 0.95)),
+                  "answer_level": finite(trust.get("answer_level")),
                   "detector": trust.get("detector")} if isinstance(trust, dict) else None,
         "max_photos": MAX_GROUP_PHOTOS,
         "card": {
-            "backbone": summary.get("model") or trained.config.model.name,
-            "test_accuracy": float(test_accuracy) if test_accuracy is not None else None,
-            "test_photos": int(test_photos) if isinstance(test_photos, int) else None,
+            "backbone": (summary.model if summary else None) or trained.config.model.name,
+            "test_accuracy": test_accuracy,
+            "test_photos": test_photos,
             "trained": time.strftime("%Y-%m-%d", time.localtime(checkpoint.stat().st_mtime)),
             "weights": f"{weights}, {model_path.stat().st_size / 1e6:.1f} MB",
         },

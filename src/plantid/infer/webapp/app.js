@@ -103,12 +103,7 @@
 
   // ------------------------------------------------------------------ the page
 
-  function percent(p) {
-    const v = p * 100;
-    if (v > 0 && v < 0.1) return "<0.1%";
-    if (v >= 99.95 && v < 100) return ">99.9%";
-    return v.toFixed(v >= 99.95 || v < 0.05 ? 0 : 1) + "%";
-  }
+  const percent = plantidBars.percent;
 
   function showError(text) {
     el.error.textContent = text;
@@ -190,40 +185,30 @@
     const answer = combine(results);
     const top = ranked(answer.probabilities, Math.min(5, info.labels.length));
     const n = info.labels.length;
+    // the three answers of plantid.infer.answers: unknown, unsure below the run's answer level, or a species
+    const level = info.trust && typeof info.trust.answer_level === "number" ? info.trust.answer_level : null;
+    const unsure = !answer.unknown && level !== null && top.length > 1 && top[0].probability < level;
     el.result.classList.toggle("unknown", answer.unknown === true);
+    el.result.classList.toggle("unsure", unsure);
     if (answer.unknown) {
       el.eyebrow.textContent = "Not one of the species I know";
       el.label.textContent = (results.length > 1 ? "These photos do" : "This photo does") +
         " not look like any of the " + n + " species this model knows";
       el.confidence.textContent = "Closest: " + top[0].label + " (" + percent(top[0].probability) +
         "), but treat the greyed guesses below with care: the plant may be something else entirely.";
+    } else if (unsure) {
+      el.eyebrow.textContent = "Unsure between two species";
+      el.label.textContent = top[0].label + " or " + top[1].label;
+      el.confidence.textContent = percent(top[0].probability) + " and " + percent(top[1].probability) +
+        ": it looks like a species this model knows, but no single one reached " + percent(level) +
+        ", the probability at which its named answers were right on photos it was not trained on. " +
+        "Another photo of the same plant may settle it.";
     } else {
       el.eyebrow.textContent = "Best match";
       el.label.textContent = top[0].label;
       el.confidence.textContent = percent(top[0].probability) + " likely";
     }
-    el.bars.replaceChildren(...top.map((item, index) => {
-      const li = document.createElement("li");
-      li.className = "bar-row" + (index === 0 ? " top" : "");
-      const head = document.createElement("div");
-      head.className = "bar-head";
-      const label = Object.assign(document.createElement("span"), { className: "bar-label", textContent: item.label });
-      const value = Object.assign(document.createElement("span"), { className: "bar-value", textContent: percent(item.probability) });
-      head.append(label, value);
-      const track = document.createElement("div");
-      track.className = "bar-track";
-      track.setAttribute("role", "meter");
-      track.setAttribute("aria-label", item.label);
-      track.setAttribute("aria-valuemin", "0");
-      track.setAttribute("aria-valuemax", "100");
-      track.setAttribute("aria-valuenow", (item.probability * 100).toFixed(1));
-      const fill = document.createElement("div");
-      fill.className = "bar-fill";
-      fill.style.width = Math.max(0.5, item.probability * 100) + "%";
-      track.append(fill);
-      li.append(head, track);
-      return li;
-    }));
+    plantidBars.renderBars(el.bars, top, false);
     el.note.textContent = (answer.unknown ? "Closest species, shown only for reference: " : info.trust
       ? "Calibrated probabilities over the " : "Probabilities over the ") + (answer.unknown ? "" : n + " species this model knows") +
       (results.length > 1 ? ", combined from " + results.length + " photos of one plant (the mean of their log-probabilities)."
@@ -231,7 +216,8 @@
       (state.lastMs ? " " + Math.round(state.lastMs) + " ms a photo on this device." : "");
     setView("result");
     el.status.textContent = answer.unknown ? "Not one of the species this model knows. Closest: " + top[0].label + "."
-      : "Best match: " + top[0].label + ", " + percent(top[0].probability) + ".";
+      : unsure ? "Unsure between " + top[0].label + " and " + top[1].label + "."
+        : "Best match: " + top[0].label + ", " + percent(top[0].probability) + ".";
   }
 
   function renderCard() {
