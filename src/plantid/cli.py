@@ -800,7 +800,8 @@ def apply_command(
     _require_run(run)
     from plantid.curate.apply import apply_decisions, undo_apply
 
-    result = (undo_apply if undo else apply_decisions)(run, to, dry_run=dry_run)
+    with _writing_into_run(run, "apply"):  # applied.json, and no review decision half-way through
+        result = (undo_apply if undo else apply_decisions)(run, to, dry_run=dry_run)
     for note in result.notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for op in result.operations:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from plantid.curate.apply import apply_decisions, plan_apply, undo_apply
 from plantid.curate.corrections import append_decision, effective_decisions, read_decisions
 from plantid.data.scan import scan_folder
 from plantid.errors import PlantidError
-from tests.support.cli import PLANTID, one_line_error
+from plantid.runlock import run_lock
+from tests.support.cli import PLANTID, one_line_error, run_plantid
 from tests.support.images import write_class_image
 
 CLASSES = ("a", "b", '<b>x&y "q"')
@@ -106,3 +108,20 @@ def test_apply_command_refuses_a_missing_folder(trained_run: Path, tmp_path: Pat
     proc = subprocess.run([*PLANTID, "apply", str(trained_run), "--to", str(tmp_path / "nowhere")],
                           capture_output=True, text=True)
     assert "not a folder" in one_line_error(proc)
+
+
+def test_review_decisions_and_apply_are_refused_while_another_command_holds_the_run(make_image_folder, copy_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    folder, run = make_image_folder(tmp_path / "photos", classes=CLASSES, per_class=2).resolve(), copy_run
+    append_decision(run, str(folder / "a" / "a_000.jpg"), "relabel", label="b", given="a", source="audit")
+    before = _snapshot(folder)
+    with run_lock(run, "train"):
+        with pytest.raises(PlantidError, match=f"in use by another plantid command \\(process {os.getpid()}\\)"):
+            append_decision(run, str(folder / "b" / "b_000.jpg"), "exclude", given="b", source="audit")
+        line = one_line_error(run_plantid("apply", run, "--to", folder))
+        assert f"process {os.getpid()}" in line and "plantid apply" in line, line
+        assert _snapshot(folder) == before and not (run / "applied.json").exists()
+    assert len(read_decisions(run)) == 1  # the refused decision left no line behind
+    done = run_plantid("apply", run, "--to", folder)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "b" / "a_000.jpg").is_file()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from plantid.errors import PlantidError
 from plantid.runfolder import RunFolder
+from plantid.runlock import run_lock
 
 log = logging.getLogger("plantid")
 
@@ -60,7 +61,8 @@ def append_decision(run: str | os.PathLike, path: str, action: str, label: str =
                     source: str = "") -> Decision:
     """Append one decision (or an undo) for the photo at `path` to the run's corrections file.
 
-    One line written with a single append, flushed to disk: an earlier line is never touched.
+    One line written with a single append, flushed to disk: an earlier line is never touched. Refused
+    in one line while another plantid command holds the run's lock (plantid.runlock).
     """
     if action not in (*ACTIONS, UNDO):
         raise PlantidError(f"unknown review action '{action}': use one of {', '.join((*ACTIONS, UNDO))}")
@@ -72,7 +74,8 @@ def append_decision(run: str | os.PathLike, path: str, action: str, label: str =
     target = RunFolder(run).corrections
     line = json.dumps(asdict(decision), ensure_ascii=False) + "\n"
     try:
-        with open(target, "a", encoding="utf-8") as fh:
+        # under the run's lock: never while `plantid apply` (or any writer) works on the run
+        with run_lock(run, "review"), open(target, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
