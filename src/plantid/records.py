@@ -142,6 +142,75 @@ class ViewsResult(BaseModel):
     intervals: dict[str, Any] | None = None  # 95% intervals, as in Evaluation
 
 
+class AnswersResult(BaseModel):
+    """The three answers (plantid.infer.answers) on the evaluated photos of known species."""
+
+    model_config = ConfigDict(extra="forbid")
+    photos: int
+    answered: int  # named a species
+    coverage: float | None
+    answered_accuracy: float | None  # selective accuracy: the share of named photos named right
+    answered_right: int | None = None
+    unsure: float | None
+    unknown: float | None
+
+
+class CalibrationBin(BaseModel):
+    """One confidence bin of a reliability diagram."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    count: int
+    confidence: float | None
+    accuracy: float | None
+
+
+class CalibrationResult(BaseModel):
+    """Calibration of the evaluated photos before and after the run's temperature."""
+
+    model_config = ConfigDict(extra="forbid")
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    bins_before: list[CalibrationBin]
+    bins_after: list[CalibrationBin]
+    val_ece_crossfit: float | None = None  # val photos scaled by a temperature fitted without them
+    ece_if_calibrated: list[float] | None = None  # what a calibrated model would show: mean, 5th, 95th percentile
+
+
+class ForeignFolderResult(BaseModel):
+    """The unknown-photo check on one folder of photos of none of the species (`evaluate --ood`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    folder: str
+    n_images: int
+    skipped: int
+    rejected: float | None  # the share answered unknown
+    auroc: float | None
+
+
+class EvaluationTrust(BaseModel):
+    """eval.json's "trust": the run's trust summary (detector, its settings at the top level, as in
+    trust.json) and what it did on the evaluated photos (plantid.evaluate.trust_eval)."""
+
+    model_config = ConfigDict(extra="allow")
+    detector: str
+    temperature: float
+    threshold: float
+    keep: float
+    answer_level: float | None = None
+    answered_accuracy: float | None = None  # the target the answer level was chosen for
+    kept: float | None  # the share of evaluated photos answered known
+    answers: AnswersResult | None = None
+    keep_promised: bool | None = None
+    val_photos: int | None = None
+    keep_confidence: float | None = None
+    calibration: CalibrationResult
+    ood: list[ForeignFolderResult] = Field(default_factory=list)
+
+
 class Evaluation(RunRecord):
     """`plantid evaluate`'s result for one split or folder (eval.json, eval_val.json, ...)."""
 
@@ -159,7 +228,7 @@ class Evaluation(RunRecord):
     tta: ViewsResult | None = None
     worst: list[Mistake] = Field(default_factory=list)
     # calibration and unknown-photo results (plantid.evaluate.trust_eval); None without trust files
-    trust: dict[str, Any] | None = None
+    trust: EvaluationTrust | None = None
 
 
 def read_evaluation(run_dir: str | os.PathLike, split: str = "test") -> Evaluation | None:

@@ -44,7 +44,8 @@ def build_model_card(predictor: Predictor, run_dir: Path, gradcam_available: boo
         # 95% intervals of the evaluated split (accuracy, balanced_accuracy, per-class recall), or None
         "intervals": evaluation.intervals if evaluation else None,
         # the three answers on the evaluated split: coverage and accuracy of the photos named, or None
-        "answers": (evaluation.trust or {}).get("answers") if evaluation else None,
+        "answers": evaluation.trust.answers.model_dump() if evaluation and evaluation.trust and evaluation.trust.answers
+        else None,
         "macro_f1": finite(metrics.macro_f1) if metrics else None,
         "gradcam_available": gradcam_available,
         "evaluated": evaluation is not None,
