@@ -23,43 +23,25 @@ Selection hygiene: defaults are chosen on the val columns; the test columns are 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cells import save_results, summarize
+from cells import (DATASETS, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
+                   save_results, summarize)
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "results" / "datasets.json"
 BASELINE = REPO / "benchmarks" / "baseline_finetune.py"
 METHODS = ("cpu-default", "baseline")
 # the numbers a cell reports, summarised over the seeds
 KEYS = ("val_acc", "val_acc_views", "test_acc", "test_acc_views", "val_ece_crossfit", "test_ece", "train_seconds")
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def plantid(*args: str, log: Path) -> None:
     """Run one `plantid` command with its output appended to `log`; exit with the log's tail on failure."""
-    cmd = [sys.executable, "-m", "plantid.cli", *args]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write("$ plantid " + " ".join(args) + "\n")
-        fh.flush()
-        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
-    if code != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"plantid {' '.join(args)} failed (exit {code}); last lines of {log}:\n{tail}")
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit, so each cell says which code produced it."""
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return proc.stdout.strip() or None
+    run_logged(plantid_cmd(*args), log)
 
 
 def split_for(data: Path, seed: int, cell_dir: Path) -> Path:
@@ -116,13 +98,9 @@ def run_baseline(manifest: Path, cell_dir: Path, extra: list[str]) -> dict:
     """Run baseline_finetune.py on `manifest` (or reuse its baseline.json)."""
     out = cell_dir / "baseline.json"
     if not out.is_file():
-        log = cell_dir / "baseline.log"
-        with open(log, "a", encoding="utf-8") as fh:
-            fixed = [] if {"--epochs", "--budget-seconds"} & set(extra) else ["--epochs", "6"]
-            code = subprocess.run([sys.executable, str(BASELINE), str(manifest), "--out", str(out), *fixed, *extra],
-                                  stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
-        if code != 0:
-            raise SystemExit(f"baseline on {manifest} failed (exit {code}); see {log}")
+        fixed = [] if {"--epochs", "--budget-seconds"} & set(extra) else ["--epochs", "6"]
+        run_logged([sys.executable, str(BASELINE), str(manifest), "--out", str(out), *fixed, *extra],
+                   cell_dir / "baseline.log")
     result = json.loads(out.read_text(encoding="utf-8"))
     return {
         "val_acc": result["accuracy"]["val"],
@@ -135,13 +113,6 @@ def run_baseline(manifest: Path, cell_dir: Path, extra: list[str]) -> dict:
         "run": str(out),
         "overrides": extra,
     }
-
-
-def load_results(path: Path) -> dict:
-    """The results JSON so far ({"cells": [...]}), or an empty one."""
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {"cells": []}
 
 
 def table(rows: list[dict]) -> str:
@@ -163,20 +134,11 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     """Run the missing cells, one after the other, and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--root", type=Path, default=DATASETS, help="folder of data sets (default ../shared/datasets)")
-    ap.add_argument("--datasets", nargs="+", help="folder names under --root (default: all)")
+    ap = cell_parser(__doc__, work=REPO / "runs" / "bench", out=RESULTS, datasets=None, arm="cpu-default")
     ap.add_argument("--only", choices=METHODS, help="run one method only")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench", help="run folders")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="cpu-default overrides (key=value)")
-    ap.add_argument("--variant", help="name an A/B arm: cells and run folders become cpu-default+VARIANT, "
-                                      "trained with the --set overrides, beside the plain cpu-default cells")
     ap.add_argument("--baseline-args", default="", help="extra baseline_finetune.py arguments, e.g. '--epochs 8'")
     ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"],
                     help="splits to score; `--splits val` while a decision is open keeps test unread")
-    ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
 
     results = load_results(args.out)

@@ -24,19 +24,15 @@ are chosen on the inner folder's own val numbers (docs/decisions.md), never on t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from cells import PHOTO_SUFFIXES, save_results, summarize
+from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd,
+                   run_logged, save_results, summarize)
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "results" / "outside.json"
 SCRIPTS = REPO / "benchmarks"
 SETS = ("an2dl2022-plants", "oxford17-flowers", "plantvillage39-leaves", "fruits10-web")
@@ -44,7 +40,6 @@ METHODS = ("plantid", "yardstick", "linear-probe")
 # the numbers a cell reports, summarised over the seeds
 KEYS = ("outside_acc", "outside_acc_views", "val_acc", "own_test_acc", "wall_seconds", "val_gap")
 OUTSIDE_SHARE = 0.2
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def is_outside(content_sha256: str, seed: int) -> bool:
@@ -72,26 +67,6 @@ def outer_split(data: Path, seed: int, cell_dir: Path) -> tuple[Path, Path]:
             counts.setdefault(class_dir.name, {"inner": 0, "outside": 0})[side] += 1
     done.write_text(json.dumps({"seed": seed, "share": OUTSIDE_SHARE, "counts": counts}, indent=1), encoding="utf-8")
     return inner, outside
-
-
-def run_logged(cmd: list[str], log: Path) -> float:
-    """Run `cmd` with its output appended to `log`; its wall seconds. Exits with the log's tail on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        started = time.perf_counter()
-        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO).returncode
-        seconds = time.perf_counter() - started
-    if code != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); last lines of {log}:\n{tail}")
-    return seconds
-
-
-def plantid_cmd(*args: str) -> list[str]:
-    """The `plantid` command line, as this interpreter's environment runs it."""
-    return [sys.executable, "-m", "plantid.cli", *args]
 
 
 def run_plantid(inner: Path, outside: Path, cell_dir: Path, method: str, overrides: list[str]) -> dict:
@@ -135,11 +110,6 @@ def run_script(script: str, inner: Path, outside: Path, cell_dir: Path, method: 
             "budget_seconds": result.get("budget_seconds")}
 
 
-def load_results(path: Path) -> dict:
-    """The results JSON so far ({"cells": [...]}), or an empty one."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"cells": []}
-
-
 def table(rows: list[dict], plantid_method: str = "plantid") -> str:
     """Markdown, one row per data set: outside accuracy (mean ± std over the seeds, %) of plantid,
     plantid with its default views, the yardstick and the linear probe; wall seconds; plantid's
@@ -170,24 +140,10 @@ def table(rows: list[dict], plantid_method: str = "plantid") -> str:
     return "\n".join(lines)
 
 
-def git_commit(*paths: str) -> str | None:
-    """The last commit (of `paths`, or HEAD), so each cell says which code produced it."""
-    proc = subprocess.run(["git", "log", "-1", "--format=%h", "--", *paths], capture_output=True, text=True, cwd=REPO)
-    return proc.stdout.strip() or None
-
-
 def main() -> None:
     """Run the missing cells one after the other (plantid before the yardstick it times) and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=list(SETS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = cell_parser(__doc__, work=REPO / "runs" / "bench-outside", out=RESULTS, datasets=list(SETS), arm="plantid")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--root", type=Path, default=DATASETS)
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-outside")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--variant", help="name a plantid arm trained with the --set overrides (plantid+NAME)")
-    ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="plantid overrides (key=value)")
-    ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
 
     plantid_method = f"plantid+{args.variant}" if args.variant else "plantid"

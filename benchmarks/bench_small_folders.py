@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_datasets import DATASETS, REPO, git_commit, plantid  # noqa: E402
+from bench_datasets import plantid  # noqa: E402
+from cells import DATASETS, REPO, git_commit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "small_folders.json"
 PAIRS = {"an2dl2022-plants": "oxford17-flowers", "oxford17-flowers": "an2dl2022-plants"}

@@ -40,43 +40,26 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from plantid.records import read_summary
 
+from cells import PHOTO_SUFFIXES, plantid_cmd, run_logged
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "an2dl2022-plants"
 DEFAULT_TIMM = REPO.parent / "shared" / "peers" / "timm"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 # -- shared steps --------------------------------------------------------------------------------
-def run_logged(name: str, cmd: list[str], log: Path, cwd: Path | None = None) -> float:
-    """Run cmd with stdout+stderr to `log`; return wall seconds, or exit with the log's tail."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    started = time.perf_counter()
-    with open(log, "w") as fh:
-        fh.write("$ " + shlex.join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        print(f"{name} failed (exit {proc.returncode}); last lines of {log}:\n{tail}", file=sys.stderr)
-        raise SystemExit(1)
-    return wall
-
-
 def reduced_copy(data: Path, dest: Path, per_class: int) -> Path:
     """dest/<class>/<file> symlinks to the first `per_class` photos (by name) of each class."""
     if dest.exists():
         shutil.rmtree(dest)
     for cls in sorted(p for p in data.iterdir() if p.is_dir()):
-        files = sorted(f for f in cls.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
+        files = sorted(f for f in cls.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)[:per_class]
         (dest / cls.name).mkdir(parents=True)
         for f in files:
             (dest / cls.name / f.name).symlink_to(f.resolve())
@@ -256,8 +239,7 @@ def main() -> None:
 
     # one split for both tools
     split_dir = work / "split"
-    run_logged("plantid split", [sys.executable, "-m", "plantid.cli", "split", str(data), "--out", str(split_dir),
-                                 "--materialize", "link"], work / "split.log")
+    run_logged(plantid_cmd("split", str(data), "--out", str(split_dir), "--materialize", "link"), work / "split.log", cwd=None)
     manifest = split_dir / "split.csv"
     classes, counts = read_split(manifest)
     n_train, n_val, n_test = counts.get("train", 0), counts.get("val", 0), counts.get("test", 0)
@@ -288,8 +270,8 @@ def main() -> None:
     if "model.weights" in user_keys:
         notes.append(f"plantid uses model.weights={cfg.model.weights}; timm uses {args.weights}")
 
-    plantid_cmd = [sys.executable, "-m", "plantid.cli", "train", "--data", str(manifest), "--recipe", args.recipe,
-                   "--out", str(work / "plantid"), *plantid_overrides]
+    plantid_train = plantid_cmd("train", "--data", str(manifest), "--recipe", args.recipe,
+                                "--out", str(work / "plantid"), *plantid_overrides)
     timm_train_cmd = [sys.executable, str(args.timm_dir / "train.py")]
     if timm_yaml:
         import yaml
@@ -320,17 +302,17 @@ def main() -> None:
 
     def run_plantid() -> dict:
         print("running plantid train ...", flush=True)
-        wall = run_logged("plantid train", plantid_cmd, work / "plantid.log")
+        wall = run_logged(plantid_train, work / "plantid.log", cwd=None)
         summary = read_summary(work / "plantid")
         return {"tool": "plantid", "model": summary.model, "image_size": summary.image_size,
                 "epochs": summary.epochs_run, "wall_seconds": wall, "val_acc": summary.best_val_acc,
                 "test_acc": summary.test_acc, "train_seconds_reported": summary.train_seconds,
-                "commands": [shlex.join(plantid_cmd)]}
+                "commands": [shlex.join(plantid_train)]}
 
     def run_timm() -> dict:
         print("running timm train.py + validate.py ...", flush=True)
-        train_wall = run_logged("timm train.py", timm_train_cmd, work / "timm_train.log")
-        test_wall = run_logged("timm validate.py", timm_val_cmd, work / "timm_validate.log")
+        train_wall = run_logged(timm_train_cmd, work / "timm_train.log", cwd=None)
+        test_wall = run_logged(timm_val_cmd, work / "timm_validate.log", cwd=None)
         val_acc, epochs_run = best_timm_val(timm_run / "summary.csv")
         test = json.loads(timm_test_json.read_text())
         return {"tool": "timm train.py", "model": model, "image_size": size, "epochs": epochs_run,

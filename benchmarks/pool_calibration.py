@@ -34,10 +34,9 @@ Bins = list[tuple[int, float, float]]  # (photos, mean confidence, accuracy) per
 def run_bins(eval_json: Path) -> Bins:
     """Every bin after the temperature in one eval.json (an empty bin is (0, 0.0, 0.0))."""
     evaluation = Evaluation.read(eval_json)
-    calibration = ((evaluation.trust if evaluation else None) or {}).get("calibration")
-    if not calibration:
+    if evaluation is None or evaluation.trust is None:
         raise SystemExit(f"{eval_json}: no calibration; run `plantid evaluate RUN --split test` on a run with trust files")
-    return [(b["count"], b["confidence"] or 0.0, b["accuracy"] or 0.0) for b in calibration["bins_after"]]
+    return [(b.count, b.confidence or 0.0, b.accuracy or 0.0) for b in evaluation.trust.calibration.bins_after]
 
 
 def pool(runs: list[Bins]) -> Bins:

@@ -28,10 +28,13 @@ def _overconfident_run(rng: np.random.Generator, photos: int, classes: int = 5) 
 
 def _write_run(folder: Path, probs: np.ndarray, labels: np.ndarray) -> Path:
     folder.mkdir(parents=True)
-    bins = calibration(probs, labels)["bins"]
+    measured = calibration(probs, labels)
     accuracy = float(np.mean(probs.argmax(1) == labels))
-    (folder / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"accuracy": accuracy},
-                                                  "trust": {"calibration": {"bins_after": bins}}}))
+    # eval.json's trust section as `plantid evaluate` writes it (plantid.records.EvaluationTrust)
+    trust = {"detector": "knn", "temperature": 1.0, "threshold": 1.0, "keep": 0.95, "kept": 1.0,
+             "calibration": {"ece_before": measured["ece"], "ece_after": measured["ece"], "nll_before": 0.0,
+                             "nll_after": 0.0, "bins_before": measured["bins"], "bins_after": measured["bins"]}}
+    (folder / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"accuracy": accuracy}, "trust": trust}))
     return folder
 
 
