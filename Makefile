@@ -12,6 +12,9 @@ DATA ?= $(DEMO_DATA)
 OUT ?= $(if $(filter $(abspath $(DEMO_DATA)),$(abspath $(DATA))),runs/demo,runs/$(notdir $(abspath $(DATA))))
 RECIPE ?= cpu-default
 PYTEST_ARGS ?=
+# the suite runs on every core, at most 4 worker processes (pytest-xdist), one test file to a worker so
+# a file's shared fixtures (a fitted run, an export) are built once
+TEST_WORKERS ?= --numprocesses auto --maxprocesses 4 --dist loadfile
 # onnxruntime-web for `plantid export RUN --format web`: the npm package pinned (version and npm's
 # sha512 integrity) in src/plantid/infer/webapp/runtime.json, unpacked where plantid looks for it.
 WEB_RUNTIME_SPEC := src/plantid/infer/webapp/runtime.json
@@ -71,7 +74,7 @@ $(WEB_RUNTIME)/ort.wasm.min.js: $(WEB_RUNTIME_SPEC)
 
 test: $(STAMP) browser-deps
 	@$(MAKE) --no-print-directory web-runtime || echo "warning: onnxruntime-web could not be fetched; the web app tests will be skipped"
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -30,8 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+# soft wrap: a message is one line for the terminal to fold, so a path in it is never cut by a
+# newline (it stays whole to copy, at any terminal width); tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder: one subfolder per class (or train/val/test subfolders).")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `plantid train`.")]

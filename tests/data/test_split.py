@@ -26,6 +26,7 @@ from plantid.data.split import (
     write_manifest,
 )
 from plantid.errors import PlantidError
+from tests.support.cli import run_plantid
 
 
 def _jpeg(seed: int, size: int = 8) -> bytes:
@@ -252,3 +253,10 @@ def test_materialize_failure_leaves_nothing(tiny_manifest: Path, tmp_path: Path)
     assert list((tmp_path / "out").iterdir()) == []
     with pytest.raises(PlantidError, match="unknown materialize mode"):
         materialize(rows, tmp_path / "out", mode="move")  # type: ignore[arg-type]
+
+
+def test_paths_in_messages_are_never_cut_by_a_newline_on_a_narrow_terminal(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / ("a-long-folder-name-" * 4) / "split"
+    proc = run_plantid("split", tiny_folder, "--out", out, env={"COLUMNS": "40"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out / 'split.csv'}" in proc.stdout  # one line, whole, for the terminal to fold
