@@ -19,6 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts, loaded by path too
+from bench_outside import KEYS as OUTSIDE_KEYS, table as outside_table  # noqa: E402
+from cells import summarize  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -86,7 +90,13 @@ def inference(results: Callable[[str], Any] = _load) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS: dict[str, Callable[..., str]] = {"training": training, "data-kernels": data_kernels, "inference": inference}
+def outside(results: Callable[[str], Any] = _load) -> str:
+    """One row a shared set: plantid, the yardstick and the probe on the outside folders, over the seeds."""
+    return outside_table(summarize(results("outside.json")["cells"], OUTSIDE_KEYS)) + "\n"
+
+
+RENDERERS: dict[str, Callable[..., str]] = {"outside": outside, "training": training, "data-kernels": data_kernels,
+                                            "inference": inference}
 
 
 def render(page: str, results: Callable[[str], Any] = _load) -> str:
