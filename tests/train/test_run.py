@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.cli import PLANTID, run_plantid
+from tests.support.cli import PLANTID, invoke, limit_file_size, one_line_error, run_plantid
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -83,17 +83,12 @@ def test_score_test_false_leaves_the_test_split_unread(tmp_path: Path, make_imag
     ],
 )
 def test_train_user_errors_are_one_line(tmp_path: Path, tiny_folder: Path, args, message):
-    proc = run_plantid("train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), *args)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert message in one_line_error(invoke("train", "--data", tiny_folder, "--out", tmp_path / "run", *args))
 
 
 def test_refuses_to_overwrite_and_resume_needs_a_run(trained_run: Path, tiny_folder: Path, tmp_path: Path):
-    proc = run_plantid("train", "--data", str(tiny_folder), "--out", str(trained_run))
-    assert proc.returncode == 2 and "already holds a trained run" in proc.stderr
-    proc = run_plantid("train", "--resume", str(tmp_path / "missing"))
-    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+    assert "already holds a trained run" in one_line_error(invoke("train", "--data", tiny_folder, "--out", trained_run))
+    assert "nothing to resume" in one_line_error(invoke("train", "--resume", tmp_path / "missing"))
 
 
 def _train_args(data: Path, out: Path, cache: Path, epochs: int) -> list[str]:
@@ -229,23 +224,12 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(tmp_path: Pat
     assert summary["image_size"] == 40 and summary["train_image_sizes"] == [32, 36, 40]
 
 
-def _limit_file_size(limit: int):
-    """preexec_fn: files above `limit` bytes fail to write (EFBIG), as on a full disk."""
-    import resource
-
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path, tiny_folder: Path):
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_folder), "--recipe", "simple-cnn", "--out", str(run),
             "data.image_size=32", "train.epochs=1", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]
     # The photos' cache (36 x 32 x 32 x 3 bytes) fits under 1 MB; a checkpoint (~7 MB) does not.
-    proc = run_plantid(*args, preexec_fn=_limit_file_size(1 << 20))
+    proc = run_plantid(*args, preexec_fn=limit_file_size(1 << 20))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if "could not write the checkpoint" in line]
