@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -91,3 +93,25 @@ def test_yardstick_size_shrinks_until_its_budget_fits_enough_epochs() -> None:
     assert yardstick.size_for_budget(model, 160, n_train=2, batch_size=2, n_classes=3, seconds=1e6) == 160
     assert yardstick.size_for_budget(model, 192, n_train=10**7, batch_size=2, n_classes=3, seconds=60) == 96
     assert torch.equal(state, torch.random.get_rng_state())  # the timing leaves training's randomness alone
+
+
+def test_the_yardstick_schedule_stretched_after_its_first_epoch_runs_to_its_end() -> None:
+    """Re-planned from the first epoch's real time (4 -> 8 epochs of 10 steps), the one-cycle schedule
+    goes on from step 10 of the longer cycle: it climbs to the peak and ends at the floor, step for step."""
+    import torch
+
+    yardstick = _script_module("baseline_finetune")
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    schedule = yardstick.one_cycle(optimizer, 1e-3, epochs=4, steps=10)
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+    at_the_switch = optimizer.param_groups[0]["lr"]
+    schedule = yardstick.one_cycle(optimizer, 1e-3, epochs=8, steps=10, done=10)
+    used = []  # the rate each of the remaining 70 optimizer steps takes
+    for _ in range(70):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert used[0] < at_the_switch  # step 10 of 80 is earlier in the warm-up than step 10 of 40
+    assert max(used) == pytest.approx(1e-3) and used[-1] == pytest.approx(1e-3 / 25 / 1e4)
