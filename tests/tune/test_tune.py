@@ -20,7 +20,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from plantid.errors import PlantidError
-from tests.support.cli import PLANTID, run_plantid
+from tests.support.cli import PLANTID, invoke, one_line_error, run_plantid
 from tests.support.refusals import refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -227,10 +227,8 @@ def test_one_trial_study_writes_a_best_recipe_that_trains_and_resumes_to_nothing
 def test_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path, tiny_photos: Path, args, words):
     (tmp_path / "space.yaml").write_text("optim.lr: [\n")
     out = tmp_path / "out"
-    proc = run_plantid("tune", *[a.format(tmp=tmp_path, photos=tiny_photos) for a in args], "--out", str(out))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    line = one_line_error(invoke("tune", *[a.format(tmp=tmp_path, photos=tiny_photos) for a in args], "--out", out))
+    assert words in line, line
     assert not out.exists()
 
 
