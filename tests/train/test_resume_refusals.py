@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from plantid.runlock import HOLDER_FILE, LOCK_FILE
+from tests.support.cli import invoke, one_line_error
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -54,12 +53,6 @@ def test_resume_refuses_a_bad_last_checkpoint_and_changes_nothing(copy_run: Path
     before = _snapshot(copy_run)
     assert "metrics.csv" in before
 
-    proc = subprocess.run([sys.executable, "-m", "plantid.cli", "train", "--resume", str(copy_run)],
-                          capture_output=True, text=True, timeout=300)
-
-    assert proc.returncode == 2, proc.stderr
-    message = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(message) == 1, proc.stderr
-    assert str(last) in message[0] and expected in message[0] and "--out NEW_RUN" in message[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
+    line = one_line_error(invoke("train", "--resume", copy_run))
+    assert str(last) in line and expected in line and "--out NEW_RUN" in line, line
     assert _snapshot(copy_run) == before
