@@ -246,8 +246,21 @@ def read_summary(run_dir: str | os.PathLike) -> TrainSummary | None:
 TRUST_FORMAT = "plantid-trust/1"
 
 
-class TrustRecord(RunRecord):
-    """trust.json: the fitted unknown-photo detector and temperature, and what they were fitted for.
+class TrustNumbers(BaseModel):
+    """The numbers in trust.json every prediction uses, checked before use: a run folder from
+    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
+    the ranking, and an infinite threshold turned the unknown answer off."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)  # OOD score above it -> unknown
+    keep: float = Field(gt=0, le=1, allow_inf_nan=False)  # the share of val photos the threshold keeps
+
+
+class TrustRecord(RunRecord, TrustNumbers):
+    """trust.json: the fitted unknown-photo detector and temperature (checked numbers, validated
+    first), and what they were fitted for.
 
     The detector's settings also stand at the top level (k, taps, combine, ...: what the detector
     was built with), which is why this record, unlike the others, keeps keys it does not name.
@@ -258,9 +271,6 @@ class TrustRecord(RunRecord):
 
     format: str
     detector: str
-    temperature: float
-    threshold: float  # OOD score above it -> unknown
-    keep: float  # the share of val photos the threshold keeps
     settings: dict[str, Any] = Field(default_factory=dict)
     classes: list[str]
     measured: dict[str, Any] = Field(default_factory=dict)  # val numbers at fitting time
@@ -272,8 +282,8 @@ class TrustRecord(RunRecord):
     score: str = "higher = less like the training photos; unknown when score > threshold"
     # the calibrated top probability below which a photo is answered "unsure" (plantid.infer.answers);
     # None in trust files fitted before it existed
-    answer_level: float | None = None
-    answered_accuracy: float | None = None
+    answer_level: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    answered_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 def read_trust(run_dir: str | os.PathLike) -> TrustRecord | None:

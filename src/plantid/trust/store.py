@@ -8,18 +8,17 @@ detector fitted for other weights: `load_trust` then returns None with a one-lin
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path, sha256_file
-from plantid.records import TRUST_FORMAT, TrustRecord
+from plantid.records import TRUST_FORMAT, TrustNumbers, TrustRecord, read_trust
 from plantid.runfolder import TRUST_JSON, TRUST_TENSORS
 from plantid.trust.ood import TrustHead, build_detector
 
@@ -95,18 +94,6 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
 MAX_TRUST_JSON_BYTES = 16 * 1024 * 1024  # a fitted trust.json is a few KB
 
 
-class TrustNumbers(BaseModel):
-    """The numbers in trust.json every prediction uses, checked before use: a run folder from
-    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
-    the ranking, and an infinite threshold turned the unknown answer off."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
-    threshold: float = Field(allow_inf_nan=False)
-    keep: float = Field(gt=0, le=1, allow_inf_nan=False)
-
-
 def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
     """Refuse, in one line naming the value, a trust.json whose temperature, threshold or keep is
     missing, not a finite number, or out of its range."""
@@ -118,21 +105,22 @@ def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
         raise PlantidError(f"{path}: {name} {err['msg'].lower()} (got {str(err.get('input'))[:40]}); {fix}") from None
 
 
-def read_trust_json(run_dir: Path) -> dict[str, Any] | None:
-    """RUN/trust.json as a dict, or None when the run has none (an older run)."""
+def read_trust_json(run_dir: Path) -> TrustRecord | None:
+    """RUN/trust.json's record, or None when the run has none (an older run); one line naming the
+    first bad value of a file that is too large, unreadable or not a valid record."""
     path = Path(run_dir) / TRUST_JSON
     if not path.is_file():
         return None
     try:
-        if path.stat().st_size > MAX_TRUST_JSON_BYTES:
-            raise ValueError("too large")
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        too_large = path.stat().st_size > MAX_TRUST_JSON_BYTES
+    except OSError:
+        too_large = True
+    if too_large:
+        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`")
+    try:
+        return read_trust(run_dir)
+    except RecursionError:
         raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
-    if not isinstance(meta, dict) or meta.get("format") != TRUST_FORMAT:
-        raise PlantidError(f"{path}: not a {TRUST_FORMAT} file; refit it with `plantid trust {run_dir}`")
-    check_trust_numbers(meta, path, f"refit it with `plantid trust {run_dir}`")
-    return meta
 
 
 def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTrust | None:
@@ -140,31 +128,27 @@ def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTru
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    meta = read_trust_json(run_dir)
-    if meta is None:
+    record = read_trust_json(run_dir)
+    if record is None:
         return None
     checkpoint = Path(checkpoint)
     fix = f"refit with `plantid trust {run_dir}`"
-    if (meta.get("checkpoint_size") != checkpoint.stat().st_size
-            or meta.get("checkpoint_sha256") != sha256_file(checkpoint)):
+    if record.checkpoint_size != checkpoint.stat().st_size or record.checkpoint_sha256 != sha256_file(checkpoint):
         log.warning("%s was fitted for another %s (retrained or resumed since); predictions are not checked "
                     "for unknown photos: %s", run_dir / TRUST_JSON, checkpoint.name, fix)
         return None
-    if list(meta.get("classes") or []) != list(classes):
+    if list(record.classes) != list(classes):
         raise PlantidError(f"{run_dir / TRUST_JSON}: its classes differ from the model's; {fix}")
     tensors_path = run_dir / TRUST_TENSORS
-    if not tensors_path.is_file() or sha256_file(tensors_path) != meta.get("tensors_sha256"):
+    if not tensors_path.is_file() or sha256_file(tensors_path) != record.tensors_sha256:
         raise PlantidError(f"{tensors_path}: missing or not the file {TRUST_JSON} names; {fix}")
     try:
         tensors = {k: v for k, v in load_file(str(tensors_path)).items() if k != "_empty"}
-        return FittedTrust(detector=str(meta["detector"]), settings=dict(meta.get("settings") or {}), tensors=tensors,
-                           temperature=float(meta["temperature"]), threshold=float(meta["threshold"]),
-                           keep=float(meta["keep"]), classes=list(classes), measured=dict(meta.get("measured") or {}),
-                           answer_level=_optional_float(meta.get("answer_level")),
-                           answered_accuracy=_optional_float(meta.get("answered_accuracy")))
-    except (KeyError, TypeError, ValueError):
-        raise PlantidError(f"{run_dir / TRUST_JSON}: incomplete; {fix}") from None
+    except (OSError, ValueError):
+        raise PlantidError(f"{tensors_path}: unreadable; {fix}") from None
+    return FittedTrust(detector=record.detector, settings=dict(record.settings), tensors=tensors,
+                       temperature=record.temperature, threshold=record.threshold, keep=record.keep,
+                       classes=list(classes), measured=dict(record.measured), answer_level=record.answer_level,
+                       answered_accuracy=record.answered_accuracy)
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
