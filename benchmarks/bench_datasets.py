@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from plantid.records import read_evaluation, read_summary, read_trust
+
 from cells import (DATASETS, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
                    save_results, summarize)
 
@@ -68,27 +70,25 @@ def run_cpu_default(manifest: Path, cell_dir: Path, overrides: list[str], method
             unread = [] if "test" in splits else ["train.score_test=false"]  # not even in train's summary
             plantid("train", "--data", str(manifest), "--recipe", "cpu-default", "--out", str(run),
                     "train.progress=false", *unread, *overrides, log=log)
-    from plantid.trust.store import read_trust_json
-
-    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(run)
     scores = {}
-    for split, name in (("val", "eval_val.json"), ("test", "eval.json")):
+    for split in ("val", "test"):
         if split not in splits:
             continue
         plantid("evaluate", str(run), "--split", split, "--tta", "default", log=log)
-        result = json.loads((run / name).read_text(encoding="utf-8"))
-        scores[f"{split}_acc"] = result["metrics"]["accuracy"]
-        scores[f"{split}_acc_views"] = result["tta"]["metrics"]["accuracy"] if result["tta"] else None
-        if result.get("trust"):  # calibration error after the run's temperature (fitted on val)
-            scores[f"{split}_ece"] = result["trust"]["calibration"]["ece_after"]
-    trust = read_trust_json(run) or {}
-    scores["val_ece_crossfit"] = trust.get("measured", {}).get("val_ece_crossfit")
+        result = read_evaluation(run, split)
+        scores[f"{split}_acc"] = result.metrics.accuracy
+        scores[f"{split}_acc_views"] = result.tta.metrics.accuracy if result.tta else None
+        if result.trust:  # calibration error after the run's temperature (fitted on val)
+            scores[f"{split}_ece"] = result.trust.calibration.ece_after
+    trust = read_trust(run)
+    scores["val_ece_crossfit"] = trust.measured.get("val_ece_crossfit") if trust else None
     return {
         **scores,
-        "train_seconds": summary["train_seconds"],
-        "epochs": summary["epochs_run"],
-        "image_size": summary["image_size"],
-        "train_image_sizes": summary.get("train_image_sizes"),
+        "train_seconds": summary.train_seconds,
+        "epochs": summary.epochs_run,
+        "image_size": summary.image_size,
+        "train_image_sizes": summary.train_image_sizes,
         "run": str(run),
         "overrides": overrides,
     }

@@ -30,6 +30,8 @@ import os
 import sys
 from pathlib import Path
 
+from plantid.records import read_evaluation, read_summary
+
 from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd,
                    run_logged, save_results, summarize)
 
@@ -81,19 +83,19 @@ def run_plantid(inner: Path, outside: Path, cell_dir: Path, method: str, overrid
             seconds = run_logged(plantid_cmd("train", "--data", str(inner), "--out", str(run),
                                              "train.progress=false", *overrides), log)
         timing.write_text(f"{seconds:.1f}")
-    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(run)
     run_logged(plantid_cmd("evaluate", str(run), "--split", str(outside), "--tta", "default"), log)
-    scored = json.loads((run / "eval_outside.json").read_text(encoding="utf-8"))
+    scored = read_evaluation(run, outside.name)  # eval_outside.json
     return {
-        "outside_acc": scored["metrics"]["accuracy"],
-        "outside_acc_views": scored["tta"]["metrics"]["accuracy"] if scored["tta"] else None,
-        "val_acc": summary["best_val_acc"],
-        "own_test_acc": summary["test_acc"],
-        "n_outside": scored["n_images"],
+        "outside_acc": scored.metrics.accuracy,
+        "outside_acc_views": scored.tta.metrics.accuracy if scored.tta else None,
+        "val_acc": summary.best_val_acc,
+        "own_test_acc": summary.test_acc,
+        "n_outside": scored.n_images,
         "wall_seconds": float(timing.read_text()),
-        "train_seconds": summary["train_seconds"],
-        "epochs": summary["epochs_run"],
-        "image_size": summary["image_size"],
+        "train_seconds": summary.train_seconds,
+        "epochs": summary.epochs_run,
+        "image_size": summary.image_size,
         "overrides": overrides,
     }
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plantid.records import read_summary, read_trust
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_datasets import plantid  # noqa: E402
 from cells import DATASETS, REPO, git_commit  # noqa: E402
@@ -97,19 +99,19 @@ def measure(run: Path, unseen: list[tuple[Path, str]], foreign: list[Path], budg
     from plantid.trust.selective import selective_summary
 
     predictor = Predictor.from_run(run)
-    trust = json.loads((run / "trust.json").read_text())
-    summary = json.loads((run / "train_summary.json").read_text())
+    trust = read_trust(run)
+    summary = read_summary(run)
     read = [(p, name) for p, (_, name) in zip(predictor.predict([str(path) for path, _ in unseen]), unseen) if p.ok]
     new = [p for p, _ in read]
     labels = np.array([predictor.classes.index(name) for _, name in read])
     probabilities = np.stack([p.probabilities for p in new])
     scores = np.array([p.ood_score for p in new])
-    plain = choose_threshold(val_scores(run, predictor), trust["keep"])
+    plain = choose_threshold(val_scores(run, predictor), trust.keep)
     others = [p for p in predictor.predict([str(p) for p in foreign]) if p.ok]
     answers = selective_summary(probabilities, labels, scores > predictor.threshold, predictor.answer_level)
     return {
-        "val_photos": trust["measured"]["val_photos"],
-        "keep_promised": trust["measured"].get("keep_promised"),
+        "val_photos": trust.measured["val_photos"],
+        "keep_promised": trust.measured.get("keep_promised"),
         "new_photos": len(new),
         "kept": round(float(np.mean(scores <= predictor.threshold)), 4),
         "kept_plain_quantile": round(float(np.mean(scores <= plain)), 4),
@@ -121,8 +123,8 @@ def measure(run: Path, unseen: list[tuple[Path, str]], foreign: list[Path], budg
         "foreign_photos": len(others),
         "foreign_unknown": round(float(np.mean([p.unknown for p in others])), 4),
         "foreign_unknown_plain_quantile": round(float(np.mean([p.ood_score > plain for p in others])), 4),
-        "peak_memory_mb": summary.get("peak_memory_mb"),
-        "train_seconds": summary.get("train_seconds"),
+        "peak_memory_mb": summary.peak_memory_mb,
+        "train_seconds": summary.train_seconds,
         "budget_seconds": 60 * budget_minutes,
     }
 
