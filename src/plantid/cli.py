@@ -492,7 +492,7 @@ def tune(
     for note in result.skipped_plots:
         console.print(f"skipped {note}", highlight=False)
     console.print(f"wrote {', '.join(str(p) for p in [result.recipe, *result.plots])}; train it with "
-                  f"`plantid train --recipe {result.recipe}`", highlight=False, soft_wrap=True)
+                  f"`plantid train --recipe {result.recipe}`", highlight=False)
 
 
 @app.command(context_settings=SETTINGS_ARGS)
@@ -675,7 +675,7 @@ def export(
             if export_format.strip().lower() == "web":
                 from plantid.infer.web_export import describe
 
-                console.print(f"wrote {describe(path)}", markup=False, highlight=False, soft_wrap=True)
+                console.print(f"wrote {describe(path)}", markup=False, highlight=False)
                 continue
             console.print(f"wrote {path}")
 
@@ -732,7 +732,7 @@ def audit(
         console.print(f"{rank:3d}. {row.path}: given {row.given} ({row.given_prob:.0%}), "
                       f"suggested {row.suggested} ({row.suggested_prob:.0%})", highlight=False)
     console.print(f"{len(result.flagged)} of {len(result.rows)} photos flagged ({result.features} features, "
-                  f"{result.folds}-fold); wrote {result.csv_path} and {result.html_path}", highlight=False, soft_wrap=True)
+                  f"{result.folds}-fold); wrote {result.csv_path} and {result.html_path}", highlight=False)
 
 
 @app.command(name="sort")
@@ -755,10 +755,10 @@ def sort_command(
 
     result = sort_photos(run, photos, out, copy=copy, sure=sure, backend=backend)
     if result.note:
-        err_console.print(f"note: {result.note}", highlight=False, soft_wrap=True)
+        err_console.print(f"note: {result.note}", highlight=False)
     counts = ", ".join(f"{name} {n}" for name, n in sorted(result.counts().items()))
     console.print(f"sorted {len(result.decisions)} photo(s) into {result.out}: {counts}; every decision in "
-                  f"{result.csv_path}", highlight=False, soft_wrap=True)
+                  f"{result.csv_path}", highlight=False)
 
 
 @app.command()
@@ -805,9 +805,9 @@ def apply_command(
     with _writing_into_run(run, "apply"):  # applied.json, and no review decision half-way through
         result = (undo_apply if undo else apply_decisions)(run, to, dry_run=dry_run)
     for note in result.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        err_console.print(f"note: {note}", highlight=False)
     for op in result.operations:
-        console.print(("would " if dry_run else "") + op.describe(), highlight=False, soft_wrap=True)
+        console.print(("would " if dry_run else "") + op.describe(), highlight=False)
     what = "undo" if undo else "apply"
     if not result.operations:
         console.print(f"{what}: nothing to do; {to} already matches the decisions" if not undo else
@@ -823,13 +823,13 @@ def main() -> None:
     try:
         app()
     except PlantidError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted (a training run can be continued with `plantid train --resume RUN`)")
         sys.exit(130)
     except OSError as exc:  # a full disk or a read-only folder met half-way: one line, not a traceback
-        err_console.print(f"[bold red]error:[/] {disk_error(exc)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {disk_error(exc)}", highlight=False)
         sys.exit(2)
 
 
