@@ -112,6 +112,18 @@ def run_script(script: str, inner: Path, outside: Path, cell_dir: Path, method: 
             "budget_seconds": result.get("budget_seconds")}
 
 
+def plantid_seconds(cells: list[dict], cell_dir: Path, dataset: str, seed: int) -> float:
+    """plantid's `train` wall time in this cell, the yardstick's budget: from the cell folder, or
+    from the results JSON when the folder was made on another machine."""
+    timing = cell_dir / "plantid.seconds"
+    if timing.is_file():
+        return float(timing.read_text())
+    for cell in cells:
+        if (cell["dataset"], cell["seed"], cell["method"]) == (dataset, seed, "plantid") and not cell.get("superseded"):
+            return float(cell["wall_seconds"])
+    raise SystemExit(f"{dataset} seed {seed}: run plantid first; the yardstick gets its wall time")
+
+
 def table(rows: list[dict], plantid_method: str = "plantid") -> str:
     """Markdown, one row per data set: outside accuracy (mean ± std over the seeds, %) of plantid,
     plantid with its default views, the yardstick and the linear probe; wall seconds; plantid's
@@ -166,11 +178,9 @@ def main() -> None:
                     scores = run_plantid(inner, outside, cell_dir, method, args.overrides)
                     scores["val_gap"] = scores["val_acc"] - (scores["outside_acc_views"] or scores["outside_acc"])
                 elif method == "yardstick":
-                    timing = cell_dir / "plantid.seconds"
-                    if not timing.is_file():
-                        raise SystemExit(f"{name} seed {seed}: run plantid first; the yardstick gets its wall time")
+                    budget = plantid_seconds(load_results(args.out)["cells"], cell_dir, name, seed)
                     scores = run_script("baseline_finetune.py", inner, outside, cell_dir, method,
-                                        ["--budget-seconds", timing.read_text().strip(), "--seed", str(seed)])
+                                        ["--budget-seconds", f"{budget:.1f}", "--seed", str(seed)])
                 else:
                     scores = run_script("linear_probe.py", inner, outside, cell_dir, method, [])
                 cell = {"dataset": name, "seed": seed, "method": method, **scores, "commit": git_commit(),
