@@ -95,3 +95,17 @@ def test_an_evaluation_round_trips_with_its_class_column(tmp_path: Path):
     (tmp_path / "eval.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(PlantidError, match=r"eval\.json: not readable JSON; evaluate the run again"):
         read_evaluation(tmp_path)
+
+
+def test_a_run_file_too_large_or_nested_too_deep_is_one_line(tmp_path: Path):
+    """A run folder from elsewhere: a JSON file no plantid wrote is refused before it is parsed
+    (size) or when the parser gives up (depth), naming the file, never a traceback."""
+    huge = tmp_path / "trust.json"
+    with huge.open("wb") as fh:
+        fh.truncate(TrustRecord.max_bytes + 1)  # sparse: costs no disk
+    with pytest.raises(PlantidError, match=r"trust\.json: larger than 16 MB"):
+        read_trust(tmp_path)
+    deep = tmp_path / "train_summary.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    with pytest.raises(PlantidError, match=r"train_summary\.json: not readable JSON"):
+        read_summary(tmp_path)

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 
 from plantid.config import load_run_config
 from plantid.infer.predictor import Predictor
+from plantid.records import read_trust
 from plantid.serve.app import build_app
 from plantid.serve.middleware import INLINE_SCRIPT
 from plantid.track.mlflow_store import log_run_files
-from plantid.trust.store import read_trust_json
 from tests.support.cli import one_line_error, run_plantid
 from tests.support.refusals import refusal
 
@@ -90,4 +90,4 @@ def test_an_onnx_model_changed_in_place_is_refused(copy_run: Path):
 def test_nonsense_in_trust_json_is_refused(copy_run: Path, key: str, value: float):
     (copy_run / "trust.json").write_text(json.dumps({"format": "plantid-trust/1", "temperature": 1.0, "threshold": 0.5,
                                                      "keep": 0.95, key: value}))
-    assert key in refusal(read_trust_json, copy_run)
+    assert key in refusal(read_trust, copy_run)

@@ -33,17 +33,22 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     remedy: ClassVar[str] = "write it again with the plantid command that made it"
+    # a run folder may come from elsewhere: its files are read only up to a size no real one reaches
+    max_bytes: ClassVar[int] = 64 * 1024 * 1024
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Any:
         """The record in `path`, or None when there is no such file; one line for a file that is
-        not valid JSON or not this record."""
+        too large (`max_bytes`), nested too deep, not valid JSON or not this record."""
         path = Path(path)
         if not path.is_file():
             return None
         try:
+            if path.stat().st_size > cls.max_bytes:
+                raise PlantidError(f"{path}: larger than {cls.max_bytes // 2**20} MB, so not one plantid wrote; "
+                                   f"{cls.remedy}")
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             why = _first_problem(exc) if isinstance(exc, ValidationError) else "not readable JSON"
             raise PlantidError(f"{path}: {why}; {cls.remedy}") from None
 
@@ -268,6 +273,7 @@ class TrustRecord(RunRecord, TrustNumbers):
 
     model_config = ConfigDict(extra="allow")
     remedy: ClassVar[str] = "refit it with `plantid trust RUN`"
+    max_bytes: ClassVar[int] = 16 * 1024 * 1024  # a fitted trust.json is a few KB
 
     format: str
     detector: str

@@ -91,9 +91,6 @@ def save_trust(run_dir: Path, trust: FittedTrust, checkpoint: Path) -> list[Path
     return [tensors_path, json_path]
 
 
-MAX_TRUST_JSON_BYTES = 16 * 1024 * 1024  # a fitted trust.json is a few KB
-
-
 def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
     """Refuse, in one line naming the value, a trust.json whose temperature, threshold or keep is
     missing, not a finite number, or out of its range."""
@@ -105,30 +102,12 @@ def check_trust_numbers(meta: dict[str, Any], path: Path, fix: str) -> None:
         raise PlantidError(f"{path}: {name} {err['msg'].lower()} (got {str(err.get('input'))[:40]}); {fix}") from None
 
 
-def read_trust_json(run_dir: Path) -> TrustRecord | None:
-    """RUN/trust.json's record, or None when the run has none (an older run); one line naming the
-    first bad value of a file that is too large, unreadable or not a valid record."""
-    path = Path(run_dir) / TRUST_JSON
-    if not path.is_file():
-        return None
-    try:
-        too_large = path.stat().st_size > MAX_TRUST_JSON_BYTES
-    except OSError:
-        too_large = True
-    if too_large:
-        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`")
-    try:
-        return read_trust(run_dir)
-    except RecursionError:
-        raise PlantidError(f"{path}: unreadable; refit it with `plantid trust {run_dir}`") from None
-
-
 def load_trust(run_dir: Path, checkpoint: Path, classes: list[str]) -> FittedTrust | None:
     """The run's fitted trust, or None (with a one-line warning) when missing or fitted for other weights."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    record = read_trust_json(run_dir)
+    record = read_trust(run_dir)
     if record is None:
         return None
     checkpoint = Path(checkpoint)
