@@ -12,8 +12,9 @@ an outside folder (docs/decisions.md, "2026-12-07: the yardstick and the outside
 * AdamW (lr 1e-3, weight decay 0.05) with a one-cycle schedule, batch 32, label smoothing 0.1;
 * horizontal flips, a light affine warp (15 degrees, 10% shift, 0.9-1.1 zoom), colour jitter 0.2;
 * as many epochs as fit `--budget-seconds` of wall time (decoding included), planned by timing a
-  few steps first and planned again from the first epoch's real time (the one-cycle schedule
-  stretched or shortened to match); or exactly `--epochs`.
+  few steps first and planned again after every epoch from the epochs' real time (the one-cycle
+  schedule stretched or shortened to match, so a machine that slows down cannot push it past its
+  budget); or exactly `--epochs`.
 
     .venv/bin/python benchmarks/baseline_finetune.py inner/ --eval outside=outside/ --budget-seconds 480
     .venv/bin/python benchmarks/baseline_finetune.py split.csv --epochs 6   # train on split.csv's train rows
@@ -135,6 +136,11 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps: i
     """The one-cycle schedule over `epochs` x `steps` with `done` steps of it taken: a schedule
     stretched or shortened after the first epoch goes on from where its new length stands."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, last_epoch=done - 1)
+
+
+def epochs_within(budget_left: float, epoch_seconds: float, done: int) -> int:
+    """Epochs in all: the `done` ones and as many more as the budget left holds at `epoch_seconds` each."""
+    return done + int(max(0, min(MAX_EPOCHS - done, budget_left // epoch_seconds)))
 
 
 def seconds_per_step(model: nn.Module, loader: DataLoader, criterion: nn.Module, lr: float) -> float:
@@ -273,12 +279,15 @@ def main() -> None:
         epoch += 1
         print(f"epoch {epoch}/{epochs}: loss {total_loss / steps:.3f} ({time.perf_counter() - started:.0f} s)",
               flush=True)
-        if args.epochs is None and epoch == 1:
-            # the first real epoch times the rest: the few timed steps misjudge small photos by ~30%
+        if args.epochs is None:
+            # the real epochs time the rest (the few timed steps misjudge small photos by ~30%), and
+            # again after each one, so a machine that slows down mid-run cannot push it past its budget
             left = args.budget_seconds - (time.perf_counter() - started)
-            epochs = 1 + int(max(0, min(MAX_EPOCHS - 1, left // (time.perf_counter() - train_started))))
-            if epochs != planned_epochs:
-                scheduler = one_cycle(optimizer, args.lr, epochs, steps, done=steps)
+            replanned = epochs_within(left, (time.perf_counter() - train_started) / epoch, epoch)
+            if replanned != epochs:
+                epochs = replanned
+                if epochs > epoch:
+                    scheduler = one_cycle(optimizer, args.lr, epochs, steps, done=epoch * steps)
     train_seconds = time.perf_counter() - train_started
     wall_seconds = time.perf_counter() - started
 
@@ -293,7 +302,7 @@ def main() -> None:
         "model": MODEL,
         "image_size": size,
         "epochs": epochs,
-        "epochs_planned": planned_epochs,  # from the timed steps, before the first epoch re-planned it
+        "epochs_planned": planned_epochs,  # from the timed steps, before the real epochs re-planned it
         "batch_size": args.batch_size,
         "lr": args.lr,
         "classes": len(classes),

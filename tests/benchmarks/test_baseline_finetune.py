@@ -115,3 +115,13 @@ def test_the_yardstick_schedule_stretched_after_its_first_epoch_runs_to_its_end(
         schedule.step()
     assert used[0] < at_the_switch  # step 10 of 80 is earlier in the warm-up than step 10 of 40
     assert max(used) == pytest.approx(1e-3) and used[-1] == pytest.approx(1e-3 / 25 / 1e4)
+
+
+def test_the_yardstick_replans_within_its_budget_as_epochs_slow_down() -> None:
+    """The epochs done always count; more are added only while the budget left holds them at the
+    mean epoch time so far, and never past the cap."""
+    yardstick = _script_module("baseline_finetune")
+    assert yardstick.epochs_within(budget_left=100.0, epoch_seconds=30.0, done=2) == 5
+    assert yardstick.epochs_within(budget_left=20.0, epoch_seconds=30.0, done=7) == 7  # slowed: stop here
+    assert yardstick.epochs_within(budget_left=-5.0, epoch_seconds=30.0, done=7) == 7
+    assert yardstick.epochs_within(budget_left=1e9, epoch_seconds=1.0, done=3) == yardstick.MAX_EPOCHS
