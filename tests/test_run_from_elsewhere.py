@@ -85,6 +85,21 @@ def test_an_onnx_model_changed_in_place_is_refused(copy_run: Path):
     assert "sha256 does not match" in refusal(OnnxBackend.from_run, copy_run)
 
 
+@pytest.mark.parametrize("key, value", [("image_size", -1), ("labels", []), ("labels", "ab"), ("format", "other/1")])
+def test_nonsense_in_preprocessing_json_is_refused_and_auto_falls_back_to_torch(copy_run: Path, key: str, value):
+    from plantid.infer.backend_choice import choose_backend
+    from plantid.infer.export import export_run
+    from plantid.infer.onnx_backend import OnnxBackend
+
+    export_run(copy_run, "onnx")
+    meta_path = copy_run / "export" / "preprocessing.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, key: value}))
+    assert key in refusal(OnnxBackend.from_run, copy_run)
+    choice = choose_backend(copy_run)
+    assert choice.backend == "torch" and key in choice.reason
+
+
 @pytest.mark.parametrize("key, value", [("temperature", 0), ("temperature", float("nan")), ("temperature", -1),
                                         ("threshold", float("inf")), ("keep", 2)])
 def test_nonsense_in_trust_json_is_refused(copy_run: Path, key: str, value: float):

@@ -1,4 +1,5 @@
-"""Typed records of a run folder's files: train_summary.json, eval*.json, trust.json and metrics.csv.
+"""Typed records of a run folder's files: train_summary.json, eval*.json, trust.json,
+export/preprocessing.json and metrics.csv.
 
 Each JSON file is written and read through one pydantic model here, so a field renamed on one
 side fails loudly on the other (an unknown key is refused, a missing one too) instead of reading
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plantid.errors import PlantidError
 from plantid.fileio import write_json_atomic
-from plantid.runfolder import TRUST_JSON, RunFolder, evaluation_files
+from plantid.runfolder import PREPROCESSING_FILE, TRUST_JSON, RunFolder, evaluation_files
 
 log = logging.getLogger("plantid")
 
@@ -331,6 +332,45 @@ def describe_detector(summary: dict[str, Any]) -> str:
     if summary.get("taps"):
         details.append(f"last stage {', '.join(summary['taps'])}")
     return str(summary["detector"]) + (f" ({'; '.join(details)})" if details else "")
+
+
+# ---- export/preprocessing.json ------------------------------------------------------------------
+
+EXPORT_FORMAT_PREFIX = "plantid-onnx"
+
+
+class ExportRecord(RunRecord):
+    """preprocessing.json beside an ONNX export: what a consumer feeds the model, the model's
+    checksum, and the checkpoint and trust files it was exported from.
+
+    Only the fields plantid reads back are named (and checked); the descriptive ones (input,
+    output, normalization, ...) and the additions of a web or submission export are kept as they are.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    remedy: ClassVar[str] = "export the run again (`plantid export RUN --format onnx`)"
+    max_bytes: ClassVar[int] = 16 * 1024 * 1024  # a written one is a few KB
+
+    format: str = Field(pattern=f"^{EXPORT_FORMAT_PREFIX}/")
+    labels: list[str] = Field(min_length=1)
+    image_size: int = Field(gt=0)
+    model_id: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = Field(None, ge=0)
+    int8: dict[str, Any] | None = None
+    trust: dict[str, Any] | None = None
+    source_checkpoint: str | None = None
+    source_checkpoint_sha256: str | None = None
+    source_checkpoint_size: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every key of the file, named or kept, as plain JSON values (for writing it again)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def read_export(folder: str | os.PathLike) -> ExportRecord | None:
+    """FOLDER/preprocessing.json (an export or submission folder), or None when there is none."""
+    return ExportRecord.read(Path(folder) / PREPROCESSING_FILE)
 
 
 # ---- metrics.csv ---------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ imports torch: deciding must not cost what it tries to save.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from plantid.fileio import sha256_file
 from plantid.errors import PlantidError
-from plantid.records import read_trust, same_trust
+from plantid.records import read_export, read_trust, same_trust
 from plantid.runfolder import ONNX_FILE, PREPROCESSING_FILE, RunFolder
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -35,14 +34,6 @@ class BackendChoice:
 
     backend: str
     reason: str
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def choose_backend(run_dir: str | os.PathLike, wants_views: bool = False) -> BackendChoice:
@@ -62,7 +53,10 @@ def choose_backend(run_dir: str | os.PathLike, wants_views: bool = False) -> Bac
         return BackendChoice("torch", "no ONNX export")
     if not (model.is_file() and meta_path.is_file()):
         return BackendChoice("torch", f"no ONNX export; {hint}")
-    meta = _read_json(meta_path) or {}
+    try:
+        meta = read_export(run.export_dir).as_dict()
+    except PlantidError as exc:
+        return BackendChoice("torch", str(exc))
     if (meta.get("source_checkpoint_size") != checkpoint.stat().st_size
             or meta.get("source_checkpoint_sha256") != sha256_file(checkpoint)):
         return BackendChoice("torch", f"{model} was exported from other weights than {checkpoint.name}; "

@@ -9,7 +9,6 @@ worker threads that sleep instead of spinning between operators (see `make_sessi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import sha256_file
+from plantid.records import read_export
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE
 
 log = logging.getLogger("plantid")
@@ -146,12 +146,7 @@ class OnnxBackend:
         if not model_path.is_file() or not meta_path.is_file():
             missing = model_path if not model_path.is_file() else meta_path
             raise PlantidError(f"{missing}: not found; {export_hint}")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise PlantidError(f"{meta_path}: unreadable; {export_hint}") from None
-        if not isinstance(meta, dict):
-            raise PlantidError(f"{meta_path}: not a plantid preprocessing.json; {export_hint}")
+        meta = read_export(folder).as_dict()  # checked: labels, size, checksums (one line when not)
         entry = (meta.get("int8") or {}) if model_name == INT8_FILE else meta
         if model_name == INT8_FILE and not entry.get("file"):
             raise PlantidError(f"{model_path}: left over from an earlier export; {export_hint}")

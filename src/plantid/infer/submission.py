@@ -31,6 +31,7 @@ from plantid.infer.onnx_export import (
     run_photos,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES
+from plantid.records import read_export, read_or_warn
 from plantid.runfolder import INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, RunFolder
 
 log = logging.getLogger("plantid")
@@ -177,7 +178,7 @@ def export_submission(trained: Any, run_dir: Path, folder: Path, quantize: bool 
         if not _reuse_export(trained, run_dir, staging, quantize, quantization):
             export_onnx(trained, run_dir, staging / ONNX_FILE, quantize=quantize, quantization=quantization,
                         calibration_images=calibration_images)
-        meta = json.loads((staging / PREPROCESSING_FILE).read_text(encoding="utf-8"))
+        meta = read_export(staging).as_dict()
         if quantize:  # the submission ships one model: the int8 one when asked for
             os.replace(staging / INT8_FILE, staging / ONNX_FILE)
             meta["sha256"] = sha256_file(staging / ONNX_FILE)
@@ -214,11 +215,9 @@ def _reuse_export(trained: Any, run_dir: Path, staging: Path, quantize: bool, qu
     Saves a second trip through the exporter (seconds to minutes); anything doubtful re-exports.
     """
     source = RunFolder(run_dir).export_dir
-    try:
-        meta = json.loads((source / PREPROCESSING_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(meta, dict) or meta.get("source_checkpoint_sha256") != sha256_file(trained.checkpoint) \
+    record = read_or_warn(read_export, source)
+    meta = record.as_dict() if record is not None else None
+    if meta is None or meta.get("source_checkpoint_sha256") != sha256_file(trained.checkpoint) \
             or meta.get("image_size") != trained.image_size or meta.get("labels") != list(trained.classes) \
             or not (source / ONNX_FILE).is_file() or meta.get("sha256") != sha256_file(source / ONNX_FILE):
         return False

@@ -37,7 +37,7 @@ from plantid.fileio import give_usual_mode, sha256_file
 from plantid.infer.group import MAX_GROUP_PHOTOS
 from plantid.infer.onnx_backend import INPUT_NAME, INT8_MAX_DROP_POINTS, OUTPUT_NAME, SCORE_NAME
 from plantid.infer.onnx_export import export_onnx
-from plantid.records import finite, read_evaluation, read_or_warn, read_summary, read_trust, same_trust
+from plantid.records import finite, read_evaluation, read_export, read_or_warn, read_summary, read_trust, same_trust
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, LABELS_FILE, ONNX_FILE, PREPROCESSING_FILE
 
 log = logging.getLogger("plantid")
@@ -97,7 +97,7 @@ def export_web(trained: Any, run_dir: Path, out: Path, quantize: bool | None = N
     meta = current_onnx_export(run_dir, trained, need_int8=quantize is not False)
     if meta is None:
         export_onnx(trained, run_dir, onnx_target, quantize=quantize is not False)
-        meta = json.loads((onnx_target.parent / PREPROCESSING_FILE).read_text(encoding="utf-8"))
+        meta = read_export(onnx_target.parent).as_dict()
     else:
         log.info("%s matches the run's checkpoint and trust files: the web app reuses it", onnx_target.parent)
     weights = "int8" if _use_int8(meta, quantize) else "fp32"
@@ -142,7 +142,8 @@ def current_onnx_export(run_dir: Path, trained: Any, need_int8: bool) -> dict[st
     """RUN/export's preprocessing.json when its models were exported from the run's current checkpoint
     and trust files (and include int8 when needed), else None: then the run is exported again."""
     folder = run_dir / EXPORT_DIR
-    meta = _read_json(folder / PREPROCESSING_FILE)
+    record = read_or_warn(read_export, folder)
+    meta = record.as_dict() if record is not None else None
     if not meta or meta.get("source_checkpoint_sha256") != sha256_file(trained.checkpoint):
         return None
     models = [(folder / ONNX_FILE, meta.get("size_bytes"))]
@@ -215,7 +216,7 @@ def describe(folder: Path) -> str:
     sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()}
     runtime = sum(v for k, v in sizes.items() if k.startswith("runtime/"))
     model = sizes.get("model.onnx.js", 0)
-    info = json.loads((Path(folder) / PREPROCESSING_FILE).read_text(encoding="utf-8")).get("web", {})
+    info = read_export(folder).as_dict().get("web", {})
     total = sum(sizes.values())
     return (f"{folder}: {total / 1e6:.1f} MB ({info.get('weights', '?')} model {model / 1e6:.1f} MB, onnxruntime-web "
             f"{runtime / 1e6:.1f} MB, app {(total - runtime - model) / 1e6:.2f} MB); open index.html, or serve the "
@@ -224,14 +225,6 @@ def describe(folder: Path) -> str:
 
 def _asset(name: str) -> Path:
     return Path(str(resources.files("plantid.infer") / "webapp" / name))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _write_script(path: Path, name: str, value: Any) -> None:
