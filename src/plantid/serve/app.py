@@ -53,12 +53,13 @@ from plantid.serve.model_card import build_model_card, package_version
 from plantid.serve.openapi import ERROR_RESPONSES, GRADCAM_BODY, IDENTIFY_BODY, UPLOAD_BODY
 from plantid.serve.uploads import (
     MAX_UPLOAD_PIXELS,
+    Upload,
     bad_image_error,
     check_pixels,
     displayed_size,
     int_or_reject,
-    read_upload,
-    read_uploads,
+    received_upload,
+    received_uploads,
 )
 
 log = logging.getLogger("plantid.serve")
@@ -193,19 +194,19 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
               openapi_extra={"requestBody": UPLOAD_BODY})
     async def predict(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """Top-k species for one photo (multipart field `file`)."""
-        upload = await read_upload(request, ask.settings.max_upload_bytes)
-        return await _bounded(ask.settings, upload.data, _predict_one, ask.predictor, upload.data, ask.top_k)
+        async with received_upload(request, ask.settings.max_upload_bytes) as upload:
+            return await _bounded(ask.settings, upload, _predict_one, ask.predictor, upload, ask.top_k)
 
     @app.post("/api/identify", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": IDENTIFY_BODY})
     async def identify(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
-        uploads = await read_uploads(request, ask.settings.max_upload_bytes, MAX_GROUP_PHOTOS)
-        for upload in uploads:
-            check_pixels(upload.data, ask.settings.max_upload_pixels)
-        names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
-        work = functools.partial(_identify_group, ask.predictor, [u.data for u in uploads], names, ask.top_k)
-        return await asyncio.get_running_loop().run_in_executor(ask.settings.decode_pool, work)
+        async with received_uploads(request, ask.settings.max_upload_bytes, MAX_GROUP_PHOTOS) as uploads:
+            for upload in uploads:
+                check_pixels(upload, ask.settings.max_upload_pixels)
+            names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
+            work = functools.partial(_identify_group, ask.predictor, uploads, names, ask.top_k)
+            return await asyncio.get_running_loop().run_in_executor(ask.settings.decode_pool, work)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -221,13 +222,14 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
                     "start the server with --backend torch",
                 )
             raise HTTPException(409, "Grad-CAM is not available for this model (it has no convolutional feature map)")
-        upload = await read_upload(request, state.settings.max_upload_bytes, extra_fields=("label", "class_index"))
-        label = upload.fields.get("label", label)
-        index_text = upload.fields.get("class_index")
-        if index_text is not None:
-            class_index = int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
-        target = _resolve_class(predictor.classes, label, class_index)
-        return await _bounded(state.settings, upload.data, _gradcam_one, predictor, state.gradcam, upload.data, target)
+        async with received_upload(request, state.settings.max_upload_bytes,
+                                   extra_fields=("label", "class_index")) as upload:
+            label = upload.fields.get("label", label)
+            index_text = upload.fields.get("class_index")
+            if index_text is not None:
+                class_index = int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
+            target = _resolve_class(predictor.classes, label, class_index)
+            return await _bounded(state.settings, upload, _gradcam_one, predictor, state.gradcam, upload, target)
 
     return app
 
@@ -238,9 +240,9 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
 # --------------------------------------------------------------------------- work (decode threads)
 
 
-async def _bounded(settings: ServeSettings, data: bytes, work: Any, *args: Any) -> dict[str, Any]:
-    """`work(*args)` on a decode thread, only if the upload `data` declares a pixel count within bounds."""
-    check_pixels(data, settings.max_upload_pixels)  # the header only: cheap, and a 413 needs no decode thread
+async def _bounded(settings: ServeSettings, upload: Upload, work: Any, *args: Any) -> dict[str, Any]:
+    """`work(*args)` on a decode thread, only if the upload declares a pixel count within bounds."""
+    check_pixels(upload, settings.max_upload_pixels)  # the header only: cheap, and a 413 needs no decode thread
     return await asyncio.get_running_loop().run_in_executor(settings.decode_pool, functools.partial(work, *args))
 
 
@@ -260,8 +262,9 @@ def _answer_fields(predictor: Predictor, top: list[tuple[str, float]], unknown: 
     }
 
 
-def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
+def _predict_one(predictor: Predictor, upload: Upload, k: int) -> dict[str, Any]:
     started = time.perf_counter()
+    data = upload.read()
     prediction = predictor.predict([data], top_k=k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     if prediction.error is not None:
@@ -270,9 +273,10 @@ def _predict_one(predictor: Predictor, data: bytes, k: int) -> dict[str, Any]:
             "elapsed_ms": round(elapsed_ms, 2), "image": displayed_size(data)}
 
 
-def _identify_group(predictor: Predictor, photos: list[bytes], names: list[str], k: int) -> dict[str, Any]:
+def _identify_group(predictor: Predictor, uploads: list[Upload], names: list[str], k: int) -> dict[str, Any]:
     """The combined answer for the photos of one plant; any unreadable photo refuses the request, named."""
     started = time.perf_counter()
+    photos = [upload.read() for upload in uploads]
     predictions = predictor.predict(photos, top_k=k)
     for name, prediction in zip(names, predictions):
         prediction.source = name
@@ -310,10 +314,11 @@ def _make_gradcam(predictor: Predictor) -> Any:
         return None
 
 
-def _gradcam_one(predictor: Predictor, cam: Any, data: bytes, target: int | None) -> dict[str, Any]:
+def _gradcam_one(predictor: Predictor, cam: Any, upload: Upload, target: int | None) -> dict[str, Any]:
     from plantid.serve.gradcam import encode_png, overlay_heatmap  # lazy: torch, as above
 
     started = time.perf_counter()
+    data = upload.read()
     try:
         image = predictor.preprocess(data)
     except BadImageError as exc:

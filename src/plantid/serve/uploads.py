@@ -8,15 +8,17 @@ code and a sentence for the page.
 from __future__ import annotations
 
 import io
-from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import HTTPException, Request
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Message
 
 # Uploads may decode to at most this many pixels (a 24-megapixel camera photo is 6000x4000): Pillow's
 # own bomb limit (89 MP) let a 257 KB PNG decode to 9400x9400, ~0.8 GB and 3-4 s a request.
@@ -34,12 +36,23 @@ NEUTRAL_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"
 
 @dataclass
 class Upload:
-    """One uploaded photo as the server received it, with the form's other fields."""
+    """One uploaded photo as the server received it, with the form's other fields.
 
-    data: bytes
+    The photo stays in the multipart parser's spooled file (on disk past 1 MB) until `read` on the
+    decode thread that uses it: a request waiting for a decode thread holds no copy of its photo in
+    memory, however many arrive together (docs/robustness.md, "Load test of the server").
+    """
+
+    file: BinaryIO
+    size: int
     content_type: str
     filename: str | None
     fields: dict[str, str]
+
+    def read(self) -> bytes:
+        """The photo's bytes."""
+        self.file.seek(0)
+        return self.file.read()
 
 
 def _mb(n: int) -> str:
@@ -73,32 +86,29 @@ async def _read_form(request: Request, limit: int, max_files: int, too_many: str
         declared_size = int_or_reject(declared, 400, f"invalid Content-Length header '{declared}'")
         if declared_size > body_limit:
             raise _too_large(limit)
-    chunks: deque[bytes] = deque()
     received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:  # a client that lied about (or omitted) its Content-Length
+
+    async def counted() -> Message:
+        # The body goes to the multipart parser as it arrives (the parser spools the file part to
+        # disk), counted on the way: a waiting upload is never held whole in memory, and a client
+        # that lied about (or omitted) its Content-Length is cut off at the limit.
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > body_limit:
                 raise _too_large(limit)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # A closed tab or a dropped connection, not a server error: no traceback in the log (one
-        # each, a client could fill the log), and the 400 goes nowhere.
-        raise HTTPException(400, f"the client closed the connection after {_mb(received)} of the upload") from None
+        return message
 
-    async def replay() -> dict[str, Any]:
-        # The chunks go to the multipart parser one at a time and are dropped as it takes them (it
-        # spools the file part), never joined into a second copy: a waiting upload costs its size once.
-        if not chunks:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        chunk = chunks.popleft()
-        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
-
-    form_request = Request(request.scope, replay)
+    form_request = Request(request.scope, counted)
     try:
         return await form_request.form(max_files=max_files, max_fields=16)
     except HTTPException:
         raise
+    except ClientDisconnect:
+        # A closed tab or a dropped connection, not a server error: no traceback in the log (one
+        # each, a client could fill the log), and the 400 goes nowhere.
+        raise HTTPException(400, f"the client closed the connection after {_mb(received)} of the upload") from None
     except StarletteHTTPException as exc:
         if too_many is not None and "too many files" in str(exc.detail).lower():
             raise HTTPException(400, too_many) from None
@@ -107,22 +117,23 @@ async def _read_form(request: Request, limit: int, max_files: int, too_many: str
         raise HTTPException(400, f"malformed multipart body: {exc}") from None
 
 
-async def _photo(item: Any, field: str, limit: int) -> tuple[bytes, str]:
-    """The bytes and declared type of one form item that must be an image upload."""
+def _photo(item: Any, field: str, limit: int, fields: dict[str, str]) -> Upload:
+    """One form item that must be an image upload within `limit` bytes, left where the parser put it."""
     if not isinstance(item, UploadFile):
         raise HTTPException(422, f"the '{field}' field must be a file upload, not a text value")
     part_type = (item.content_type or "").split(";", 1)[0].strip().lower()
     if part_type not in NEUTRAL_TYPES and not part_type.startswith("image/"):
         shown = f"{item.filename}: " if item.filename and field == "files" else ""
         raise HTTPException(415, f"{shown}the upload is {part_type}, not an image: choose a {ACCEPTED_FORMATS} photo")
-    data = await item.read()
-    if len(data) > limit:
+    if item.size is None or item.size > limit:
         raise _too_large(limit)
-    return data, part_type
+    return Upload(file=item.file, size=item.size, content_type=part_type, filename=item.filename, fields=fields)
 
 
-async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> Upload:
-    """The bytes of the multipart field 'file', enforcing the size limit while reading."""
+@asynccontextmanager
+async def received_upload(request: Request, limit: int, extra_fields: tuple[str, ...] = ()) -> AsyncIterator[Upload]:
+    """The photo of the multipart field 'file' (the size limit enforced while it streams in), open
+    until the block ends."""
     form = await _read_form(request, limit, max_files=4, too_many=SEVERAL_FILES)
     try:
         if sum(isinstance(value, UploadFile) for _, value in form.multi_items()) > 1:
@@ -130,19 +141,20 @@ async def read_upload(request: Request, limit: int, extra_fields: tuple[str, ...
         item = form.get("file")
         if item is None:
             raise HTTPException(422, "no file: send the photo as multipart/form-data in a field named 'file'")
-        data, part_type = await _photo(item, "file", limit)
         fields = {}
         for name in extra_fields:
             value = form.get(name)
             if isinstance(value, str) and value.strip():
                 fields[name] = value.strip()
-        return Upload(data=data, content_type=part_type, filename=item.filename, fields=fields)
+        yield _photo(item, "file", limit, fields)
     finally:
         await form.close()
 
 
-async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
-    """Up to `max_files` photos of one plant from the multipart field 'files' (repeated), each within `limit`."""
+@asynccontextmanager
+async def received_uploads(request: Request, limit: int, max_files: int) -> AsyncIterator[list[Upload]]:
+    """Up to `max_files` photos of one plant from the multipart field 'files' (repeated), each within
+    `limit`, open until the block ends."""
     form = await _read_form(request, limit * max_files, max_files=4 * max_files,  # a clear 422 past max_files
                             too_many=f"too many photos: send at most {max_files} photos of one plant at a time")
     try:
@@ -151,11 +163,7 @@ async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upl
             raise HTTPException(422, "no files: send the photos as multipart/form-data, each in a field named 'files'")
         if len(items) > max_files:
             raise HTTPException(422, f"{len(items)} photos: send at most {max_files} photos of one plant at a time")
-        uploads = []
-        for item in items:
-            data, part_type = await _photo(item, "files", limit)
-            uploads.append(Upload(data=data, content_type=part_type, filename=item.filename, fields={}))
-        return uploads
+        yield [_photo(item, "files", limit, {}) for item in items]
     finally:
         await form.close()
 
@@ -186,10 +194,11 @@ def displayed_size(data: bytes) -> dict[str, int]:
     return {"width": int(width), "height": int(height)}
 
 
-def check_pixels(data: bytes, max_pixels: int) -> None:
+def check_pixels(upload: Upload, max_pixels: int) -> None:
     """Refuse (413) a photo whose header declares more than `max_pixels`, before it is decoded."""
+    upload.file.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(upload.file) as img:  # reads the header only
             width, height = img.size
     except Exception:  # not readable as an image: the decoder gives the precise 4xx reason
         return
