@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_serve_load.py                         # trains a tiny run first
     .venv/bin/python benchmarks/bench_serve_load.py --run runs/demo/train --requests 2000
+    .venv/bin/python benchmarks/bench_serve_load.py --queued-only --queued 16 --out /tmp/q.json  # phase 2 only
 
 Starts `plantid serve RUN` on 127.0.0.1 (a free port) and sends `--requests` POST /api/predict
 requests (default 10,000) from `--concurrency` workers (default 32), in a seeded shuffled order:
@@ -17,15 +18,33 @@ Counts 5xx answers, wrong statuses, wrong answers and transport errors (all must
 samples the server's resident memory (VmRSS and VmHWM from /proc/PID/status) every 0.25 s:
 reported at start (after warm-up), at each tenth of the requests, the peak and at the end.
 "flat" means the RSS over the last half of the requests grew less than `--growth-mb` above its
-level at half-way. Prints a table, writes benchmarks/results/serve_load.json, exits 1 if any
-check fails, and always stops the server.
+level at half-way.
+
+Then the queued-uploads phase (alone with `--queued-only`; skipped with `--queued 0`): the cost in
+server memory of one large upload that waits for a decode thread. One valid photo just under the
+limit is built, an RGB PNG of random noise (noise does not deflate) of 9.5-10 MB and ~3.4 MP (far
+below the server's 40 MP). The server's peak-RSS counter is reset (`5 > /proc/PID/clear_refs`; if
+that is refused the previous peak stays, recorded as `peak_reset`), its VmRSS read, then
+`--queued` copies (default 32) are sent at once, one connection and thread each, released
+together by a barrier, so most wait in the server while its two decode threads work. Every answer
+must be 200 with the same prediction as a `Predictor` here gives for the bytes. Then VmHWM is read:
+`peak_growth_mb` = peak after - RSS before, and `mb_per_queued_upload` = peak_growth_mb / N (which
+includes the decode threads' working memory, shared among the N) must be at most the goal, 12 MB.
+After the mixed load the heap may hold memory freed by it, which queued uploads can reuse without
+growing the RSS: `--queued-only` measures on a server that has only been warmed up.
+
+Prints a table, writes benchmarks/results/serve_load.json (`--out`; with `--queued-only` only to
+an `--out` given), exits 1 if any check fails, and always stops the server.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import http.client
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -56,6 +75,9 @@ from tests.support.launch import free_port, running_server
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # plantid serve's limit (serve.app.create_app's default)
 PROBABILITY_TOLERANCE = 1e-5
+QUEUED_MIN_BYTES = int(9.5 * 1024 * 1024)  # the queued upload: a photo between this and the limit
+QUEUED_GOAL_MB = 12.0  # the project goal: peak server memory per queued 10 MB upload
+QUEUED_TIMEOUT_S = 600.0  # one queued request, connection to answer
 
 
 @dataclass(frozen=True)
@@ -81,17 +103,24 @@ def _png(pixels: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _rgb_png(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG of 8-bit RGB pixels around its deflated scanlines `idat`."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
 def big_flat_png(side: int = 9400) -> bytes:
     """A real PNG of side x side black RGB pixels, deflated at level 9: ~0.26 MB that decodes to
     side * side * 3 bytes (265 MB at 9400). Written row by row, so building it needs no big buffer."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
     deflate = zlib.compressobj(9)
     row = b"\x00" + bytes(side * 3)  # filter type 0, then the row's pixels
     body = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return _rgb_png(side, side, body)
 
 
 def upload_cases() -> list[Case]:
@@ -278,6 +307,162 @@ async def load(base: str, cases: list[Case], order: list[int], concurrency: int,
     return {"tally": tally, "wall_s": wall, "examples": examples}
 
 
+# --------------------------------------------------------------------------- queued uploads
+
+
+def noise_png(low: int = QUEUED_MIN_BYTES, high: int = MAX_UPLOAD_BYTES, seed: int = 0) -> Case:
+    """A valid photo just under the upload limit: a square RGB PNG of random noise, stored (noise would
+    not deflate), so its size is its pixel bytes: `low` to `high` bytes, ~3.4 MP at 10 MB."""
+    from plantid.serve.uploads import MAX_UPLOAD_PIXELS
+
+    side = math.isqrt((low + high) // 2 // 3)  # 3 bytes a pixel, plus a filter byte a row
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    scanlines = np.concatenate([np.zeros((side, 1), np.uint8), pixels.reshape(side, -1)], axis=1)  # filter 0
+    # stored (level 0): noise would not deflate anyway, and Pillow's encoder takes ~10 s on it
+    data = _rgb_png(side, side, zlib.compress(scanlines.tobytes(), 0))
+    if not low <= len(data) < high:
+        raise RuntimeError(f"the queued photo is {len(data)} bytes, not in [{low}, {high})")
+    if side * side > MAX_UPLOAD_PIXELS // 10:
+        raise RuntimeError(f"the queued photo has {side * side} pixels, not far below {MAX_UPLOAD_PIXELS}")
+    return Case(f"png noise {side}x{side}", data, "noise.png", "image/png", 200, 0.0)
+
+
+def multipart(case: Case) -> tuple[bytes, str]:
+    """The request body that uploads `case` in the form field 'file', and its Content-Type."""
+    boundary = "plantid-bench-queued-7d1c"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{case.filename}"\r\n'
+            f"Content-Type: {case.content_type}\r\n\r\n").encode()
+    return head + case.data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass(frozen=True)
+class QueuedAnswer:
+    """What one queued request got, and when (seconds from the release): its body fully sent, answered."""
+
+    status: int  # 0: no answer (see error)
+    body: bytes
+    sent_s: float
+    answered_s: float
+    error: str | None = None
+
+
+def send_together(port: int, case: Case, n: int, top_k: int, progress: list[int]) -> list[QueuedAnswer]:
+    """POST `case` to /api/predict `n` times at once: one thread and connection each, connected first,
+    then released together by a barrier. `progress[0]` counts the requests that are over."""
+    body, content_type = multipart(case)
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    barrier = threading.Barrier(n)
+    counted = threading.Lock()
+    answers: list[QueuedAnswer | None] = [None] * n
+    released = [0.0]
+
+    def one(i: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=QUEUED_TIMEOUT_S)
+        sent = 0.0
+        try:
+            connection.connect()
+            if barrier.wait(timeout=60.0) == 0:
+                released[0] = time.perf_counter()
+            connection.request("POST", f"/api/predict?top_k={top_k}", body=body, headers=headers)
+            sent = time.perf_counter()
+            response = connection.getresponse()
+            answers[i] = QueuedAnswer(response.status, response.read(), sent, time.perf_counter())
+        except (OSError, http.client.HTTPException, threading.BrokenBarrierError) as exc:
+            barrier.abort()  # the others must not wait for this one at the barrier
+            answers[i] = QueuedAnswer(0, b"", sent, time.perf_counter(), f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+            with counted:
+                progress[0] += 1
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    begun = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    start = released[0] or begun  # the barrier broke: from the threads' start
+    return [QueuedAnswer(a.status, a.body, max(0.0, a.sent_s - start), a.answered_s - start, a.error)
+            for a in answers if a is not None]
+
+
+def reset_peak(pid: int) -> str:
+    """Reset `pid`'s VmHWM to its VmRSS: 'clear_refs' when done, 'previous_peak' when refused (or ignored)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return "previous_peak"
+    rss, hwm = memory_mb(pid)
+    return "clear_refs" if hwm - rss < 1.0 else "previous_peak"
+
+
+def most_held(answers: list[QueuedAnswer]) -> int:
+    """The most requests whose upload had been fully sent and not yet answered at one time (at most
+    two of them decoding; the others waiting in the server with their bytes)."""
+    events = sorted([(a.sent_s, 1) for a in answers if a.status] + [(a.answered_s, -1) for a in answers if a.status])
+    held = most = 0
+    for _, step in events:
+        held += step
+        most = max(most, held)
+    return most
+
+
+def queued_phase(pid: int, port: int, case: Case, n: int, top_k: int, expected: dict) -> dict:
+    """The memory one queued upload of `case` costs the server: peak growth over `n` sent at once, per upload."""
+    method = reset_peak(pid)
+    rss_before, hwm_before = memory_mb(pid)
+    progress = [0]
+    started = time.perf_counter()
+    with MemorySampler(pid, progress, interval=0.05) as sampler:
+        answers = send_together(port, case, n, top_k, progress)
+    wall = time.perf_counter() - started
+    _, hwm_after = memory_mb(pid)
+    statuses: dict[int, int] = {}
+    wrong_status = wrong_answer = transport = 0
+    examples: list[str] = []
+    for answer in answers:
+        if answer.error is not None:
+            transport += 1
+            examples.append(answer.error)
+            continue
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        if answer.status != 200:
+            wrong_status += 1
+            examples.append(f"{answer.status} {answer.body[:200]!r}")
+            continue
+        problem = check_answer(json.loads(answer.body), expected)
+        if problem is not None:
+            wrong_answer += 1
+            examples.append(problem)
+    growth = hwm_after - rss_before
+    per_upload = growth / n
+    latencies = np.asarray([a.answered_s for a in answers if a.error is None] or [0.0]) * 1000.0
+    return {
+        "uploads": n,
+        "upload": case.name,
+        "upload_bytes": len(case.data),
+        "peak_reset": method,
+        "rss_before_mb": round(rss_before, 1),
+        "hwm_before_mb": round(hwm_before, 1),
+        "peak_after_mb": round(hwm_after, 1),
+        "sampled_peak_rss_mb": round(max((s[2] for s in sampler.samples), default=0.0), 1),
+        "peak_growth_mb": round(growth, 1),
+        "mb_per_queued_upload": round(per_upload, 2),
+        "goal_mb_per_queued_upload": QUEUED_GOAL_MB,
+        "goal_met": per_upload <= QUEUED_GOAL_MB,
+        "most_held_at_once": most_held(answers),
+        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+        "wrong_status": wrong_status,
+        "wrong_answer": wrong_answer,
+        "transport_errors": transport,
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
+        "latency_ms_max": round(float(latencies.max()), 1),
+        "wall_s": round(wall, 2),
+        "examples": examples[:10],
+        "passed": wrong_status == 0 and wrong_answer == 0 and transport == 0 and per_upload <= QUEUED_GOAL_MB,
+    }
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -324,48 +509,31 @@ def print_table(cases: list[Case], result: dict, memory: dict) -> None:
     print("RSS by answers: " + ", ".join(f"{t['answered']}: {t['rss_mb']}" for t in memory.get("by_tenth", [])))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = server_parser(__doc__, requests=10_000, concurrency=32, warmup=20, startup_timeout=240.0, out=RESULTS)
-    parser.add_argument("--seed", type=int, default=0, help="order of the requests (default 0)")
-    parser.add_argument("--growth-mb", type=float, default=25.0,
-                        help="most RSS growth over the second half still called flat (default 25 MB)")
-    args = parse_server_args(parser, argv)
+def print_queued(queued: dict) -> None:
+    """The queued-uploads phase in one table row and a verdict."""
+    print(f"\n{'queued upload':<22} {'N':>4} {'MB each':>8} {'statuses':<10} {'wrong':>6} {'mismatch':>8} "
+          f"{'errors':>6} {'held':>5} {'p50 ms':>8} {'max ms':>8}")
+    statuses = " ".join(f"{k}:{v}" for k, v in queued["status_counts"].items())
+    print(f"{queued['upload']:<22} {queued['uploads']:>4} {queued['upload_bytes'] / 2**20:>8.2f} {statuses:<10} "
+          f"{queued['wrong_status']:>6} {queued['wrong_answer']:>8} {queued['transport_errors']:>6} "
+          f"{queued['most_held_at_once']:>5} {queued['latency_ms_p50']:>8.1f} {queued['latency_ms_max']:>8.1f}")
+    print(f"server RSS (MB): before {queued['rss_before_mb']}, peak after {queued['peak_after_mb']} "
+          f"(peak reset: {queued['peak_reset']}; sampled RSS peak {queued['sampled_peak_rss_mb']}); "
+          f"growth {queued['peak_growth_mb']} MB / {queued['uploads']} = {queued['mb_per_queued_upload']} MB "
+          f"per queued upload (goal <= {queued['goal_mb_per_queued_upload']:g}) -> "
+          f"{'PASS' if queued['passed'] else 'FAIL'}")
+    for line in queued["examples"]:
+        print("  e.g.", line)
 
-    cases = upload_cases()
-    order = schedule(cases, args.requests, args.seed)
-    with tempfile.TemporaryDirectory(prefix="plantid-bench-load-") as tmp:
-        workdir = Path(tmp)
-        run = run_or_tiny(args.run, workdir)
-        expected = expected_answers(run, args.backend, cases)
-        classes = len(next(iter(expected.values()))["probabilities"])
-        port = free_port()
-        log_path = workdir / "serve.log"
-        print(f"starting plantid serve {run} --backend {args.backend} on 127.0.0.1:{port}")
-        with running_server(run, port=port, backend=args.backend, timeout=args.startup_timeout,
-                            log_path=log_path) as base:
-            import httpx
 
-            pid = server_pid(port)
-            model = httpx.get(base + "/api/model", timeout=10).json()
-            for _ in range(args.warmup):
-                httpx.post(base + "/api/predict", files={"file": ("w.jpg", cases[0].data, "image/jpeg")}, timeout=60)
-            print(f"model {model['model_id']} ({model['backend']}, {model['image_size']} px, {classes} classes); "
-                  f"server pid {pid}; {args.requests} requests, concurrency {args.concurrency}")
-            progress = [0]
-            with MemorySampler(pid, progress) as sampler:
-                result = asyncio.run(load(base, cases, order, args.concurrency, classes, expected, progress))
-                time.sleep(0.5)  # one more sample after the last answer
-            samples = sampler.samples
-        server_log = log_path.read_text(errors="replace")
-
+def mixed_summary(cases: list[Case], result: dict, memory: dict, tracebacks: int) -> dict:
+    """Print the mixed load's table and verdict; return its part of the JSON, with its own `passed`."""
     tally = result["tally"]
     answered = sum(sum(r["statuses"].values()) for r in tally.values())
     server_errors = sum(n for r in tally.values() for code, n in r["statuses"].items() if code >= 500)
     wrong_status = sum(r["wrong_status"] for r in tally.values())
     wrong_answer = sum(r["wrong_answer"] for r in tally.values())
     transport = sum(sum(r["transport_errors"].values()) for r in tally.values())
-    tracebacks = server_log.count("Traceback")
-    memory = memory_summary(samples, args.requests, args.growth_mb)
     print_table(cases, result, memory)
     passed = (server_errors == 0 and wrong_status == 0 and wrong_answer == 0 and transport == 0 and tracebacks == 0
               and bool(memory.get("flat")))
@@ -375,17 +543,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'PASS' if passed else 'FAIL'}")
     for line in result["examples"]:
         print("  e.g.", line)
-
-    summary = {
-        "benchmark": "serve_load",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "run": str(args.run) if args.run else "tiny simple_cnn run (trained by the benchmark)",
-        "model_id": model["model_id"],
-        "backend": model["backend"],
-        "image_size": model["image_size"],
-        "requests": args.requests,
-        "concurrency": args.concurrency,
-        "seed": args.seed,
+    return {
         "answered": answered,
         "server_errors_5xx": server_errors,
         "wrong_status": wrong_status,
@@ -407,14 +565,102 @@ def main(argv: list[str] | None = None) -> int:
         "memory": memory,
         "examples": result["examples"],
         "passed": passed,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_out, args.out)
-    print(f"wrote {args.out}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The serve benchmark's options, this one's, and the output path (None: write no JSON)."""
+    parser = server_parser(__doc__, requests=10_000, concurrency=32, warmup=20, startup_timeout=240.0, out=RESULTS)
+    parser.add_argument("--seed", type=int, default=0, help="order of the requests (default 0)")
+    parser.add_argument("--growth-mb", type=float, default=25.0,
+                        help="most RSS growth over the second half still called flat (default 25 MB)")
+    parser.add_argument("--queued", type=int, default=32, metavar="N",
+                        help="large uploads sent at once in the queued-uploads phase (default 32; 0 skips it)")
+    parser.add_argument("--queued-only", action="store_true",
+                        help="only the queued-uploads phase (no mixed load); writes JSON only to an --out given")
+    parser.set_defaults(out=None)
+    args = parse_server_args(parser, argv)
+    if not 0 <= args.queued <= 256:
+        parser.error("--queued must be between 0 and 256")
+    if args.queued_only and args.queued == 0:
+        parser.error("--queued-only needs --queued of at least 1")
+    if args.out is None and not args.queued_only:  # a quick check never overwrites the full run's results
+        args.out = RESULTS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mixed = not args.queued_only
+    cases = upload_cases() if mixed else []
+    order = schedule(cases, args.requests, args.seed) if mixed else []
+    big = noise_png() if args.queued else None
+    warm_photo = photo_jpeg(96, seed=0)  # the first good case's bytes
+    queued = None
+    with tempfile.TemporaryDirectory(prefix="plantid-bench-load-") as tmp:
+        workdir = Path(tmp)
+        run = run_or_tiny(args.run, workdir)
+        expected = expected_answers(run, args.backend, cases + ([big] if big else []))
+        classes = len(next(iter(expected.values()))["probabilities"])
+        port = free_port()
+        log_path = workdir / "serve.log"
+        print(f"starting plantid serve {run} --backend {args.backend} on 127.0.0.1:{port}")
+        with running_server(run, port=port, backend=args.backend, timeout=args.startup_timeout,
+                            log_path=log_path) as base:
+            import httpx
+
+            pid = server_pid(port)
+            model = httpx.get(base + "/api/model", timeout=10).json()
+            for _ in range(args.warmup):
+                httpx.post(base + "/api/predict", files={"file": ("w.jpg", warm_photo, "image/jpeg")}, timeout=60)
+            print(f"model {model['model_id']} ({model['backend']}, {model['image_size']} px, {classes} classes); "
+                  f"server pid {pid}; " + (f"{args.requests} requests, concurrency {args.concurrency}; "
+                                           if mixed else "") + f"{args.queued} queued uploads")
+            if mixed:
+                progress = [0]
+                with MemorySampler(pid, progress) as sampler:
+                    result = asyncio.run(load(base, cases, order, args.concurrency, classes, expected, progress))
+                    time.sleep(0.5)  # one more sample after the last answer
+                samples = sampler.samples
+            if big is not None:
+                queued = queued_phase(pid, port, big, args.queued, classes, expected[big.name])
+        server_log = log_path.read_text(errors="replace")
+
+    tracebacks = server_log.count("Traceback")
+    summary = {
+        "benchmark": "serve_load",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "mixed load and queued uploads" if mixed else "queued uploads only",
+        "run": str(args.run) if args.run else "tiny simple_cnn run (trained by the benchmark)",
+        "model_id": model["model_id"],
+        "backend": model["backend"],
+        "image_size": model["image_size"],
+    }
+    passed = tracebacks == 0
+    if mixed:
+        memory = memory_summary(samples, args.requests, args.growth_mb)
+        load_part = mixed_summary(cases, result, memory, tracebacks)
+        load_passed = load_part.pop("passed")
+        summary.update({"requests": args.requests, "concurrency": args.concurrency, "seed": args.seed, **load_part,
+                        "mixed_load_passed": load_passed})
+        passed = passed and load_passed
+    else:
+        summary["server_log_tracebacks"] = tracebacks
+        print(f"\ntracebacks in the server log {tracebacks}")
+    if queued is not None:
+        print_queued(queued)
+        passed = passed and queued["passed"]
+    summary["queued_uploads"] = queued
+    summary["passed"] = passed
+    summary["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+    print(f"\n-> {'PASS' if passed else 'FAIL'}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = args.out.with_name(args.out.name + ".tmp")
+        tmp_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp_out, args.out)
+        print(f"wrote {args.out}")
     return 0 if passed else 1
 
 
