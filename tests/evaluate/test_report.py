@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -10,10 +11,12 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import pytest
 from PIL import Image
 from rich.console import Console
 
+from plantid.data.split import read_manifest, write_manifest
 from plantid.evaluate.evaluation import evaluate_run
 from plantid.data.explore import class_distribution_figure
 from plantid.evaluate.plots import (
@@ -22,6 +25,8 @@ from plantid.evaluate.plots import (
 )
 from plantid.figures import save_png
 from plantid.evaluate.report import _duration, build_report, weak_classes
+from plantid.html_pages import render_page
+from plantid.trustfit.audit import AuditRow, audit_csv
 
 ODD = '<b>x&y "q"'  # a class name that must be escaped in HTML
 
@@ -94,7 +99,7 @@ def test_report_runs_the_evaluation_when_eval_json_is_missing(report_run: Path):
     assert f"{100 * acc:.2f}%" in text
     # the odd class name is escaped in the source and shown literally in the text
     assert ODD in text
-    assert "&lt;b&gt;x&amp;y &quot;q&quot;" in page
+    assert "&lt;b&gt;x&amp;y &#34;q&#34;" in page
     assert "<b>x&y" not in page
     for section in ("Data", "Training", "Evaluation", "Confusion matrix", "Per class", "Errors", "Configuration"):
         assert section in text
@@ -121,6 +126,45 @@ def test_report_shows_the_numbers_of_eval_json(report_run: Path):
     speed = json.loads((report_run / "train_summary.json").read_text(encoding="utf-8"))["train_images_per_s"]
     assert f"{speed:,.0f} photos/s" in text  # the run's training speed, from train_summary.json
     assert json.loads((report_run / "eval.json").read_text(encoding="utf-8"))["metrics"]["accuracy"] == 0.123456
+
+
+EVIL = '<script>alert(1)</script> "x"'  # a label no folder can hold ('/'): split.csv and eval.json carry it
+
+
+def test_a_class_named_like_a_script_is_only_text(report_run: Path):
+    """Markup in a class name is escaped in every section that shows it (data, per class, next
+    steps, audit): the page holds no script tag at all."""
+    evaluate_run(report_run, "test", console=Console(file=io.StringIO()))
+    result = json.loads((report_run / "eval.json").read_text(encoding="utf-8"))
+    rename = {ODD: EVIL}
+    result["classes"] = [rename.get(c, c) for c in result["classes"]]
+    for row in result["per_class"]:
+        row["class"] = rename.get(row["class"], row["class"])
+        row["f1"] = 0.2 if row["class"] == EVIL else row["f1"]  # weak: it gets a "what to do next" block
+    for row in result.get("worst") or []:
+        row["true"], row["pred"] = rename.get(row["true"], row["true"]), rename.get(row["pred"], row["pred"])
+    (report_run / "eval.json").write_text(json.dumps(result), encoding="utf-8")
+    future = time.time() + 5
+    os.utime(report_run / "eval.json", (future, future))
+    manifest = read_manifest(report_run / "split.csv")
+    write_manifest([dataclasses.replace(r, label=rename.get(r.label, r.label)) for r in manifest.rows],
+                   report_run / "split.csv")
+    photo = next(r.path for r in manifest.rows if r.label == ODD)
+    (report_run / "audit.csv").write_text(audit_csv([AuditRow(photo, "train", EVIL, "a", 0.1, 0.8, 0.1, True, 0)]),
+                                          encoding="utf-8")
+
+    page = build_report(report_run).read_text(encoding="utf-8")
+    text = "".join(assert_self_contained(page).text)
+    assert "<script" not in page.lower()
+    assert EVIL in text  # shown literally
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;x&#34;"
+    assert page.count("alert(1)") == page.count(escaped) >= 5  # data, per class, next steps, audit
+
+
+def test_a_template_value_left_out_is_an_error():
+    """StrictUndefined: a value a page names but is not given stops the render, not a blank."""
+    with pytest.raises(jinja2.UndefinedError, match="flagged"):
+        render_page("audit.html.j2", title="Label audit")
 
 
 def test_weak_classes_and_duration():

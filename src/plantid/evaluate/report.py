@@ -1,8 +1,11 @@
 """`plantid report`: one self-contained HTML page that tells the story of a run.
 
 The page has no external references at all: plots are inlined as base64 PNG data URIs, the CSS
-is inline and there is no JavaScript, so it can be mailed, archived or opened offline. Every
-string that comes from the run (class names, paths, config values) is HTML-escaped.
+is inline and there is no JavaScript, so it can be mailed, archived or opened offline. This
+module decides what the page shows (which numbers, which notes, when a section is empty) and
+hands it as plain data to the templates plantid/templates/report*.html.j2, rendered through
+plantid.html_pages, which escapes every value: a class name, path or config value from the run
+is text, never markup.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
-import html
 import json
 import logging
 from collections import Counter
@@ -26,6 +28,7 @@ from plantid.evaluate.next_steps import advise
 from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
 from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
+from plantid.html_pages import render_macro, render_page
 from plantid.infer.answers import meanings
 from plantid.records import Evaluation, TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
@@ -36,86 +39,8 @@ log = logging.getLogger("plantid")
 WEAK_F1 = 0.5  # a class is "weak" below this F1 ...
 WEAK_GAP = 0.10  # ... or this far below the macro-F1
 
-CSS = """
-:root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --soft:#f5f7fa; --accent:#2f7d4f; --accent-soft:#e3f4ea;
-        --warn:#b42318; --warn-soft:#fdecea; }
-* { box-sizing: border-box; }
-body { margin:0; background:#eef1f4; color:var(--ink);
-       font: 15px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1120px; margin: 28px auto; background:#fff; padding: 36px 44px 28px;
-       border-radius: 10px; box-shadow: 0 1px 3px rgba(0,0,0,.08), 0 8px 24px rgba(0,0,0,.05); }
-header h1 { margin: 0 0 4px; font-size: 28px; letter-spacing: -.01em; }
-header .sub { color: var(--muted); margin: 0; }
-header .sub b { color: var(--ink); font-weight: 600; }
-nav { margin: 18px 0 6px; font-size: 14px; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
-nav a:hover { text-decoration: underline; }
-h2 { font-size: 20px; margin: 38px 0 12px; padding-bottom: 6px; border-bottom: 2px solid var(--line); }
-h3 { font-size: 16px; margin: 22px 0 8px; }
-p.note { color: var(--muted); font-size: 13.5px; margin: 6px 0 12px; }
-.cards { display:grid; grid-template-columns: repeat(4, 1fr); gap: 12px; margin-top: 22px; }
-@media (max-width: 760px) { .cards { grid-template-columns: repeat(2, 1fr); } main { padding: 20px; } }
-.card { background: var(--soft); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
-.card .label { color: var(--muted); font-size: 12.5px; text-transform: uppercase; letter-spacing: .04em; }
-.card .value { font-size: 24px; font-weight: 650; margin-top: 2px; font-variant-numeric: tabular-nums; }
-.card .detail { color: var(--muted); font-size: 12.5px; }
-.card.main { background: var(--accent-soft); border-color: #b8e0c6; }
-.card.main .value { color: var(--accent); }
-table { border-collapse: collapse; width: 100%; font-size: 14px; margin: 6px 0 10px; font-variant-numeric: tabular-nums; }
-th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: middle; }
-th { background: var(--soft); font-weight: 600; color: #3e4c59; border-bottom: 2px solid var(--line); }
-th:first-child, td:first-child { text-align: left; }
-tbody tr:nth-child(even) td { background: #fbfcfd; }
-tr.total td { font-weight: 650; border-top: 2px solid var(--line); background: var(--soft); }
-tr.weak td { background: var(--warn-soft) !important; }
-tr.weak td:first-child { color: var(--warn); font-weight: 600; }
-tr.absent td { color: #9aa5b1; }
-td.name { white-space: nowrap; }  /* a class name never breaks mid-word; a wide table scrolls instead */
-.scroll { overflow-x: auto; max-width: 100%; -webkit-overflow-scrolling: touch; }
-.tag { display:inline-block; font-size: 11px; font-weight: 600; padding: 1px 6px; border-radius: 9px;
-       background: var(--warn); color: #fff; margin-left: 6px; vertical-align: 1px; }
-.bar { display:inline-block; height: 8px; border-radius: 4px; background: #8fcfa6; vertical-align: middle; margin-right: 8px; }
-tr.weak .bar { background: #f19a91; }
-.narrow { max-width: 640px; }
-figure { margin: 10px 0 18px; text-align: center; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
-figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
-pre { background: #1f2933; color: #e4e7eb; padding: 14px 16px; border-radius: 8px; overflow-x: auto;
-      font: 12.5px/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-.cfg-grid { display:grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 10px 22px; }
-.cfg h3 { margin: 10px 0 2px; font-size: 14px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); }
-.cfg table { font-size: 13px; margin: 0; }
-.cfg td { padding: 3px 8px; }
-.cfg td:last-child { text-align: left; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px;
-                     overflow-wrap: anywhere; }
-.cfg td:first-child { color: #3e4c59; width: 42%; }
-details { margin-top: 12px; } summary { cursor: pointer; color: var(--accent); font-size: 14px; }
-.empty { color: var(--muted); font-style: italic; }
-.advice { border-left: 3px solid var(--warn); padding: 2px 0 2px 14px; margin: 12px 0; }
-.advice h3 { margin: 4px 0; } .advice ul { margin: 4px 0; padding-left: 20px; }
-footer { margin-top: 36px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 12.5px; }
-code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--soft); padding: 1px 4px; border-radius: 4px; }
-/* Phones: the page never scrolls sideways; a wide table or plot scrolls inside its own box, and
-   plots keep a readable size (at least 560 px wide) instead of shrinking to the screen. */
-@media (max-width: 600px) {
-  body { font-size: 14px; }
-  main { margin: 0; padding: 14px 12px 20px; border-radius: 0; box-shadow: none; }
-  header h1 { font-size: 22px; }
-  nav a { display: inline-block; margin: 0 12px 6px 0; }
-  table { font-size: 13px; }
-  th, td { padding: 4px 6px; }
-  .bar { display: none; }
-  figure { overflow-x: auto; -webkit-overflow-scrolling: touch; }
-  figure img { min-width: 560px; }
-  .cfg-grid { grid-template-columns: 1fr; }
-}
-@media print { body { background: #fff; } main { box-shadow: none; margin: 0; } }
-"""
-
-
-def e(value: Any) -> str:
-    """HTML-escape anything (quotes included)."""
-    return html.escape(str(value), quote=True)
+PAGE = "report.html.j2"  # the page; its sections are the macros of SECTIONS
+SECTIONS = "report_sections.html.j2"
 
 
 def _read_json(path: Path) -> Any:
@@ -132,6 +57,13 @@ def _read_evaluation(run_dir: Path, split: str) -> dict | None:
 
 def _pct(x: Any, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * float(x):.{digits}f}%"
+
+
+def _thousands(n: int, signed: bool = False) -> str:
+    return f"{n:+,}" if signed else f"{n:,}"
+
+
+FILTERS = (("pct", _pct), ("thousands", _thousands))  # the templates' number formats
 
 
 def _duration(seconds: Any) -> str:
@@ -152,10 +84,9 @@ def _when(path: Path) -> str | None:
         return None
 
 
-def _img(png: bytes, alt: str, caption: str | None = None) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    cap = f"<figcaption>{e(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{e(alt)}">{cap}</figure>'
+def _figure(png: bytes, alt: str, caption: str | None = None) -> dict:
+    """A plot for the page: its PNG inlined as a data URI (base64: nothing in it to escape)."""
+    return {"src": "data:image/png;base64," + base64.b64encode(png).decode("ascii"), "alt": alt, "caption": caption}
 
 
 # ---- evaluation data ---------------------------------------------------------------------------------
@@ -199,7 +130,7 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     return evaluate_run(run_dir, split, tta=views, console=console or Console(quiet=True)), note
 
 
-# ---- sections -------------------------------------------------------------------------------------
+# ---- sections: what each shows, as plain data for report_sections.html.j2 ---------------------------
 
 
 def _range(bounds: list[float] | None) -> str:
@@ -207,19 +138,17 @@ def _range(bounds: list[float] | None) -> str:
     return f"; 95% interval {100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%" if bounds else ""
 
 
-def _card(label: str, value: str, detail: str = "", main: bool = False) -> str:
-    cls = "card main" if main else "card"
-    det = f'<div class="detail">{e(detail)}</div>' if detail else ""
-    return f'<div class="{cls}"><div class="label">{e(label)}</div><div class="value">{e(value)}</div>{det}</div>'
+def _card(label: str, value: str, detail: str = "", main: bool = False) -> dict:
+    return {"label": label, "value": value, "detail": detail, "main": main}
 
 
 def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label: str,
-                 planned_epochs: int | None = None) -> str:
+                 planned_epochs: int | None = None) -> list[dict]:
     m = (result or {}).get("metrics") or {}
     tta = (result or {}).get("tta")
     params = (summary.parameters if summary else None) or {}
     intervals = (result or {}).get("intervals") or {}
-    cards = [
+    return [
         _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.test_acc if summary else None)),
               (f"{result['n_images']} images, no TTA" + _range(intervals.get("accuracy"))) if result else "from training",
               main=True),
@@ -234,7 +163,6 @@ def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label:
         _card("Parameters", f"{params['trainable']:,}" if "trainable" in params else "n/a",
               f"trainable, {params.get('frozen', 0):,} frozen" if "trainable" in params else ""),
     ]
-    return f'<div class="cards">{"".join(cards)}</div>'
 
 
 def _training_speed(summary: TrainSummary | None) -> str:
@@ -247,11 +175,11 @@ def _training_speed(summary: TrainSummary | None) -> str:
     return ", ".join(parts)
 
 
-def _answers_table(result: dict, trust: dict) -> str:
+def _answers(result: dict, trust: dict) -> dict | None:
     """The three answers on the evaluated photos: what each means, and how often each was given."""
     answers = trust.get("answers")
     if not answers or not answers.get("photos"):
-        return ""
+        return None
     classes = len(result.get("per_class") or [])
     words = meanings(classes, trust.get("answered_accuracy"))
     level = trust.get("answer_level")
@@ -263,68 +191,60 @@ def _answers_table(result: dict, trust: dict) -> str:
         (f"not one of the {classes} species", words["unknown"] + f" (score above {trust['threshold']:.4g})",
          _pct(answers["unknown"])),
     ]
-    body = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{c}</td></tr>" for a, b, c in rows)
-    promise = ""
-    if trust.get("keep_promised") is False:
-        promise = f'<p class="note">Warning: {e(promise_note(int(trust["val_photos"]), trust["keep"], trust["keep_confidence"]))}.</p>'
-    return (f'<table class="narrow"><thead><tr><th>answer</th><th>what it means</th><th>{e(result["split"])} photos'
-            f'</th></tr></thead><tbody>{body}</tbody></table>{promise}')
+    warning = (promise_note(int(trust["val_photos"]), trust["keep"], trust["keep_confidence"])
+               if trust.get("keep_promised") is False else None)
+    return {"split": result["split"], "rows": rows, "warning": warning}
 
 
-def _data_section(run_dir: Path) -> str:
+def _data_summary(run_dir: Path) -> dict:
+    """Photos per class and split (a chart and a table) and what the scan skipped or grouped."""
     try:
         manifest = read_manifest(RunFolder(run_dir).manifest)
     except PlantidError as exc:
-        return f'<p class="empty">No data summary: {e(exc)}</p>'
+        return {"error": str(exc)}
     counts = {s: manifest.class_counts(s) for s in SPLITS}
     sizes = manifest.split_sizes()
     chart = class_distribution_figure(counts, "Photos per class and split", manifest.classes)
-    parts = [_img(png_bytes(chart), "Photos per class and split")]
-    head = "".join(f"<th>{e(s)}</th>" for s in SPLITS)
-    rows = []
-    for c in manifest.classes:
-        cells = "".join(f"<td>{counts[s][c]:,}</td>" for s in SPLITS)
-        rows.append(f'<tr><td class="name">{e(c)}</td>{cells}<td>{sum(counts[s][c] for s in SPLITS):,}</td></tr>')
-    total = "".join(f"<td>{sizes[s]:,}</td>" for s in SPLITS)
-    rows.append(f'<tr class="total"><td>total ({len(manifest.classes)} classes)</td>{total}<td>{sum(sizes.values()):,}</td></tr>')
-    parts.append(f'<table class="narrow"><thead><tr><th>class</th>{head}<th>total</th></tr></thead>'
-                 f'<tbody>{"".join(rows)}</tbody></table>')
+    rows = [{"name": c, "counts": [counts[s][c] for s in SPLITS], "total": sum(counts[s][c] for s in SPLITS)}
+            for c in manifest.classes]
     scan = _read_json(RunFolder(run_dir).scan)
-    if isinstance(scan, dict):
-        bad = scan.get("num_bad", 0) or 0
-        dups = len(scan.get("duplicate_groups") or [])
-        near = len(scan.get("near_duplicate_groups") or [])
-        parts.append(f'<p class="note">Scanned {e(scan.get("root", "the data folder"))}: {int(bad):,} unusable file(s) '
-                     f'skipped; {dups:,} group(s) of byte-identical photos and {near:,} group(s) of near-duplicate '
-                     f'photos, each group kept in one split.</p>')
-    return "".join(parts)
+    scanned = ({"root": scan.get("root", "the data folder"), "bad": int(scan.get("num_bad", 0) or 0),
+                "duplicates": len(scan.get("duplicate_groups") or []),
+                "near": len(scan.get("near_duplicate_groups") or [])} if isinstance(scan, dict) else None)
+    return {"error": None, "chart": _figure(png_bytes(chart), "Photos per class and split"), "splits": SPLITS,
+            "rows": rows, "totals": [sizes[s] for s in SPLITS], "total": sum(sizes.values()), "scan": scanned}
 
 
-def _metrics_table(result: dict) -> str:
+def _training_figure(run_dir: Path, config) -> dict | None:
+    """The training curves from metrics.csv (phases at a smaller image size shaded), or None."""
+    phases = [(p.epochs, p.image_size) for p in config.train.resize_phases] if config else []
+    curves = training_curves_figure(RunFolder(run_dir).metrics, size_phases=phases,
+                                    final_size=config.data.image_size if config else None)
+    if curves is None:
+        return None
+    return _figure(png_bytes(curves, max_width=1600), "Training curves",
+                   "Per-epoch loss, accuracy and learning rate (from metrics.csv)."
+                   + (" Shaded: epochs trained at a smaller image size (validation always "
+                      "runs at the final size)." if phases else ""))
+
+
+def _metrics(result: dict) -> dict:
+    """Accuracy, balanced accuracy, macro-F1 and top-k, without and (when run) with TTA."""
     tta = result.get("tta")
     m = result["metrics"]
-    head = "<th>metric</th><th>without TTA</th>" + (f"<th>with TTA ({len(tta['views'])} views)</th>" if tta else "")
-    rows = [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")]
-    body = []
-    for label, key in rows:
-        extra = f"<td>{_pct(tta['metrics'][key])}</td>" if tta else ""
-        body.append(f"<tr><td>{e(label)}</td><td>{_pct(m[key])}</td>{extra}</tr>")
-    for k, v in (m.get("top_k") or {}).items():
-        extra = f"<td>{_pct(tta['metrics']['top_k'].get(k))}</td>" if tta else ""
-        body.append(f"<tr><td>top-{e(k)} accuracy</td><td>{_pct(v)}</td>{extra}</tr>")
-    table = f'<table class="narrow"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    if tta:
-        table += f'<p class="note">TTA views: {e(", ".join(tta["views"]))} (softmax probabilities averaged).</p>'
-    return table
+    rows = [(label, m[key], tta["metrics"][key] if tta else None)
+            for label, key in [("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+                               ("macro-F1", "macro_f1")]]
+    rows += [(f"top-{k} accuracy", v, tta["metrics"]["top_k"].get(k) if tta else None)
+             for k, v in (m.get("top_k") or {}).items()]
+    return {"rows": rows, "tta_views": list(tta["views"]) if tta else None}
 
 
-def _trust_section(run_dir: Path, result: dict) -> str:
+def _trust(run_dir: Path, result: dict) -> dict:
     """Calibration and the "not one of my species" check (eval.json's "trust"), or how to get them."""
     trust = result.get("trust")
     if not trust:
-        return ('<p class="empty">This run has no trust files: photos of other things are not flagged as unknown '
-                f'and probabilities are not calibrated. Fit them with <code>plantid trust {e(run_dir)}</code>, then '
-                'evaluate again.</p>')
+        return {"fitted": False, "run_dir": str(run_dir)}
     cal = trust["calibration"]
     rows = [
         ("unknown-photo score", describe_detector(trust)),
@@ -334,33 +254,25 @@ def _trust_section(run_dir: Path, result: dict) -> str:
                                           if trust.get("keep_confidence") else "")),
         (f"{result['split']} photos kept as known", _pct(trust["kept"])),
         ("temperature", f"{trust['temperature']:.3f}"),
-        ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax &rarr; {_pct(cal['ece_after'])} with temperature"),
+        ("calibration error (ECE)", f"{_pct(cal['ece_before'])} softmax \u2192 {_pct(cal['ece_after'])} with temperature"),
         *([("ECE a perfectly calibrated model would show on these photos (5-95%)",
             f"{_pct(cal['ece_if_calibrated'][0])} ({_pct(cal['ece_if_calibrated'][1])}-{_pct(cal['ece_if_calibrated'][2])})")]
           if cal.get("ece_if_calibrated") else []),
         *([("val ECE, each photo's temperature fitted without it", _pct(cal["val_ece_crossfit"]))]
           if cal.get("val_ece_crossfit") is not None else []),  # older eval.json files lack these
-        ("negative log-likelihood", f"{cal['nll_before']:.4f} &rarr; {cal['nll_after']:.4f}"),
+        ("negative log-likelihood", f"{cal['nll_before']:.4f} \u2192 {cal['nll_after']:.4f}"),
     ]
-    body = "".join(f"<tr><td>{e(a)}</td><td>{b}</td></tr>" for a, b in rows)
-    out = [_answers_table(result, trust), f'<table class="narrow"><tbody>{body}</tbody></table>']
-    if trust["ood"]:
-        ood_rows = "".join(
-            f"<tr><td><code>{e(x['folder'])}</code></td><td>{x['n_images']:,}</td><td>{_pct(x['rejected'])}</td>"
-            f"<td>{'n/a' if x['auroc'] is None else format(x['auroc'], '.4f')}</td></tr>" for x in trust["ood"])
-        out.append('<table class="narrow"><thead><tr><th>photos of none of the species</th><th>photos</th>'
-                   f'<th>answered unknown</th><th>AUROC</th></tr></thead><tbody>{ood_rows}</tbody></table>')
-    else:
-        out.append('<p class="note">Add <code>--ood FOLDER</code> to <code>plantid evaluate</code> to measure how many '
-                   'photos of other things are answered unknown.</p>')
-    out.append(_img(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
-                    "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo given "
-                    "80% is right 80% of the time."))
+    ood = [{"folder": x["folder"], "photos": x["n_images"], "rejected": x["rejected"],
+            "auroc": "n/a" if x["auroc"] is None else format(x["auroc"], ".4f")} for x in trust["ood"]]
+    reliability = _figure(png_bytes(reliability_figure(trust, title=f"Reliability: {result['split']}"), max_width=1000),
+                          "Reliability diagram", "Accuracy against confidence in 15 bins: on the diagonal, a photo "
+                          "given 80% is right 80% of the time.")
     scores_png = run_dir / evaluation_files(result["split"])["ood"]
-    if trust["ood"] and scores_png.is_file():
-        out.append(_img(scores_png.read_bytes(), "OOD score histograms",
-                        "The score of the evaluated photos and of each foreign folder; above the line: unknown."))
-    return "".join(out)
+    scores = (_figure(scores_png.read_bytes(), "OOD score histograms",
+                      "The score of the evaluated photos and of each foreign folder; above the line: unknown.")
+              if trust["ood"] and scores_png.is_file() else None)
+    return {"fitted": True, "answers": _answers(result, trust), "rows": rows, "ood": ood,
+            "reliability": reliability, "scores": scores}
 
 
 def weak_classes(result: dict) -> set[str]:
@@ -370,69 +282,53 @@ def weak_classes(result: dict) -> set[str]:
             if r["support"] > 0 and (r["f1"] < WEAK_F1 or r["f1"] < macro - WEAK_GAP)}
 
 
-def _per_class_table(result: dict) -> str:
+def _per_class(result: dict) -> dict:
+    """Precision, recall (with its interval) and F1 per class; weak classes highlighted."""
     weak = weak_classes(result)
     tta = result.get("tta")
     tta_f1 = {r["class"]: r["f1"] for r in tta["per_class"]} if tta else {}
     recall_bounds = (result.get("intervals") or {}).get("recall") or {}
-    head = ("<th>class</th><th>precision</th><th>recall</th><th>recall, 95% interval</th><th>F1</th>"
-            + ("<th>F1 with TTA</th>" if tta else "") + "<th>support</th>")
-    body = []
+    rows = []
     for r in result["per_class"]:
         bounds = recall_bounds.get(r["class"])
-        shown = f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else ""
-        cls = "weak" if r["class"] in weak else "absent" if r["support"] == 0 else ""
-        tag = '<span class="tag">weak</span>' if r["class"] in weak else ""
-        bar = f'<span class="bar" style="width:{max(2, round(60 * r["f1"]))}px"></span>'
-        extra = f"<td>{r_f:.3f}</td>" if tta and (r_f := tta_f1.get(r["class"])) is not None else ("<td></td>" if tta else "")
-        body.append(
-            f'<tr class="{cls}"><td class="name">{e(r["class"])}{tag}</td><td>{r["precision"]:.3f}</td>'
-            f'<td>{r["recall"]:.3f}</td><td>{shown}</td><td>{bar}{r["f1"]:.3f}</td>{extra}<td>{int(r["support"]):,}</td></tr>'
-        )
-    note = (f'<p class="note">Highlighted: F1 below {WEAK_F1:.2f} or more than {100 * WEAK_GAP:.0f} points below the '
-            f'macro-F1 ({_pct(result["metrics"]["macro_f1"], 1)}). ' +
-            (f"{len(weak)} weak class(es)." if weak else "No weak class.") + "</p>")
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{note}'
+        rows.append({
+            "name": r["class"], "weak": r["class"] in weak,
+            "kind": "weak" if r["class"] in weak else "absent" if r["support"] == 0 else "",
+            "precision": r["precision"], "recall": r["recall"],
+            "interval": f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else "",
+            "bar": max(2, round(60 * r["f1"])), "f1": r["f1"], "tta_f1": tta_f1.get(r["class"]),
+            "support": int(r["support"]),
+        })
+    return {"rows": rows, "tta": bool(tta), "weak_f1": WEAK_F1, "weak_gap": 100 * WEAK_GAP,
+            "macro_f1": result["metrics"]["macro_f1"], "weak": len(weak)}
 
 
-def _next_steps_section(run_dir: Path, result: dict) -> str:
+def _next_steps(run_dir: Path, result: dict) -> list[dict]:
     """Per weak class: its confusions, photo counts, audit suspects and what to do about it."""
-    advice = advise(run_dir, result, weak_classes(result))
-    if not advice:
-        return '<p class="note">No weak class: nothing stands out to fix.</p>'
-    blocks = []
-    for a in advice:
-        pairs = lambda items: ", ".join(f"{e(c)} ({n})" for c, n in items) or "none"  # noqa: E731
-        photos = (f"{a.train_photos:,} training photos (median class {a.median_train_photos:g})"
-                  if a.train_photos is not None and a.median_train_photos is not None else "photo count unknown")
-        facts = (f"<li>taken for: {pairs(a.taken_for)}; taken for it: {pairs(a.mistaken_for_it)}</li>"
-                 f"<li>{e(photos)}</li>"
-                 f"<li>audit: {a.audit_given} flagged photo(s) labelled {e(a.name)}, {a.audit_suggested} "
-                 f"suggested to be {e(a.name)}</li>")
-        todo = "".join(f"<li><b>{e(s)}</b></li>" for s in a.suggestions)
-        blocks.append(f'<div class="advice"><h3>{e(a.name)} <span class="tag">F1 {a.f1:.2f}</span></h3>'
-                      f"<ul>{facts}</ul><ul>{todo}</ul></div>")
-    return "".join(blocks)
+    def pairs(items: list[tuple[str, int]]) -> str:
+        return ", ".join(f"{c} ({n})" for c, n in items) or "none"
+
+    return [{"name": a.name, "f1": a.f1, "taken_for": pairs(a.taken_for), "mistaken_for_it": pairs(a.mistaken_for_it),
+             "photos": (f"{a.train_photos:,} training photos (median class {a.median_train_photos:g})"
+                        if a.train_photos is not None and a.median_train_photos is not None else "photo count unknown"),
+             "audit_given": a.audit_given, "audit_suggested": a.audit_suggested, "suggestions": a.suggestions}
+            for a in advise(run_dir, result, weak_classes(result))]
 
 
-def _audit_section(run_dir: Path, limit: int = 10) -> str:
+def _audit(run_dir: Path, limit: int = 10) -> dict:
     """The label audit's result (audit.csv), when `plantid audit` has run."""
     path = RunFolder(run_dir).audit_csv
     if not path.is_file():
-        return (f'<p class="empty">No label audit yet: <code>plantid audit {e(run_dir)}</code> lists the photos most '
-                "likely mislabelled.</p>")
+        return {"found": False, "run_dir": str(run_dir)}
     with path.open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     flagged = [r for r in rows if r.get("flagged") == "1"]
-    body = "".join(f'<tr><td class="name">{e(Path(r["path"]).name)}</td><td>{e(r["split"])}</td><td>{e(r["given"])}</td>'
-                   f'<td>{e(r["suggested"])}</td><td>{_pct(r["suggested_prob"], 0)}</td></tr>' for r in flagged[:limit])
-    table = ('<table class="narrow"><thead><tr><th>photo</th><th>split</th><th>given</th><th>suggested</th>'
-             f"<th>probability</th></tr></thead><tbody>{body}</tbody></table>") if flagged else ""
-    return (f'<p class="note">{len(flagged):,} of {len(rows):,} audited photos flagged as likely mislabelled '
-            f"(all in <code>{e(path.name)}</code>; review them with <code>plantid review {e(run_dir)}</code>).</p>{table}")
+    return {"found": True, "run_dir": str(run_dir), "file": path.name, "flagged": len(flagged), "audited": len(rows),
+            "rows": [{"photo": Path(r["path"]).name, "split": r["split"], "given": r["given"],
+                      "suggested": r["suggested"], "probability": r["suggested_prob"]} for r in flagged[:limit]]}
 
 
-def _other_evaluations_section(run_dir: Path, shown: dict | None) -> str:
+def _other_evaluations(run_dir: Path, shown: dict | None) -> list[dict]:
     """Every evaluation of the run besides the one the report is built on: val, train, folders."""
     rows = []
     for path in sorted(run_dir.glob("eval*.json")):
@@ -440,39 +336,32 @@ def _other_evaluations_section(run_dir: Path, shown: dict | None) -> str:
         data = None if main else read_or_warn(Evaluation.read, path)
         if data is None:
             continue
-        rows.append(f'<tr><td class="name">{e(data.split)}</td><td>{data.n_images or 0:,}</td>'
-                    f'<td>{_pct(data.metrics.accuracy)}</td><td>{_pct(data.metrics.macro_f1)}</td>'
-                    f'<td>{_pct(data.tta.metrics.accuracy) if data.tta else "not run"}</td>'
-                    f"<td><code>{e(path.name)}</code></td></tr>")
-    if not rows:
-        return ('<p class="empty">No other evaluation: <code>plantid evaluate RUN --split val</code> or '
-                "<code>--split FOLDER</code> adds one.</p>")
-    return ('<table><thead><tr><th>split or folder</th><th>photos</th><th>accuracy</th><th>macro-F1</th>'
-            f'<th>accuracy with TTA</th><th>file</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        rows.append({"split": data.split, "photos": data.n_images or 0, "accuracy": data.metrics.accuracy,
+                     "macro_f1": data.metrics.macro_f1,
+                     "tta": _pct(data.tta.metrics.accuracy) if data.tta else "not run", "file": path.name})
+    return rows
 
 
-def _since_section(run_dir: Path, config) -> str:
+def _since(run_dir: Path, config) -> dict:
     """For a run started from another (train.init_from): photos per class and accuracy, before and now."""
     parent = Path(config.train.init_from)
     before, now = RunFolder(parent), RunFolder(run_dir)
     try:
         old_counts, new_counts = read_manifest(before.manifest).class_counts(), read_manifest(now.manifest).class_counts()
     except PlantidError as exc:
-        return f'<p class="empty">Cannot compare with {e(parent)}: {e(exc)}</p>'
+        return {"parent": str(parent), "error": str(exc)}
     old_summary, new_summary = read_or_warn(read_summary, parent), read_or_warn(read_summary, run_dir)
-    names = sorted(set(old_counts) | set(new_counts))
-    body = "".join(f'<tr><td class="name">{e(c)}</td><td>{old_counts.get(c, 0):,}</td><td>{new_counts.get(c, 0):,}</td>'
-                   f"<td>{new_counts.get(c, 0) - old_counts.get(c, 0):+,}</td></tr>" for c in names)
     applied = _read_json(before.apply_log) or {}
     kinds = Counter(op.get("kind") for op in applied.get("operations", []) if isinstance(op, dict))
-    moves = (f"{kinds.get('move', 0)} photo(s) moved (relabelled or excluded) and {kinds.get('copy', 0)} added by "
-             f"<code>plantid apply</code> from its review" if kinds else "no review applied from it")
-    return (f'<p class="note">Started from the weights of <code>{e(parent)}</code> ({moves}). Best val accuracy '
-            f'{_pct(old_summary and old_summary.best_val_acc)} then, {_pct(new_summary and new_summary.best_val_acc)} '
-            f'now; test {_pct(old_summary and old_summary.test_acc)} then, {_pct(new_summary and new_summary.test_acc)} '
-            'now.</p>'
-            '<table class="narrow"><thead><tr><th>class</th><th>photos then</th><th>photos now</th><th>change</th>'
-            f"</tr></thead><tbody>{body}</tbody></table>")
+    return {
+        "parent": str(parent), "error": None, "applied": bool(kinds),
+        "moved": kinds.get("move", 0), "added": kinds.get("copy", 0),
+        "val_then": old_summary and old_summary.best_val_acc, "val_now": new_summary and new_summary.best_val_acc,
+        "test_then": old_summary and old_summary.test_acc, "test_now": new_summary and new_summary.test_acc,
+        "rows": [{"name": c, "then": old_counts.get(c, 0), "now": new_counts.get(c, 0),
+                  "change": new_counts.get(c, 0) - old_counts.get(c, 0)}
+                 for c in sorted(set(old_counts) | set(new_counts))],
+    }
 
 
 def _config_value(value: Any) -> str:
@@ -487,33 +376,63 @@ def _config_value(value: Any) -> str:
     return str(value)
 
 
-def _config_section(run_dir: Path) -> str:
+def _config(run_dir: Path) -> dict:
     """The run's config.yaml as one small table per section (the raw YAML below, collapsed)."""
     import yaml
 
     try:
         text = RunFolder(run_dir).config.read_text(encoding="utf-8")
     except OSError:
-        return '<p class="empty">No config.yaml in the run folder.</p>'
+        return {"text": None}
     try:
         data = load_yaml(text)
     except yaml.YAMLError:
         data = None
-    raw = f"<details><summary>config.yaml</summary><pre>{e(text.rstrip())}</pre></details>"
     if not isinstance(data, dict):
-        return f"<pre>{e(text.rstrip())}</pre>"
+        return {"text": text.rstrip(), "boxes": None}
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
     sections = {k: v for k, v in data.items() if isinstance(v, dict)}
-    boxes = []
     if top:
         sections = {"run": top, **sections}
-    for name, values in sections.items():
-        rows = "".join(f'<tr><td>{e(k)}</td><td>{e(_config_value(v))}</td></tr>' for k, v in values.items())
-        boxes.append(f'<div class="cfg"><h3>{e(name)}</h3><table><tbody>{rows}</tbody></table></div>')
-    return f'<div class="cfg-grid">{"".join(boxes)}</div>{raw}'
+    boxes = [(name, [(k, _config_value(v)) for k, v in values.items()]) for name, values in sections.items()]
+    return {"text": text.rstrip(), "boxes": boxes}
+
+
+def _section_html(macro: str, data: Any) -> str:
+    """One section of the page on its own, as HTML (the macro `macro` of SECTIONS)."""
+    return render_macro(SECTIONS, macro, data, filters=FILTERS)
+
+
+def _next_steps_section(run_dir: Path, result: dict) -> str:
+    """The "What to do next" section's HTML: advice per weak class."""
+    return _section_html("next_steps", _next_steps(run_dir, result))
+
+
+def _audit_section(run_dir: Path) -> str:
+    """The "Label audit" section's HTML: the audit's flagged photos, or how to run it."""
+    return _section_html("audit", _audit(run_dir))
 
 
 # ---- page -------------------------------------------------------------------------------------------
+
+
+def _evaluation(run_dir: Path, result: dict) -> dict:
+    """The sections that need an evaluation: its numbers, confusion matrix, classes, errors, trust."""
+    where = f"{result['split']} split" if result["split"] in ("test", "val", "train") else f"folder {result['split']}"
+    classes = result["classes"]
+    confusion = _figure(png_bytes(confusion_figure(result["confusion"], classes,
+                                                   title=f"Confusion matrix: {where} ({result['n_images']} images)"),
+                                  max_width=2400),
+                        "Confusion matrix", "Rows: true class; columns: predicted class (without TTA).")
+    worst = result.get("worst") or []
+    n_errors = result["n_images"] - sum(result["confusion"][i][i] for i in range(len(classes)))
+    title = f"Most confident mistakes ({len(worst)} of {n_errors} shown)" if n_errors else "Mistakes"
+    errors = _figure(png_bytes(error_grid_figure(worst, title=title), max_width=1200, palette=bool(worst)),
+                     "Misclassified photos",
+                     "Each photo: true class, predicted class and the model's confidence in it (without TTA).")
+    return {"where": where, "n_images": result["n_images"], "checkpoint": result["checkpoint"],
+            "metrics": _metrics(result), "confusion": confusion, "per_class": _per_class(result),
+            "next_steps": _next_steps(run_dir, result), "errors": errors, "trust": _trust(run_dir, result)}
 
 
 def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
@@ -524,93 +443,26 @@ def render_report(run_dir: Path, result: dict | None, note: str | None) -> str:
         config = load_run_config(RunFolder(run_dir).config)
     except PlantidError:
         config = None
-    config_model = (summary.model if summary else None) or (config.model.name if config else "unknown model")
-    planned_epochs = config.train.epochs if config else None
-    name = run_dir.resolve().name
-    trained_at = _when(RunFolder(run_dir).summary) or _when(RunFolder(run_dir).best_checkpoint) or "unknown date"
     split_label = "Validation" if result is not None and result.get("split") == "val" else "Test"
-
-    nav = [("summary", "Summary"), ("data", "Data"), ("training", "Training"), ("evaluation", "Evaluation"),
-           ("confusion", "Confusion matrix"), ("classes", "Per class"), ("next", "Next steps"), ("errors", "Errors"), ("trust", "Trust"),
-           ("audit", "Audit"), ("evaluations", "Other evaluations"), ("config", "Config")]
-    sub_bits = [f"model <b>{e(config_model)}</b>"]
-    if summary and summary.recipe:
-        sub_bits.append(f"recipe <b>{e(summary.recipe)}</b>")
-    if summary and summary.image_size:
-        sub_bits.append(f"{e(summary.image_size)} px input")
-    sub_bits.append(f"trained {e(trained_at)}")
-
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>plantid report: {e(name)}</title><style>{CSS}</style></head><body><main>",
-        f"<header><h1>Plant classifier: {e(name)}</h1><p class=\"sub\">{' &middot; '.join(sub_bits)}</p></header>",
-        "<nav>" + "".join(f'<a href="#{a}">{e(t)}</a>' for a, t in nav) + "</nav>",
-        f'<section id="summary">{_key_numbers(summary, result, split_label, planned_epochs)}',
-    ]
-    if note:
-        out.append(f'<p class="note">{e(note)}</p>')
-    out.append("</section>")
-
-    out.append(f'<section id="data"><h2>Data</h2>{_data_section(run_dir)}</section>')
-
-    phases = [(p.epochs, p.image_size) for p in config.train.resize_phases] if config else []
-    curves = training_curves_figure(RunFolder(run_dir).metrics, size_phases=phases,
-                                    final_size=config.data.image_size if config else None)
-    out.append('<section id="training"><h2>Training</h2>')
-    if curves is not None:
-        out.append(_img(png_bytes(curves, max_width=1600), "Training curves",
-                        "Per-epoch loss, accuracy and learning rate (from metrics.csv)."
-                        + (" Shaded: epochs trained at a smaller image size (validation always "
-                           "runs at the final size)." if phases else "")))
-    else:
-        out.append('<p class="empty">No metrics.csv with per-epoch values in the run folder.</p>')
-    out.append("</section>")
-
-    out.append('<section id="evaluation"><h2>Evaluation</h2>')
-    if result is None:
-        out.append('<p class="empty">Not evaluated.</p></section>')
-    else:
-        where = f"{result['split']} split" if result["split"] in ("test", "val", "train") else f"folder {result['split']}"
-        out.append(f'<p class="note">{result["n_images"]:,} images of the {e(where)}, checkpoint '
-                   f'<code>{e(result["checkpoint"])}</code>.</p>{_metrics_table(result)}</section>')
-        classes = result["classes"]
-        out.append('<section id="confusion"><h2>Confusion matrix</h2>')
-        out.append(_img(png_bytes(confusion_figure(result["confusion"], classes,
-                                                   title=f"Confusion matrix: {where} ({result['n_images']} images)"),
-                                  max_width=2400),
-                        "Confusion matrix", "Rows: true class; columns: predicted class (without TTA)."))
-        out.append("</section>")
-        out.append(f'<section id="classes"><h2>Per class</h2>{_per_class_table(result)}</section>')
-        out.append(f'<section id="next"><h2>What to do next</h2>{_next_steps_section(run_dir, result)}</section>')
-        worst = result.get("worst") or []
-        n_errors = result["n_images"] - sum(result["confusion"][i][i] for i in range(len(classes)))
-        out.append('<section id="errors"><h2>Errors</h2>')
-        title = f"Most confident mistakes ({len(worst)} of {n_errors} shown)" if n_errors else "Mistakes"
-        grid = png_bytes(error_grid_figure(worst, title=title), max_width=1200, palette=bool(worst))
-        out.append(_img(grid, "Misclassified photos",
-                        "Each photo: true class, predicted class and the model's confidence in it (without TTA)."))
-        out.append("</section>")
-        out.append('<section id="trust"><h2>Trust: unknown photos and calibration</h2>'
-                   f"{_trust_section(run_dir, result)}</section>")
-
-    out.append(f'<section id="audit"><h2>Label audit</h2>{_audit_section(run_dir)}</section>')
-    out.append('<section id="evaluations"><h2>Other evaluations</h2>'
-               f"{_other_evaluations_section(run_dir, result)}</section>")
-    if config is not None and config.train.init_from is not None:
-        out.append(f'<section id="since"><h2>Since the earlier run</h2>{_since_section(run_dir, config)}</section>')
-    out.append(f'<section id="config"><h2>Configuration</h2>{_config_section(run_dir)}</section>')
-    generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out.append(f"<footer>Generated by plantid on {e(generated)} from <code>{e(run_dir.resolve())}</code>. "
-               "Self-contained: no external resources.</footer>")
-    out.append("</main></body></html>")
-    return scrollable_tables("\n".join(out) + "\n")
-
-
-def scrollable_tables(page: str) -> str:
-    """Every table in its own sideways-scrolling box, so a wide one never widens the page on a phone."""
-    return page.replace("<table", '<div class="scroll"><table').replace("</table>", "</table></div>")
+    return render_page(
+        PAGE, filters=FILTERS,
+        name=run_dir.resolve().name,
+        model=(summary.model if summary else None) or (config.model.name if config else "unknown model"),
+        recipe=summary.recipe if summary else None,
+        image_size=summary.image_size if summary else None,
+        trained_at=_when(RunFolder(run_dir).summary) or _when(RunFolder(run_dir).best_checkpoint) or "unknown date",
+        cards=_key_numbers(summary, result, split_label, config.train.epochs if config else None),
+        note=note,
+        data=_data_summary(run_dir),
+        training=_training_figure(run_dir, config),
+        evaluation=_evaluation(run_dir, result) if result is not None else None,
+        audit=_audit(run_dir),
+        evaluations=_other_evaluations(run_dir, result),
+        since=_since(run_dir, config) if config is not None and config.train.init_from is not None else None,
+        config=_config(run_dir),
+        generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        run_path=str(run_dir.resolve()),
+    )
 
 
 def build_report(run_dir: Path, console=None) -> Path:

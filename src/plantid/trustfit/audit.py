@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import logging
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from plantid.data.cache import build_cache, resolve_cache_dir
 from plantid.data.split import SPLITS, read_manifest
 from plantid.errors import PlantidError
 from plantid.fileio import write_text_atomic
+from plantid.html_pages import render_page
 from plantid.infer.checkpoint import load_trained
 from plantid.models import build_model
 from plantid.models.classifier import SeedHead, members_of
@@ -325,39 +325,13 @@ def _thumbnail(pixels: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
-.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;overflow-wrap:anywhere}
-.card img{width:100%;image-rendering:auto;border-radius:4px}
-.given{color:#b00020}.suggested{color:#0a7a2f}.path{color:#666}
-"""
-
-
 def audit_html(result: AuditResult, pixels: np.ndarray, title: str = "Label audit", limit: int = 100) -> str:
-    """A self-contained HTML page: the flagged photos as a grid, thumbnails embedded as data URIs."""
+    """A self-contained HTML page: the flagged photos as a grid, thumbnails embedded as data URIs
+    (templates/audit.html.j2, every value escaped: labels and paths are text, never markup)."""
     shown = result.flagged[: max(0, limit)]
-    total = len(result.rows)
-    n_flag = len(result.flagged)
-    cards = []
-    for rank, r in enumerate(shown, start=1):
-        cards.append(
-            f'<div class="card"><img alt="{html.escape(Path(r.path).name)}" src="{_thumbnail(pixels[r.row])}">'
-            f"<div>#{rank} &middot; {html.escape(r.split)}</div>"
-            f'<div class="given">given: {html.escape(r.given)} ({r.given_prob:.0%})</div>'
-            f'<div class="suggested">suggested: {html.escape(r.suggested)} ({r.suggested_prob:.0%})</div>'
-            f'<div class="path">{html.escape(r.path)}</div></div>'
-        )
-    if not shown:
-        body = "<p>No likely label issues found.</p>"
-    else:
-        more = f" (the first {len(shown)} shown; all in {AUDIT_CSV})" if len(shown) < n_flag else ""
-        body = f'<div class="grid">{"".join(cards)}</div>' + (f"<p>{more}</p>" if more else "")
-    return (
-        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{n_flag} of {total} photos flagged as likely mislabelled or ambiguous (cleanlab confident learning on "
-        f"{result.folds}-fold out-of-fold probabilities from {html.escape(result.features)} features), most "
-        f"suspicious first. Percentages are out-of-fold probabilities. Every photo's score is in {AUDIT_CSV}.</p>"
-        f"{body}</body></html>\n"
-    )
+    cards = [{"name": Path(r.path).name, "src": _thumbnail(pixels[r.row]), "split": r.split, "path": r.path,
+              "given": r.given, "given_prob": f"{r.given_prob:.0%}",
+              "suggested": r.suggested, "suggested_prob": f"{r.suggested_prob:.0%}"} for r in shown]
+    return render_page("audit.html.j2", title=title, cards=cards, flagged=len(result.flagged), total=len(result.rows),
+                       partial=len(shown) < len(result.flagged), folds=result.folds, features=result.features,
+                       csv_name=AUDIT_CSV)
