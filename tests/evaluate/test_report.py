@@ -156,6 +156,7 @@ def test_a_class_named_like_a_script_is_only_text(report_run: Path):
     page = build_report(report_run).read_text(encoding="utf-8")
     text = "".join(assert_self_contained(page).text)
     assert "<script" not in page.lower()
+    assert "content=\"default-src 'none'; img-src data:;" in page  # and nothing would run or load if it got in
     assert EVIL in text  # shown literally
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;x&#34;"
     assert page.count("alert(1)") == page.count(escaped) >= 5  # data, per class, next steps, audit

@@ -140,6 +140,7 @@ def test_audit_run_finds_flipped_labels_and_writes_csv_and_html(flipped_run) -> 
     thumb = Image.open(BytesIO(base64.b64decode(images[0])))
     assert thumb.format == "JPEG" and thumb.size == (32, 32)
     assert "src=\"http" not in page and "src='http" not in page  # self-contained
+    assert "content=\"default-src 'none'; img-src data:;" in page  # runs and fetches nothing
     for path in flipped:  # names and labels are HTML-escaped (a class may be called '<b>x&y "q"')
         assert escape(Path(path).name) in page  # as the template layer escapes: a quote is &#34;
     assert "<b>" not in page
