@@ -173,8 +173,56 @@ def test_app_answers_unsure_below_the_run_answer_level(web_run: Path, photos: li
         assert page.text_content("#best-eyebrow").strip() == "Unsure between two species"
         assert page.inner_text("#best-label").strip() == " or ".join(prediction.answer.species)
         assert outside == [] and errors == []
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "answer-unsure-390.png"), full_page=True)
     finally:
         context.close()
+
+
+def _foreign_photos(folder: Path) -> list[Path]:
+    """Pictures of none of the tiny run's species, smooth (as photos are, so that the app's resize
+    and Pillow's agree to 1e-4): colour gradients and a flat grey."""
+    yy, xx = np.mgrid[0:96, 0:96] / 95.0
+    pictures = {"dusk": np.stack([200 * xx + 40, 30 + 0 * xx, 220 * yy + 30], axis=2),
+                "sunset": np.stack([250 + 0 * xx, 120 * yy + 100, 40 * xx], axis=2),
+                "grey": np.full((96, 96, 3), 128.0)}
+    paths = []
+    for name, pixels in pictures.items():
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{name}.png")
+        paths.append(folder / f"{name}.png")
+    return paths
+
+
+@NEEDS_CHROMIUM
+@pytest.mark.browser
+def test_app_names_a_species_and_says_not_one_of_them_for_a_foreign_picture(web_run: Path, photos: list[Path],
+                                                                            browser, tmp_path: Path) -> None:
+    """Two of the three answers as the app words them, each for the photo predict gives it to (the
+    third, unsure, is above); a screenshot of each goes to test-artifacts/web/."""
+    predictor = Predictor.from_run(web_run, backend="onnx")
+    candidates = photos + _foreign_photos(tmp_path)
+    answers = predictor.predict([str(p) for p in candidates], top_k=2)
+    chosen = {}
+    for path, prediction in zip(candidates, answers):
+        chosen.setdefault(prediction.answer.kind, (path, prediction))
+    assert {"species", "unknown"} <= set(chosen), "the run named no species, or flagged no foreign picture"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for kind in ("species", "unknown"):
+        path, prediction = chosen[kind]
+        context, page, outside, errors = _open(browser, (web_run / "web" / "index.html").as_uri(), 390, 844)
+        try:
+            page.set_input_files("#file-input", [str(path)])
+            page.wait_for_selector("#result:not([hidden])")
+            best = page.inner_text("#best-label").strip()
+            if kind == "species":
+                assert best == prediction.answer.species[0]
+                assert page.text_content("#best-eyebrow").strip() == "Best match"
+            else:
+                assert "does not look like any" in best and f"{len(predictor.classes)} species" in best
+            page.screenshot(path=str(ARTIFACTS / f"answer-{kind}-390.png"), full_page=True)
+            assert outside == [] and errors == []
+        finally:
+            context.close()
 
 
 @NEEDS_CHROMIUM

@@ -81,9 +81,9 @@
     const probabilities = Array.from(mean, (m) => { const w = Math.exp(m - top); total += w; return w; })
       .map((w) => w / total);
     const threshold = info.trust ? info.trust.threshold : null;
-    const scored = threshold !== null && results.every((r) => r.score !== null);
-    const score = scored ? results.reduce((s, r) => s + r.score, 0) / results.length : null;
-    return { probabilities, score, unknown: scored ? score > threshold : null };
+    const scored = threshold !== null && results.every((r) => typeof r.ood_score === "number");
+    const score = scored ? results.reduce((s, r) => s + r.ood_score, 0) / results.length : null;
+    return { probabilities, ood_score: score, unknown: scored ? score > threshold : null };
   }
 
   function ranked(probabilities, n) {
