@@ -109,3 +109,19 @@ def test_a_run_file_too_large_or_nested_too_deep_is_one_line(tmp_path: Path):
     deep.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
     with pytest.raises(PlantidError, match=r"train_summary\.json: not readable JSON"):
         read_summary(tmp_path)
+
+
+@pytest.mark.parametrize("key, value", [("temperature", 0.0), ("threshold", float("inf")), ("answer_level", 1.5)])
+def test_an_evaluations_trust_numbers_are_checked_like_trust_json(tmp_path: Path, key: str, value: float):
+    """eval.json's trust summary goes through the same checks as trust.json: the report never
+    draws an answer table from a temperature of 0 or a level above 1."""
+    calibration = {"ece_before": 0.1, "ece_after": 0.05, "nll_before": 1.0, "nll_after": 0.9,
+                   "bins_before": [], "bins_after": []}
+    trust = {"detector": "knn", "temperature": 1.5, "threshold": 0.7, "keep": 0.95, "answer_level": 0.6,
+             "kept": 0.9, "calibration": calibration}
+    evaluation = {"split": "test", "metrics": {"accuracy": 0.5}, "trust": trust}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    assert read_evaluation(tmp_path).trust.temperature == 1.5
+    (tmp_path / "eval.json").write_text(json.dumps({**evaluation, "trust": {**trust, key: value}}), encoding="utf-8")
+    with pytest.raises(PlantidError, match=rf"eval\.json: trust\.{key}"):
+        read_evaluation(tmp_path)

@@ -197,16 +197,28 @@ class ForeignFolderResult(BaseModel):
     auroc: float | None
 
 
-class EvaluationTrust(BaseModel):
-    """eval.json's "trust": the run's trust summary (detector, its settings at the top level, as in
-    trust.json) and what it did on the evaluated photos (plantid.evaluate.trust_eval)."""
+class TrustNumbers(BaseModel):
+    """The numbers in trust.json every prediction uses, checked before use: a run folder from
+    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
+    the ranking, and an infinite threshold turned the unknown answer off."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)  # OOD score above it -> unknown
+    keep: float = Field(gt=0, le=1, allow_inf_nan=False)  # the share of val photos the threshold keeps
+    # the calibrated top probability below which a photo is answered "unsure" (plantid.infer.answers);
+    # None in trust files fitted before it existed
+    answer_level: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
+class EvaluationTrust(TrustNumbers):
+    """eval.json's "trust": the run's trust summary (its checked numbers; the detector and its
+    settings at the top level, as in trust.json) and what it did on the evaluated photos
+    (plantid.evaluate.trust_eval)."""
 
     model_config = ConfigDict(extra="allow")
     detector: str
-    temperature: float
-    threshold: float
-    keep: float
-    answer_level: float | None = None
     answered_accuracy: float | None = None  # the target the answer level was chosen for
     kept: float | None  # the share of evaluated photos answered known
     answers: AnswersResult | None = None
@@ -252,18 +264,6 @@ def read_summary(run_dir: str | os.PathLike) -> TrainSummary | None:
 TRUST_FORMAT = "plantid-trust/1"
 
 
-class TrustNumbers(BaseModel):
-    """The numbers in trust.json every prediction uses, checked before use: a run folder from
-    elsewhere (or a diverged fit) with temperature 0 or NaN made every probability NaN, -1 inverted
-    the ranking, and an infinite threshold turned the unknown answer off."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    temperature: float = Field(gt=0, le=1000, allow_inf_nan=False)
-    threshold: float = Field(allow_inf_nan=False)  # OOD score above it -> unknown
-    keep: float = Field(gt=0, le=1, allow_inf_nan=False)  # the share of val photos the threshold keeps
-
-
 class TrustRecord(RunRecord, TrustNumbers):
     """trust.json: the fitted unknown-photo detector and temperature (checked numbers, validated
     first), and what they were fitted for.
@@ -287,9 +287,6 @@ class TrustRecord(RunRecord, TrustNumbers):
     checkpoint_size: int
     checkpoint_sha256: str
     score: str = "higher = less like the training photos; unknown when score > threshold"
-    # the calibrated top probability below which a photo is answered "unsure" (plantid.infer.answers);
-    # None in trust files fitted before it existed
-    answer_level: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     answered_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
