@@ -53,11 +53,14 @@ def test_a_client_that_disconnects_mid_upload_gets_a_400_and_leaves_no_traceback
     pulled = 0
     sent: list[dict] = []
 
+    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="leaf.jpg"\r\n\r\n'
+    chunks = [head + bytes(4096 - len(head)), bytes(4096)]  # the start of a photo upload, 8 KB
+
     async def receive() -> dict:
         nonlocal pulled
         pulled += 1
-        if pulled <= 2:
-            return {"type": "http.request", "body": bytes(4096), "more_body": True}
+        if pulled <= len(chunks):
+            return {"type": "http.request", "body": chunks[pulled - 1], "more_body": True}
         return {"type": "http.disconnect"}  # the tab was closed half-way
 
     async def send(message: dict) -> None:
