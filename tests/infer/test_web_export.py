@@ -219,6 +219,7 @@ def test_app_names_a_species_and_says_not_one_of_them_for_a_foreign_picture(web_
                 assert page.text_content("#best-eyebrow").strip() == "Best match"
             else:
                 assert "does not look like any" in best and f"{len(predictor.classes)} species" in best
+                assert page.inner_text("#result-note").startswith("Closest species, shown only for reference, from one photo.")
             page.screenshot(path=str(ARTIFACTS / f"answer-{kind}-390.png"), full_page=True)
             assert outside == [] and errors == []
         finally:

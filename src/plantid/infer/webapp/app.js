@@ -209,8 +209,8 @@
       el.confidence.textContent = percent(top[0].probability) + " likely";
     }
     plantidBars.renderBars(el.bars, top, false);
-    el.note.textContent = (answer.unknown ? "Closest species, shown only for reference: " : info.trust
-      ? "Calibrated probabilities over the " : "Probabilities over the ") + (answer.unknown ? "" : n + " species this model knows") +
+    el.note.textContent = (answer.unknown ? "Closest species, shown only for reference" : (info.trust
+      ? "Calibrated probabilities over the " : "Probabilities over the ") + n + " species this model knows") +
       (results.length > 1 ? ", combined from " + results.length + " photos of one plant (the mean of their log-probabilities)."
         : ", from one photo. Add more photos of the same plant for a surer answer.") +
       (state.lastMs ? " " + Math.round(state.lastMs) + " ms a photo on this device." : "");
