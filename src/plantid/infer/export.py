@@ -19,6 +19,7 @@ from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
 from plantid.infer.submission import SUBMISSION_FILES, export_submission
 from plantid.infer.web_export import WEB_DIR, check_runtime, check_web_target, export_web
 from plantid.outputs import json_object, refuse_foreign_file, refuse_foreign_folder
+from plantid.records import EXPORT_FORMAT_PREFIX
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, SUBMISSION_DIR, check_run_folder
 
 FORMATS = ("onnx", "web", "submission")
@@ -75,7 +76,7 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
 
 def is_plantid_export_meta(path: Path) -> bool:
     """True for a preprocessing.json plantid wrote (it names its format)."""
-    return str((json_object(path) or {}).get("format", "")).startswith("plantid-onnx")
+    return str((json_object(path) or {}).get("format", "")).startswith(EXPORT_FORMAT_PREFIX)
 
 
 def is_plantid_submission(folder: Path) -> bool:

@@ -38,6 +38,7 @@ from plantid.infer.onnx_backend import (
     make_session,
 )
 from plantid.infer.quantize import CALIBRATION_IMAGES, accuracy_on, quantize_onnx
+from plantid.records import EXPORT_FORMAT_PREFIX
 from plantid.runfolder import INT8_FILE, PREPROCESSING_FILE, RunFolder
 from plantid.trust.store import load_trust
 
@@ -293,7 +294,7 @@ def preprocessing_metadata(trained: Any, model_path: Path, exporter: str, max_di
     opset = next((o.version for o in onnx.load(str(model_path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), OPSET)
     return {
-        "format": "plantid-onnx/1",
+        "format": f"{EXPORT_FORMAT_PREFIX}/1",
         "model_file": model_file or model_path.name,
         "image_size": trained.image_size,
         "resize": RESIZE,
