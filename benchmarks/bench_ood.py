@@ -51,6 +51,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("mahalanobis+knn", {"k": 1}), ("mahalanobis+knn", {"k": 20}), ("mahalanobis+knn", {"k": 50}),
     ("mahalanobis+knn+stage", {"k": 50}),
     ("mahalanobis+knn", {"k": 50, "combine": "mean"}), ("mahalanobis+knn+stage", {"k": 50, "combine": "mean"}),
+    *(("mahalanobis+knn+stage", {"k": 50, "combine": "mean", "rank": r}) for r in (64, 128, 256)),
 ]
 KEEP = 0.95
 SHIFT_KEEP = 0.80  # a detector must keep this share of mildly shifted val photos (mean over the shifts)

@@ -368,6 +368,7 @@ def trust_command(
     detector: Annotated[Optional[str], typer.Option(help="mahalanobis+knn+stage (new runs' default), mahalanobis+knn, knn, mahalanobis, energy, maxlogit or msp (default: the run's trust.detector).")] = None,
     k: Annotated[Optional[int], typer.Option(help="The k-th nearest training photo, for the knn detectors.")] = None,
     combine: Annotated[Optional[str], typer.Option(help="How the mahalanobis+knn detectors join their parts: mean (default) or max.")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="Leading feature directions each part of the mahalanobis+knn detectors keeps (smaller trust files and exported models); 0 keeps them all (default: the run's trust.rank).")] = None,
 ) -> None:
     """Fit (or refit) what judges a run's predictions: the "not one of my species" score and its
     threshold, and the temperature that calibrates the probabilities. Uses train and val photos only.
@@ -383,6 +384,8 @@ def trust_command(
     base = load_run_config(config_path).trust if config_path.is_file() else TrustConfig()
     updates = {name: value for name, value in (("keep", keep), ("detector", detector), ("k", k), ("combine", combine),
                                                ("answered_accuracy", answered_accuracy)) if value is not None}
+    if rank is not None:
+        updates["rank"] = rank or None
     from pydantic import ValidationError
 
     try:

@@ -247,6 +247,10 @@ class TrustConfig(_Section):
     # rule of runs fitted before 2026-12-02; docs/decisions.md)
     combine: Literal["mean", "max"] = "mean"
     k: int = Field(50, ge=1)  # the k-th nearest training photo (knn, mahalanobis+knn)
+    # mahalanobis+knn detectors: each part keeps its features' `rank` leading directions and one
+    # variance for the rest (plantid.trust.ood.LowRankMahalanobis, ProjectedKNN), so the detector's
+    # tensors in the run and in an exported model are r x D instead of D x D and N x D; None: all
+    rank: int | None = Field(128, ge=1)
     # Share of the validation photos the threshold keeps as known; the rest of the world above it
     # is answered "unknown".
     keep: float = Field(0.95, gt=0.0, lt=1.0)

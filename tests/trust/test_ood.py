@@ -11,7 +11,7 @@ import torch
 
 from plantid.errors import PlantidError
 from plantid.trustfit.fit import choose_threshold
-from plantid.trust.ood import fit_detector
+from plantid.trust.ood import KNNDistance, LowRankMahalanobis, Mahalanobis, ProjectedKNN, fit_detector
 
 from tests.trust.conftest import generated_ood
 
@@ -110,6 +110,47 @@ def test_mean_combine_averages_the_parts_standardised_on_val_and_old_files_load_
         fit_detector("mahalanobis+knn", train, labels, k=5, val=(val, no_logits[0]), combine="median")
 
 
+def test_low_rank_parts_equal_the_full_ones_at_full_rank_and_keep_r_by_d_tensors_below_it() -> None:
+    from plantid.trust.ood import build_detector
+
+    train = torch.cat([_clusters(n=150, d=12)[0], _clusters(n=150, d=6, seed=1)[0]], 1)
+    labels = _clusters(n=150, d=12)[1]
+    val = torch.cat([_clusters(n=60, d=12, seed=2)[0], _clusters(n=60, d=6, seed=5)[0]], 1)
+    queries = torch.randn(25, 18, generator=torch.Generator().manual_seed(6)) * 3
+    no_logits = torch.zeros(60, 3), torch.zeros(25, 3)
+
+    def fit(rank):
+        return fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]),
+                            combine="mean", rank=rank)
+
+    full = fit(None)
+    with torch.no_grad():
+        # at rank = the width nothing is dropped: the low-rank forms give the full parts' scores
+        penultimate = train[:, :12]
+        torch.testing.assert_close(LowRankMahalanobis.fit(penultimate, labels, rank=12)(queries[:, :12], None),
+                                   Mahalanobis.fit(penultimate, labels)(queries[:, :12], None), rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ProjectedKNN.fit(penultimate, labels, k=5, rank=12)(queries[:, :12], None),
+                                   KNNDistance.fit(penultimate, labels, k=5)(queries[:, :12], None), rtol=1e-4, atol=1e-4)
+        # a rank at or above a part's width leaves that part as it was
+        same = fit(12)
+        assert [type(p.detector).__name__ for p in same.parts] == ["Mahalanobis", "KNNDistance", "Mahalanobis"]
+        torch.testing.assert_close(same(queries, no_logits[1]), full(queries, no_logits[1]))
+        small = fit(4)
+        shapes = {k: tuple(v.shape) for k, v in small.state().items()}
+        assert shapes["part0.basis"] == (4, 12) and shapes["part1.bank"] == (150, 4) and shapes["part2.basis"] == (4, 6)
+        assert "part0.whiten" not in shapes and sum(v.numel() for v in small.state().values()) < sum(
+            v.numel() for v in full.state().values())
+        # rebuilt from its tensors (no setting says it is low-rank) it scores the same
+        rebuilt = build_detector("mahalanobis+knn+stage", small.state(), k=5, split=12, combine="mean")
+        torch.testing.assert_close(rebuilt(queries, no_logits[1]), small(queries, no_logits[1]))
+        # a photo that leaves the training photos along a direction the rank dropped still stands out
+        _, _, dropped = torch.linalg.svd(train[:, :12] - train[:, :12].mean(0), full_matrices=False)
+        away = train[:20].clone()
+        away[:, :12] += 6.0 * dropped[-1] * train[:, :12].std(0).max()
+        val_scores = small(val, no_logits[0]).numpy()
+        assert (small(away, torch.zeros(20, 3)) > choose_threshold(val_scores, 0.95)).float().mean() >= 0.9
+
+
 def test_logit_detectors_score_flat_logits_as_less_known() -> None:
     confident = torch.tensor([[8.0, 0.0, 0.0]])
     flat = torch.tensor([[0.5, 0.4, 0.3]])
@@ -183,7 +224,7 @@ def test_the_default_detector_reads_no_stage_and_rejects_noise(trust_run_copy: P
     from plantid.trustfit.fit import fit_trust
 
     trust, _ = fit_trust(trust_run_copy, TrustConfig(detector="mahalanobis+knn", k=5))
-    assert trust.settings == {"k": 5, "combine": "mean"} and trust.head().taps == ()
+    assert trust.settings == {"k": 5, "combine": "mean", "rank": 128} and trust.head().taps == ()
     predictor = Predictor.from_run(trust_run_copy)
     noise = generated_ood(trust_run_copy)["noise"]
     _, scores = predictor.predict_scored(noise)

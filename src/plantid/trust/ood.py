@@ -45,8 +45,22 @@ from torch import nn
 
 from plantid.errors import PlantidError
 
-__all__ = ["DETECTORS", "Columns", "Energy", "KNNDistance", "Mahalanobis", "MaxLogit", "MaxSoftmax", "TrustHead",
-           "ScaledParts", "build_detector", "fit_detector"]
+__all__ = ["DETECTORS", "Columns", "Energy", "KNNDistance", "LowRankMahalanobis", "Mahalanobis", "MaxLogit",
+           "MaxSoftmax", "ProjectedKNN", "ScaledParts", "TrustHead", "build_detector", "fit_detector"]
+
+
+def _class_means_and_covariance(features: torch.Tensor, labels: torch.Tensor,
+                                shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (K x D; a class without training photos gets an unreachable mean) and the pooled
+    within-class covariance shrunk towards a scaled identity, (1 - s) C + s tr(C)/D I, in float64."""
+    f = features.double()
+    classes = torch.unique(labels)
+    full = torch.full((int(labels.max()) + 1, f.shape[1]), 1e6, dtype=torch.float64)
+    full[classes] = torch.stack([f[labels == c].mean(dim=0) for c in classes])
+    centred = f - full[labels]
+    cov = centred.T @ centred / max(1, len(f) - len(classes))
+    d = cov.shape[0]
+    return full, (1.0 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
 
 
 class KNNDistance(nn.Module):
@@ -90,23 +104,10 @@ class Mahalanobis(nn.Module):
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 0.1) -> Mahalanobis:
         """Class means and the pooled within-class covariance, (1 - s) C + s tr(C)/D I, whitened."""
-        f = features.double()
-        classes = torch.unique(labels)
-        means = torch.stack([f[labels == c].mean(dim=0) for c in classes])
-        full = torch.zeros(int(labels.max()) + 1, f.shape[1], dtype=torch.float64)
-        full[classes] = means
-        centred = f - full[labels]
-        cov = centred.T @ centred / max(1, len(f) - len(classes))
-        d = cov.shape[0]
-        cov = (1.0 - shrinkage) * cov + shrinkage * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
+        full, cov = _class_means_and_covariance(features, labels, shrinkage)
         eigenvalues, vectors = torch.linalg.eigh(cov)
         whiten = (vectors / eigenvalues.clamp(min=1e-12).sqrt()).T  # W = L^-1/2 V^T: W^T W = C^-1
-        whitened = full @ whiten.T
-        # classes without training photos get an unreachable mean
-        missing = torch.ones(len(full), dtype=torch.bool)
-        missing[classes] = False
-        whitened[missing] = 1e6
-        return cls(whitened, whiten)
+        return cls(full @ whiten.T, whiten)
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         g = features.float() @ self.whiten.T
@@ -114,6 +115,90 @@ class Mahalanobis(nn.Module):
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"means": self.means, "whiten": self.whiten}
+
+
+def _top_directions(covariance: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `rank` leading eigenvectors (rank x D) and eigenvalues of a covariance, and the mean of the rest."""
+    eigenvalues, vectors = torch.linalg.eigh(covariance)  # ascending
+    eigenvalues = eigenvalues.clamp(min=1e-12)
+    rest = eigenvalues[:-rank].mean() if rank < len(eigenvalues) else eigenvalues.min()
+    return vectors[:, -rank:].T.flip(0), eigenvalues[-rank:].flip(0), rest
+
+
+class LowRankMahalanobis(nn.Module):
+    """Mahalanobis distance to the nearest class mean with a covariance of rank `r` plus one variance.
+
+    The shared, shrunk covariance is kept along its r leading directions V (r x D, variances
+    lambda) and replaced by the mean of its other eigenvalues, sigma^2, elsewhere (probabilistic
+    PCA): d = sum_i (v_i . e)^2 / lambda_i + (|e|^2 - |V e|^2) / sigma^2 with e = f - mu_c. It stores
+    r x D numbers instead of D x D (1,280 x 1,280 for lite0), and the part of e outside the leading
+    directions, where photos unlike the training ones stand out, still counts at full weight.
+    """
+
+    def __init__(self, means: torch.Tensor, basis: torch.Tensor, variances: torch.Tensor, residual: torch.Tensor):
+        super().__init__()
+        self.register_buffer("means", means.float())  # K x D class means
+        self.register_buffer("basis", basis.float())  # r x D leading directions
+        self.register_buffer("variances", variances.float())  # r
+        self.register_buffer("residual", residual.float().reshape(()))  # the variance everywhere else
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 0.1,
+            rank: int = 128) -> LowRankMahalanobis:
+        """Class means and the pooled within-class covariance, shrunk as `Mahalanobis.fit`, kept at `rank`."""
+        means, cov = _class_means_and_covariance(features, labels, shrinkage)
+        basis, variances, residual = _top_directions(cov, min(int(rank), cov.shape[0]))
+        return cls(means, basis, variances, residual)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        e = features.float().unsqueeze(1) - self.means.unsqueeze(0)  # N x K x D, a difference: no precision lost
+        along = e @ self.basis.T  # N x K x r
+        inside = along.square().sum(dim=2)
+        outside = (e.square().sum(dim=2) - inside).clamp(min=0.0)
+        return ((along.square() / self.variances).sum(dim=2) + outside / self.residual).min(dim=1).values
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"means": self.means, "basis": self.basis, "variances": self.variances, "residual": self.residual}
+
+
+class ProjectedKNN(nn.Module):
+    """`KNNDistance` with the bank kept along the r leading directions of the unit-length training features.
+
+    |z - b|^2 = |z - m|^2 + |b - m|^2 - 2 (z - m).(b - m) (m the bank's mean) is kept exactly but for the
+    cross term, read in the leading directions only: what lies outside them is mostly noise that
+    averages out in the product, while each photo's own distance from m, all directions counted,
+    stays. The bank shrinks from N x D to N x r numbers plus r x D for the directions.
+    """
+
+    def __init__(self, centre: torch.Tensor, basis: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor,
+                 k: int = 1):
+        super().__init__()
+        if bank.ndim != 2 or len(bank) == 0:
+            raise PlantidError("the k-NN detector needs a non-empty N x r bank of training features")
+        self.k = int(max(1, min(k, len(bank))))
+        self.register_buffer("centre", centre.float())  # D, mean of the unit-length training features
+        self.register_buffer("basis", basis.float())  # r x D
+        self.register_buffer("bank", bank.float())  # N x r, the training photos along the basis
+        self.register_buffer("bank_norms", bank_norms.float())  # N, |b - m|^2 in all D directions
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, k: int = 1, rank: int = 128) -> ProjectedKNN:
+        """Unit-length training features, their principal directions and the bank along them."""
+        z = nn.functional.normalize(features.double(), dim=1)
+        centre = z.mean(dim=0)
+        centred = z - centre
+        covariance = centred.T @ centred / max(1, len(z) - 1)
+        basis, _, _ = _top_directions(covariance, min(int(rank), covariance.shape[0]))
+        return cls(centre, basis, centred @ basis.T, centred.square().sum(dim=1), k=k)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        centred = nn.functional.normalize(features.float(), dim=1) - self.centre
+        squared = centred.square().sum(dim=1, keepdim=True) + self.bank_norms - 2.0 * (centred @ self.basis.T) @ self.bank.T
+        kth = torch.topk(squared, self.k, dim=1, largest=False).values[:, -1]
+        return torch.sqrt(torch.clamp(kth, min=0.0))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"centre": self.centre, "basis": self.basis, "bank": self.bank, "bank_norms": self.bank_norms}
 
 
 class Columns(nn.Module):
@@ -198,18 +283,26 @@ CENTRE_QUANTILE = 0.5  # "mean": each part centred on its val median and divided
 
 def _fit_maha_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 1, shrinkage: float = 0.1,
                   split: int | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  combine: str = "max", **_) -> ScaledParts:
+                  combine: str = "max", rank: int | None = None, **_) -> ScaledParts:
     """Mahalanobis and k-NN on the first `split` columns (all when None), a last-stage
     Mahalanobis on the rest when there is a rest; each standardised on the val photos and
-    combined by `combine`."""
+    combined by `combine`. With `rank`, each part keeps its features' `rank` leading directions
+    (`LowRankMahalanobis`, `ProjectedKNN`) where they have more columns than that."""
     if val is None:
         raise PlantidError("the mahalanobis+knn detectors scale their parts on validation photos; none were given")
     split = features.shape[1] if split is None else int(split)
     penultimate = features[:, :split]
-    parts = [Columns(Mahalanobis.fit(penultimate, labels, shrinkage=shrinkage), 0, split),
-             Columns(KNNDistance.fit(penultimate, labels, k=k), 0, split)]
+
+    def mahalanobis(f: torch.Tensor) -> nn.Module:
+        if rank is not None and rank < f.shape[1]:
+            return LowRankMahalanobis.fit(f, labels, shrinkage=shrinkage, rank=rank)
+        return Mahalanobis.fit(f, labels, shrinkage=shrinkage)
+
+    knn = (ProjectedKNN.fit(penultimate, labels, k=k, rank=rank) if rank is not None and rank < split
+           else KNNDistance.fit(penultimate, labels, k=k))
+    parts = [Columns(mahalanobis(penultimate), 0, split), Columns(knn, 0, split)]
     if split < features.shape[1]:  # a model without stages (no `feature_info`) has no third part
-        parts.append(Columns(Mahalanobis.fit(features[:, split:], labels, shrinkage=shrinkage), split))
+        parts.append(Columns(mahalanobis(features[:, split:]), split))
     with torch.no_grad():
         val_scores = [p(*val).double() for p in parts]
     high = torch.stack([torch.quantile(v, SCALE_QUANTILE) for v in val_scores])
@@ -219,12 +312,19 @@ def _fit_maha_knn(features: torch.Tensor, labels: torch.Tensor, k: int = 1, shri
     return ScaledParts(parts, high.clamp(min=1e-12), None, combine)
 
 
+def _load_mahalanobis(s: dict[str, torch.Tensor], prefix: str) -> nn.Module:
+    if f"{prefix}.basis" in s:
+        return LowRankMahalanobis(*(s[f"{prefix}.{name}"] for name in ("means", "basis", "variances", "residual")))
+    return Mahalanobis(s[f"{prefix}.means"], s[f"{prefix}.whiten"])
+
+
 def _load_maha_knn(s: dict[str, torch.Tensor], k: int = 1, split: int | None = None, combine: str = "max",
                    **_) -> ScaledParts:
-    parts = [Columns(Mahalanobis(s["part0.means"], s["part0.whiten"]), 0, split),
-             Columns(KNNDistance(s["part1.bank"], k=k), 0, split)]
+    knn = (ProjectedKNN(*(s[f"part1.{name}"] for name in ("centre", "basis", "bank", "bank_norms")), k=k)
+           if "part1.basis" in s else KNNDistance(s["part1.bank"], k=k))
+    parts = [Columns(_load_mahalanobis(s, "part0"), 0, split), Columns(knn, 0, split)]
     if "part2.means" in s:
-        parts.append(Columns(Mahalanobis(s["part2.means"], s["part2.whiten"]), split))
+        parts.append(Columns(_load_mahalanobis(s, "part2"), split))
     return ScaledParts(parts, s["scales"], s.get("centres"), combine)
 
 

@@ -40,7 +40,7 @@ STAGE_DETECTORS = ("mahalanobis+knn+stage",)
 def detector_settings(cfg: TrustConfig) -> dict[str, Any]:
     """The settings a detector is built with (saved beside its tensors)."""
     if cfg.detector.startswith("mahalanobis+knn"):
-        return {"k": cfg.k, "combine": cfg.combine}
+        return {"k": cfg.k, "combine": cfg.combine, **({"rank": cfg.rank} if cfg.rank is not None else {})}
     return {"k": cfg.k} if "knn" in cfg.detector else {}
 
 
