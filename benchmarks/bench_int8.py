@@ -1,15 +1,16 @@
-"""int8 that keeps its accuracy: leave the noisiest layers in float, chosen on val, reported on test once.
+"""int8 that keeps its accuracy: size, val accuracy against fp32, reported on test once.
 
-    .venv/bin/python benchmarks/bench_int8.py --run runs/lite0 [--counts 0,2,4,8,16]
+    .venv/bin/python benchmarks/bench_int8.py --run runs/lite0 [--mode weights|static] [--counts 0,2,4,8,16]
 
 The run's fp32 ONNX export (RUN/export/model.onnx, made if missing) is quantized as
-`plantid export --quantize` does (static QDQ, per-channel 7-bit int8 weights, uint8 activations
+`plantid export --quantize --mode` does. `--mode weights` (the default): int8 tensors, float
+arithmetic, one candidate. `--mode static` (QDQ, per-channel 7-bit int8 weights, uint8 activations
 calibrated on 128 train photos), then again with the k noisiest convolutions left in float
-(`plantid.infer.quantize.noisiest_nodes`, measured on 16 train photos). For each k: size, val
-accuracy against fp32, and the share of val photos whose unknown answer changes. The smallest k
+(`plantid.infer.quantize.noisiest_nodes`, measured on 16 train photos). For each candidate: size,
+val accuracy against fp32, and the share of val photos whose unknown answer changes. The smallest k
 within 0.5 points of fp32 on val is chosen (else the k that lost least on val); test is scored
 once, for fp32, k = 0 and the chosen k.
-Writes benchmarks/results/int8.json.
+Writes benchmarks/results/int8.json (or --out).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 MAX_DROP_POINTS = 0.5
 
 
-def answers(model: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    from plantid.infer.onnx_backend import OUTPUT_NAME, SCORE_NAME, INPUT_NAME, make_session
+def answers(model: Path, images: np.ndarray, mode: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    from plantid.infer.onnx_backend import FOLDED_INT8_MODES, INPUT_NAME, OUTPUT_NAME, SCORE_NAME, make_session
 
-    session = make_session(model)
+    session = make_session(model, fold_dequantize=mode in FOLDED_INT8_MODES)
     names = [o.name for o in session.get_outputs()]
     wanted = [OUTPUT_NAME] + ([SCORE_NAME] if SCORE_NAME in names else [])
     outs = [session.run(wanted, {INPUT_NAME: images[i:i + 32]}) for i in range(0, len(images), 32)]
@@ -41,7 +42,8 @@ def answers(model: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--counts", default="0,2,4,8,16")
+    parser.add_argument("--mode", choices=("weights", "static"), default="weights")
+    parser.add_argument("--counts", default="0,2,4,8,16", help="float nodes to try (static mode)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -63,7 +65,7 @@ def main() -> None:
         return images, np.array([classes.index(n) for n in names])
 
     val_x, val_y = labelled("val")
-    counts = sorted(int(c) for c in args.counts.split(","))
+    counts = sorted(int(c) for c in args.counts.split(",")) if args.mode == "static" else [0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-") as work:
         work = Path(work)
@@ -76,12 +78,13 @@ def main() -> None:
             path = work / f"k{k}.onnx"
             t0 = time.perf_counter()
             exported = args.run / "export" / "model.int8.onnx"
-            if k == 0 and (meta.get("int8") or {}).get("file") and exported.is_file():
+            made = meta.get("int8") or {}
+            if k == 0 and made.get("file") and made.get("mode") == args.mode and exported.is_file():
                 path = exported  # the export's own int8 model is the k = 0 candidate
             else:
-                quantize_onnx(fp32, path, calib, exclude=tuple(noisy[:k]))
+                quantize_onnx(fp32, path, calib, mode=args.mode, exclude=tuple(noisy[:k]))
             models[k] = path
-            probs, scores = answers(path, val_x)
+            probs, scores = answers(path, val_x, args.mode)
             row = {"float_nodes": k, "names": noisy[:k], "size_mb": path.stat().st_size / 1e6,
                    "val_fp32": float((fp_val.argmax(1) == val_y).mean()), "val_int8": float((probs.argmax(1) == val_y).mean()),
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -98,8 +101,8 @@ def main() -> None:
         test_x, test_y = labelled("test")
         test = {"photos": int(len(test_y)), "fp32": float((answers(fp32, test_x)[0].argmax(1) == test_y).mean())}
         for k in sorted({0, chosen["float_nodes"]}):
-            test[f"int8_k{k}"] = float((answers(models[k], test_x)[0].argmax(1) == test_y).mean())
-    result = {"run": str(args.run), "image_size": size, "val_photos": int(len(val_y)), "candidates": rows,
+            test[f"int8_k{k}"] = float((answers(models[k], test_x, args.mode)[0].argmax(1) == test_y).mean())
+    result = {"run": str(args.run), "mode": args.mode, "image_size": size, "val_photos": int(len(val_y)), "candidates": rows,
               "chosen_float_nodes": chosen["float_nodes"], "test": test, "date": time.strftime("%Y-%m-%d")}
     print(f"chosen on val: {chosen['float_nodes']} float nodes; test ({test['photos']} photos): fp32 "
           f"{100 * test['fp32']:.2f}%, " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items() if k.startswith("int8")))

@@ -15,7 +15,7 @@ from pathlib import Path
 from plantid.errors import PlantidError
 from plantid.infer.checkpoint import load_trained
 from plantid.infer.onnx_export import export_onnx
-from plantid.infer.quantize import CALIBRATION_IMAGES, QUANTIZATIONS
+from plantid.infer.quantize import CALIBRATION_IMAGES, DEFAULT_QUANTIZATION, QUANTIZATIONS
 from plantid.infer.submission import SUBMISSION_FILES, export_submission
 from plantid.infer.web_export import WEB_DIR, check_runtime, check_web_target, export_web
 from plantid.outputs import json_object, refuse_foreign_file, refuse_foreign_folder
@@ -26,11 +26,11 @@ FORMATS = ("onnx", "web", "submission")
 
 
 def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None = None, quantize: bool | None = None,
-               quantization: str = "static", calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
+               quantization: str = DEFAULT_QUANTIZATION, calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
     """Export a run folder as 'onnx', 'web' or 'submission' and return the files/folders written.
 
     `quantize` None means no int8 model for onnx and submission, and for web int8 when it kept
-    its val accuracy. `quantization` ('static' or 'dynamic') picks how model.int8.onnx is made.
+    its val accuracy. `quantization` (one of QUANTIZATIONS) picks how model.int8.onnx is made.
     """
     fmt = (export_format or "").strip().lower()
     if fmt not in FORMATS:
@@ -39,7 +39,7 @@ def export_run(run_dir: str | os.PathLike, export_format: str, out: Path | None 
         check_runtime()
         check_web_target(Path(out) if out is not None else Path(run_dir) / WEB_DIR)
     if quantization not in QUANTIZATIONS:
-        raise PlantidError(f"unknown quantization '{quantization}': use static or dynamic")
+        raise PlantidError(f"unknown quantization '{quantization}': use one of {', '.join(QUANTIZATIONS)}")
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
     if fmt == "onnx":

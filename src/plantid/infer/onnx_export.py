@@ -37,7 +37,7 @@ from plantid.infer.onnx_backend import (
     SCORE_NAME,
     make_session,
 )
-from plantid.infer.quantize import CALIBRATION_IMAGES, accuracy_on, quantize_onnx
+from plantid.infer.quantize import CALIBRATION_IMAGES, DEFAULT_QUANTIZATION, accuracy_on, quantize_onnx
 from plantid.records import EXPORT_FORMAT_PREFIX
 from plantid.runfolder import INT8_FILE, PREPROCESSING_FILE, RunFolder
 from plantid.trust.store import load_trust
@@ -85,7 +85,7 @@ def probability_model(classifier: Any, trust_head: Any = None) -> Any:
     return _WRAPPER_CLASS(classifier, trust_head).eval()
 
 
-def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = False, quantization: str = "static",
+def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = False, quantization: str = DEFAULT_QUANTIZATION,
                 calibration_images: int = CALIBRATION_IMAGES) -> list[Path]:
     """Write target (model.onnx), optionally model.int8.onnx, and preprocessing.json beside it.
 
@@ -124,7 +124,7 @@ def export_onnx(trained: Any, run_dir: Path, target: Path, quantize: bool = Fals
                     "could be read (moved?); use quantization='dynamic' or restore the photos listed in split.csv"
                 )
             int8_info = quantize_onnx(tmp, int8_path, calib, mode=quantization)
-            int8_info["accuracy"] = _int8_accuracy(trained, run_dir, tmp, int8_path)
+            int8_info["accuracy"] = _int8_accuracy(trained, run_dir, tmp, int8_path, quantization)
             int8_info["sha256"] = sha256_file(int8_path)
             int8_info["size_bytes"] = int8_path.stat().st_size
         meta = preprocessing_metadata(trained, tmp, exporter, max_diff, int8_info, model_file=target.name)
@@ -259,7 +259,7 @@ def labelled_run_photos(run_dir: Path, size: int, limit: int,
     return (np.stack(images), labels) if images else none
 
 
-def _int8_accuracy(trained: Any, run_dir: Path, fp32_path: Path, int8_path: Path) -> dict[str, Any] | None:
+def _int8_accuracy(trained: Any, run_dir: Path, fp32_path: Path, int8_path: Path, mode: str) -> dict[str, Any] | None:
     """Both models' accuracy on the run's val photos; warns when int8 loses more than INT8_MAX_DROP_POINTS.
 
     Agreement on the calibration photos says little about accuracy: a cpu-default run (lite0,
@@ -270,7 +270,7 @@ def _int8_accuracy(trained: Any, run_dir: Path, fp32_path: Path, int8_path: Path
     keep = [k for k, name in enumerate(names) if name in index]
     if not keep:
         return None
-    check = accuracy_on(fp32_path, int8_path, images[keep], np.array([index[names[k]] for k in keep]))
+    check = accuracy_on(fp32_path, int8_path, images[keep], np.array([index[names[k]] for k in keep]), mode)
     check["split"] = "val"
     if check["drop_points"] > INT8_MAX_DROP_POINTS:
         log.warning("the int8 model loses %.1f points of val accuracy (fp32 %.2f%%, int8 %.2f%%, %d photos): "

@@ -1,9 +1,12 @@
 """int8 quantization of an exported ONNX model (`plantid export RUN --quantize`).
 
-Static QDQ quantization (per-channel 7-bit int8 weights, uint8 activations) calibrated on photos
-of the run's train split is the default; see `quantize_onnx` for why 7 bits. Dynamic quantization
-only speeds up MatMul/Gemm; on convolutions it falls back to ConvInteger, which is slower than
-fp32 on CPU (see benchmarks/bench_inference.py), so it is offered but not the default.
+Three modes. ``weights`` (the default) stores every large tensor as int8 with one scale per
+output channel and computes in float: a quarter of the file, the accuracy of fp32 (static int8
+lost 1-5 points at 192 px; docs/decisions.md, 2026-12-07 "int8 weights, float arithmetic").
+``static`` is QDQ with per-channel 7-bit int8 weights and uint8 activations calibrated on photos
+of the run's train split (see `quantize_onnx` for why 7 bits). ``dynamic`` only speeds up
+MatMul/Gemm; on convolutions it falls back to ConvInteger, slower than fp32 on CPU (see
+benchmarks/bench_inference.py).
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import numpy as np
 
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path
-from plantid.infer.onnx_backend import INPUT_NAME, OUTPUT_NAME, make_session
+from plantid.infer.onnx_backend import FOLDED_INT8_MODES, INPUT_NAME, OUTPUT_NAME, make_session
 
 log = logging.getLogger("plantid")
 
-QUANTIZATIONS = ("static", "dynamic")
+QUANTIZATIONS = (*FOLDED_INT8_MODES, "static", "dynamic")
+DEFAULT_QUANTIZATION = FOLDED_INT8_MODES[0]
+# Float tensors smaller than this stay float in ``weights`` mode (biases, scales, the input
+# normalization): they weigh nothing and some feed arithmetic that int8 would coarsen.
+WEIGHT_MIN_ELEMENTS = 1024
 # Train photos (spread over the classes) for the activation ranges of static quantization. 64,
 # 128, 256 and 512 photos, and Percentile/Entropy instead of MinMax, gave the same accuracy on
 # tf_efficientnet_lite0 (within 1-2 test photos of 446); 128 keeps calibration a few seconds.
@@ -47,10 +54,11 @@ class _CalibrationReader:
         self.index = 0
 
 
-def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = "static",
+def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mode: str = DEFAULT_QUANTIZATION,
                   exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write an int8 model next to the fp32 one and report how it was made and how it agrees.
 
+    weights: int8 tensors read back in float (`quantize_weights`); `calibration` only measures agreement.
     static: QDQ, per-channel symmetric int8 weights, uint8 activations calibrated (MinMax) on
     `calibration`; the final Softmax stays in float so probabilities keep their resolution.
     dynamic: int8 weights, activations quantized at run time (MatMul/Gemm/Conv).
@@ -74,16 +82,22 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="plantid-quant-", dir=int8_path.parent) as work:
         prepared = Path(work) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        except Exception as exc:  # symbolic shape inference can fail on exotic graphs: plain optimization then
-            log.warning("quantization pre-processing failed (%s); quantizing the graph as exported", exc)
+        if mode == "weights":  # tensors only: the graph as exported
             shutil.copyfile(fp32_path, prepared)
-        widen_input_constants(prepared)
+        else:
+            try:
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            except Exception as exc:  # symbolic shape inference can fail on exotic graphs: plain optimization then
+                log.warning("quantization pre-processing failed (%s); quantizing the graph as exported", exc)
+                shutil.copyfile(fp32_path, prepared)
+        if mode == "static":
+            widen_input_constants(prepared)
         softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
         with atomic_path(int8_path) as tmp:
             try:
-                if mode == "static":
+                if mode == "weights":
+                    quantize_weights(prepared, Path(tmp))
+                elif mode == "static":
                     quantize_static(
                         str(prepared), str(tmp), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
@@ -97,13 +111,13 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
                 onnx.checker.check_model(str(tmp))
             except Exception as exc:  # onnxruntime.quantization raises assorted types
                 raise PlantidError(f"int8 quantization ({mode}) failed: {first_line(exc)[:200]}; export without --quantize") from None
-            agreement = _agreement(fp32_path, tmp, calibration)
+            agreement = _agreement(fp32_path, tmp, calibration, mode)
     info = {
         "file": int8_path.name,
         "mode": mode,
-        "format": "QDQ" if mode == "static" else "QOperator (dynamic)",
+        "format": {"weights": "DequantizeLinear on int8 tensors", "static": "QDQ"}.get(mode, "QOperator (dynamic)"),
         "weights": "int8 per-channel, 7-bit range (reduce_range)" if mode == "static" else "int8 per-channel",
-        "activations": "uint8 (calibrated MinMax)" if mode == "static" else "uint8 (dynamic)",
+        "activations": {"weights": "float32", "static": "uint8 (calibrated MinMax)"}.get(mode, "uint8 (dynamic)"),
         "calibration_images": int(len(calibration)) if mode == "static" else 0,
         "calibration_split": "train",
         "float_nodes": list(exclude),
@@ -113,6 +127,65 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, calibration: np.ndarray, mod
     log.info("quantized %s (%s): top-1 agreement with fp32 %s on %d photos", int8_path, mode,
              f"{agreement:.3f}" if agreement is not None else "n/a", len(calibration))
     return info
+
+
+def quantize_weights(fp32_path: Path, int8_path: Path) -> int:
+    """Store each float tensor of at least WEIGHT_MIN_ELEMENTS numbers and 2 or more axes as int8,
+    read back through a DequantizeLinear node; everything is computed in float. Returns how many.
+
+    Symmetric, one scale per output channel: axis 0 of Conv weights and of Gemm's B with transB,
+    the columns of MatMul's B, the rows of any other tensor (a class mean, a bank row). The error
+    is at most half a step of 1/127 of each channel's largest weight, far below what activation
+    quantization adds, and onnxruntime (Python and web) folds or runs the dequantization once per
+    call, so the model runs at fp32 speed from a file a quarter the size.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+    replaced = []
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) < 2 or np.prod(init.dims) < WEIGHT_MIN_ELEMENTS:
+            continue
+        users = consumers.get(init.name, [])
+        if not users:
+            continue
+        value = numpy_helper.to_array(init)
+        axis = _channel_axis(users[0], value.ndim)
+        moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+        scale = np.maximum(np.abs(moved).max(axis=1), np.finfo(np.float32).tiny) / 127.0
+        shape = [1] * value.ndim
+        shape[axis] = -1
+        quantized = np.clip(np.rint(value / scale.reshape(shape)), -127, 127).astype(np.int8)
+        names = (f"{init.name}_int8", f"{init.name}_scale", f"{init.name}_zero")
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(quantized, names[0]),
+                                  numpy_helper.from_array(scale.astype(np.float32), names[1]),
+                                  numpy_helper.from_array(np.zeros(len(scale), np.int8), names[2])])
+        graph.node.insert(0, helper.make_node("DequantizeLinear", list(names), [init.name],
+                                              name=f"{init.name}_DequantizeLinear", axis=axis))
+        replaced.append(init.name)
+    for node in graph.node:  # the exporter's source locations and module paths: a tenth of the file
+        node.doc_string = ""
+        del node.metadata_props[:]
+    onnx.save(model, str(int8_path))
+    return len(replaced)
+
+
+def _channel_axis(user: tuple[Any, int], ndim: int) -> int:
+    """The output-channel axis of a tensor for its (first) consuming node and input position."""
+    node, position = user
+    if node.op_type == "MatMul" and position == 1:
+        return ndim - 1
+    if node.op_type == "Gemm" and position == 1:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 0
 
 
 def widen_input_constants(path: Path) -> int:
@@ -162,26 +235,28 @@ def widen_input_constants(path: Path) -> int:
     return len(tiled)
 
 
-def _probabilities(model_path: Path, images: np.ndarray) -> np.ndarray:
-    """A model's softmax probabilities for a uint8 batch of photos, 64 photos per session call."""
-    session = make_session(model_path)
+def _probabilities(model_path: Path, images: np.ndarray, mode: str | None = None) -> np.ndarray:
+    """A model's softmax probabilities for a uint8 batch of photos, 64 photos per session call
+    (`mode`: how an int8 model was made, so its session is started as OnnxBackend starts it)."""
+    session = make_session(model_path, fold_dequantize=mode in FOLDED_INT8_MODES)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + 64]})[0]
                            for i in range(0, len(images), 64)])
 
 
-def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray) -> float | None:
+def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray, mode: str) -> float | None:
     if not len(images):
         return None
-    a, b = _probabilities(fp32_path, images), _probabilities(int8_path, images)
+    a, b = _probabilities(fp32_path, images), _probabilities(int8_path, images, mode)
     if not np.isfinite(b).all():
         raise PlantidError(f"{int8_path.name}: the quantized model returns non-finite probabilities")
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def accuracy_on(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Top-1 accuracy of the fp32 and the int8 model on labelled photos, and the drop in points."""
-    correct = {name: float((_probabilities(path, images).argmax(1) == labels).mean())
-               for name, path in (("fp32", fp32_path), ("int8", int8_path))}
+def accuracy_on(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray,
+                mode: str = DEFAULT_QUANTIZATION) -> dict[str, Any]:
+    """Top-1 accuracy of the fp32 and the int8 model (made by `mode`) on labelled photos, and the drop in points."""
+    correct = {name: float((_probabilities(path, images, m).argmax(1) == labels).mean())
+               for name, path, m in (("fp32", fp32_path, None), ("int8", int8_path, mode))}
     return {"images": int(len(images)), "fp32": correct["fp32"], "int8": correct["int8"],
             "drop_points": round(100 * (correct["fp32"] - correct["int8"]), 2)}
 

@@ -30,7 +30,7 @@ from plantid.infer.onnx_export import (
     probability_model,
     run_photos,
 )
-from plantid.infer.quantize import CALIBRATION_IMAGES
+from plantid.infer.quantize import CALIBRATION_IMAGES, DEFAULT_QUANTIZATION
 from plantid.records import read_export, read_or_warn
 from plantid.runfolder import INT8_FILE, ONNX_FILE, PREPROCESSING_FILE, RunFolder
 
@@ -166,7 +166,7 @@ Files:
 
 
 
-def export_submission(trained: Any, run_dir: Path, folder: Path, quantize: bool = False, quantization: str = "static",
+def export_submission(trained: Any, run_dir: Path, folder: Path, quantize: bool = False, quantization: str = DEFAULT_QUANTIZATION,
                       calibration_images: int = CALIBRATION_IMAGES) -> Path:
     """Build the submission folder in a staging folder, test it in a clean process, then swap it in."""
     folder = Path(os.path.abspath(folder))  # `--out .` names a folder with a name and a parent
@@ -198,7 +198,7 @@ def export_submission(trained: Any, run_dir: Path, folder: Path, quantize: bool 
         write_text_atomic(staging / "README.txt", SUBMISSION_README.format(
             version=meta["plantid_version"], model_name=meta["model_name"], model_id=meta["model_id"],
             num_classes=len(labels), labels_preview=preview, size=meta["image_size"],
-            weights="int8 (static quantization)" if quantize else "float32", created=meta["created"],
+            weights=f"int8 ({quantization} quantization)" if quantize else "float32", created=meta["created"],
             folder_hint=folder.name,
         ))
         _check_submission(trained, run_dir, staging, quantized=quantize)

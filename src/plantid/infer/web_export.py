@@ -35,8 +35,9 @@ from typing import Any
 from plantid.errors import PlantidError
 from plantid.fileio import give_usual_mode, sha256_file
 from plantid.infer.group import MAX_GROUP_PHOTOS
-from plantid.infer.onnx_backend import INPUT_NAME, INT8_MAX_DROP_POINTS, OUTPUT_NAME, SCORE_NAME
+from plantid.infer.onnx_backend import INPUT_NAME, INT8_MAX_DROP_POINTS, OUTPUT_NAME, SCORE_NAME, folds_dequantize
 from plantid.infer.onnx_export import export_onnx
+from plantid.infer.quantize import DEFAULT_QUANTIZATION
 from plantid.records import finite, read_evaluation, read_export, read_or_warn, read_summary, read_trust, same_trust
 from plantid.runfolder import EXPORT_DIR, INT8_FILE, LABELS_FILE, ONNX_FILE, PREPROCESSING_FILE
 
@@ -149,7 +150,7 @@ def current_onnx_export(run_dir: Path, trained: Any, need_int8: bool) -> dict[st
     models = [(folder / ONNX_FILE, meta.get("size_bytes"))]
     if need_int8:
         int8 = meta.get("int8") or {}
-        if not int8.get("file"):
+        if not int8.get("file") or int8.get("mode") != DEFAULT_QUANTIZATION:  # made the way the app expects
             return None
         models.append((folder / INT8_FILE, int8.get("size_bytes")))
     if any(not path.is_file() or path.stat().st_size != size for path, size in models):
@@ -194,6 +195,8 @@ def model_info(trained: Any, run_dir: Path, meta: dict[str, Any], weights: str, 
                   "answer_level": finite(trust.get("answer_level")),
                   "detector": trust.get("detector")} if isinstance(trust, dict) else None,
         "max_photos": MAX_GROUP_PHOTOS,
+        # the app starts its session as OnnxBackend does (plantid.infer.onnx_backend.folds_dequantize)
+        "fold_dequantize": folds_dequantize(meta, model_path),
         "card": {
             "backbone": (summary.model if summary else None) or trained.config.model.name,
             "test_accuracy": test_accuracy,

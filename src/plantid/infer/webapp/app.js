@@ -52,8 +52,10 @@
       ? "data:text/javascript;base64," + self.PLANTID_ORT_GLUE_B64
       : new URL("runtime/ort-wasm-simd-threaded.mjs", location.href).href };
     const model = await gunzip(base64Bytes(self.PLANTID_MODEL_GZ_B64));
-    state.session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"],
-                                                               graphOptimizationLevel: "all" });
+    const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+    // int8 tensors read back in float: folded into float weights once, at load (as plantid does in Python)
+    if (info.fold_dequantize) options.extra = { session: { disable_quant_qdq: "1" } };
+    state.session = await ort.InferenceSession.create(model, options);
     state.loadMs = performance.now() - started;
     return state.session;
   }
