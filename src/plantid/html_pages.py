@@ -41,10 +41,3 @@ def render_page(template: str, /, filters: Filters = (), **context) -> str:
     jinja2.UndefinedError, so a renamed field fails loudly instead of printing nothing.
     """
     return _environment(tuple(filters)).get_template(template).render(**context)
-
-
-def render_macro(template: str, macro: str, /, *args, filters: Filters = (), **kwargs) -> str:
-    """Render one macro of the package template `template` on its own (one part of a page, e.g.
-    one section of the report), escaped like a whole page."""
-    module = _environment(tuple(filters)).get_template(template).module
-    return str(getattr(module, macro)(*args, **kwargs))

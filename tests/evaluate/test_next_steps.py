@@ -7,7 +7,7 @@ from pathlib import Path
 
 from plantid.data.split import read_manifest
 from plantid.evaluate.next_steps import advise
-from plantid.evaluate.report import _audit_section, _next_steps_section
+from plantid.evaluate.report import load_or_run_evaluation, render_report
 from plantid.trustfit.audit import AuditRow, audit_csv
 
 
@@ -38,9 +38,16 @@ def test_advice_names_confusions_counts_audit_suspects_and_look_alikes(copy_run:
     assert advice.suggestions[0].startswith(f"Check the labels of the 2 photo(s) the audit flags in {weak}")
     assert "look alike across classes" in advice.suggestions[1]
 
-    html = _next_steps_section(copy_run, result)
+    # the report built on the run's own evaluation, with these numbers: the advice is on the page
+    page_result, _ = load_or_run_evaluation(copy_run)
+    for row, weak_row in zip(page_result["per_class"], result["per_class"]):
+        row.update(weak_row)
+    page_result.update(confusion=result["confusion"], n_images=sum(map(sum, result["confusion"])))
+    page_result["metrics"]["macro_f1"] = result["metrics"]["macro_f1"]
+    html = render_report(copy_run, page_result, None)
+    assert "What to do next" in html and "look alike across classes" in html
     assert "<b>x&y" not in html and "&lt;b&gt;x&amp;y" in html  # the HTML class name is escaped
-    assert "2 of 2 audited photos flagged" in _audit_section(copy_run)
+    assert "2 of 2 audited photos flagged" in html
 
 
 def test_a_class_with_few_photos_is_told_to_add_photos(copy_run: Path, tiny_classes) -> None:

@@ -28,7 +28,7 @@ from plantid.evaluate.next_steps import advise
 from plantid.evaluate.plots import confusion_figure, error_grid_figure, reliability_figure, training_curves_figure
 from plantid.figures import png_bytes
 from plantid.fileio import write_text_atomic
-from plantid.html_pages import render_macro, render_page
+from plantid.html_pages import render_page
 from plantid.infer.answers import meanings
 from plantid.records import Evaluation, TrainSummary, describe_detector, read_evaluation, read_or_warn, read_summary
 from plantid.runfolder import BEST_CHECKPOINT, RunFolder, evaluation_files
@@ -39,8 +39,7 @@ log = logging.getLogger("plantid")
 WEAK_F1 = 0.5  # a class is "weak" below this F1 ...
 WEAK_GAP = 0.10  # ... or this far below the macro-F1
 
-PAGE = "report.html.j2"  # the page; its sections are the macros of SECTIONS
-SECTIONS = "report_sections.html.j2"
+PAGE = "report.html.j2"  # the page; its sections are the macros of report_sections.html.j2
 
 
 def _read_json(path: Path) -> Any:
@@ -396,21 +395,6 @@ def _config(run_dir: Path) -> dict:
         sections = {"run": top, **sections}
     boxes = [(name, [(k, _config_value(v)) for k, v in values.items()]) for name, values in sections.items()]
     return {"text": text.rstrip(), "boxes": boxes}
-
-
-def _section_html(macro: str, data: Any) -> str:
-    """One section of the page on its own, as HTML (the macro `macro` of SECTIONS)."""
-    return render_macro(SECTIONS, macro, data, filters=FILTERS)
-
-
-def _next_steps_section(run_dir: Path, result: dict) -> str:
-    """The "What to do next" section's HTML: advice per weak class."""
-    return _section_html("next_steps", _next_steps(run_dir, result))
-
-
-def _audit_section(run_dir: Path) -> str:
-    """The "Label audit" section's HTML: the audit's flagged photos, or how to run it."""
-    return _section_html("audit", _audit(run_dir))
 
 
 # ---- page -------------------------------------------------------------------------------------------
