@@ -195,18 +195,15 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
     async def predict(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """Top-k species for one photo (multipart field `file`)."""
         async with received_upload(request, ask.settings.max_upload_bytes) as upload:
-            return await _bounded(ask.settings, upload, _predict_one, ask.predictor, upload, ask.top_k)
+            return await _bounded(ask.settings, [upload], _predict_one, ask.predictor, upload, ask.top_k)
 
     @app.post("/api/identify", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": IDENTIFY_BODY})
     async def identify(request: Request, ask: Asked = Depends(asked)) -> dict[str, Any]:
         """One answer for up to 5 photos of one plant (multipart field `files`, repeated), and each photo's own."""
         async with received_uploads(request, ask.settings.max_upload_bytes, MAX_GROUP_PHOTOS) as uploads:
-            for upload in uploads:
-                check_pixels(upload, ask.settings.max_upload_pixels)
             names = [upload.filename or f"photo {i + 1}" for i, upload in enumerate(uploads)]
-            work = functools.partial(_identify_group, ask.predictor, uploads, names, ask.top_k)
-            return await asyncio.get_running_loop().run_in_executor(ask.settings.decode_pool, work)
+            return await _bounded(ask.settings, uploads, _identify_group, ask.predictor, uploads, names, ask.top_k)
 
     @app.post("/api/gradcam", tags=["predict"], responses=ERROR_RESPONSES,
               openapi_extra={"requestBody": GRADCAM_BODY})
@@ -229,20 +226,18 @@ def build_app(predictor: Predictor, run_dir: str | os.PathLike, max_upload_bytes
             if index_text is not None:
                 class_index = int_or_reject(index_text, 422, f"class_index must be an integer, got '{index_text}'")
             target = _resolve_class(predictor.classes, label, class_index)
-            return await _bounded(state.settings, upload, _gradcam_one, predictor, state.gradcam, upload, target)
+            return await _bounded(state.settings, [upload], _gradcam_one, predictor, state.gradcam, upload, target)
 
     return app
-
-
-# --------------------------------------------------------------------------- uploads
 
 
 # --------------------------------------------------------------------------- work (decode threads)
 
 
-async def _bounded(settings: ServeSettings, upload: Upload, work: Any, *args: Any) -> dict[str, Any]:
-    """`work(*args)` on a decode thread, only if the upload declares a pixel count within bounds."""
-    check_pixels(upload, settings.max_upload_pixels)  # the header only: cheap, and a 413 needs no decode thread
+async def _bounded(settings: ServeSettings, uploads: list[Upload], work: Any, *args: Any) -> dict[str, Any]:
+    """`work(*args)` on a decode thread, only if every upload declares a pixel count within bounds."""
+    for upload in uploads:  # the header only: cheap, and a 413 needs no decode thread
+        check_pixels(upload, settings.max_upload_pixels)
     return await asyncio.get_running_loop().run_in_executor(settings.decode_pool, functools.partial(work, *args))
 
 
