@@ -45,3 +45,13 @@ def test_plan_in_plain_words():
     assert text == "9 epochs: 6 at 128 px, then 3 at 192 px; about 13 minutes"
     assert plan_in_words(3, [], 96) == "3 epochs at 96 px"
     assert "each on 40% of the training photos" in plan_in_words(3, [], 96, speed=None, share=0.4)
+    # the epoch cap, not the budget, ended the plan: said, with the budget it leaves unused
+    capped = plan_in_words(9, [ResizePhase(epochs=6, image_size=128)], 192, speed, n_train=1800, n_val=300,
+                           cap=9, budget_minutes=30)
+    assert capped == ("9 epochs: 6 at 128 px, then 3 at 192 px; about 13 minutes of the 30 given (9 epochs is "
+                      "the most plantid trains 1800 photos for; more did not help)")
+    # a plan that fills its budget says nothing more, capped or not
+    assert plan_in_words(9, [ResizePhase(epochs=6, image_size=128)], 192, speed, n_train=1800, n_val=300,
+                         cap=9, budget_minutes=16) == text
+    assert plan_in_words(9, [ResizePhase(epochs=6, image_size=128)], 192, speed, n_train=1800, n_val=300,
+                         cap=27, budget_minutes=30) == text

@@ -277,7 +277,8 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     plan = f"{plan + ', ' if plan else ''}{rest} at {final} px"
     notes.append(f"plan: {plan}")
     log.info("plan: %s", plan_in_words(epochs, phases, final, speed if auto_epochs else None, n_train if auto_epochs
-                                       else 0, n_val if auto_epochs else 0, share if auto_epochs else 1.0))
+                                       else 0, n_val if auto_epochs else 0, share if auto_epochs else 1.0,
+                                       cap=cap if auto_epochs else None, budget_minutes=cfg.train.budget_minutes))
     data = cfg.data.model_copy(update={"image_size": final})
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
@@ -285,9 +286,11 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
 
 
 def plan_in_words(epochs: int, phases: list[ResizePhase], final: int, speed: Speed | None = None, n_train: int = 0,
-                  n_val: int = 0, share: float = 1.0) -> str:
+                  n_val: int = 0, share: float = 1.0, cap: int | None = None, budget_minutes: float | None = None) -> str:
     """The plan as a person says it: "9 epochs: 6 at 128 px, then 3 at 192 px; about 7 minutes"
-    (the time only when a probe measured the speed; the share when epochs train on part of the photos)."""
+    (the time only when a probe measured the speed; the share when epochs train on part of the photos).
+    When the epoch cap `cap`, not the budget, ended the plan well inside `budget_minutes`, it says so:
+    a run that stops early is then a choice, not a misjudged machine."""
     steps = [(p.epochs, min(p.image_size, final)) for p in phases] + [(epochs - sum(p.epochs for p in phases), final)]
     steps = [(n, size) for n, size in steps if n > 0]
     text = f"{epochs} epoch{'s' if epochs != 1 else ''}"
@@ -301,6 +304,9 @@ def plan_in_words(epochs: int, phases: list[ResizePhase], final: int, speed: Spe
         seconds = sum(n * epoch_seconds(size, n_train, n_val, speed, share) for n, size in steps
                       if size in speed.train)
         text += f"; about {max(1, round(seconds / 60))} minute{'s' if round(seconds / 60) > 1 else ''}"
+        if cap is not None and epochs >= cap and budget_minutes and seconds < 0.9 * BUDGET_SHARE * budget_minutes * 60:
+            text += (f" of the {budget_minutes:g} given ({cap} epochs is the most plantid trains {n_train} photos for;"
+                     " more did not help)")
     return text
 
 
