@@ -11,7 +11,7 @@ import torch
 
 from plantid.errors import PlantidError
 from plantid.trustfit.fit import choose_threshold
-from plantid.trust.ood import KNNDistance, LowRankMahalanobis, Mahalanobis, ProjectedKNN, fit_detector
+from plantid.trust.ood import KNNDistance, LowRankMahalanobis, Mahalanobis, ProjectedKNN, build_detector, fit_detector
 
 from tests.trust.conftest import generated_ood
 
@@ -53,8 +53,6 @@ def test_mahalanobis_matches_the_textbook_formula_in_float64() -> None:
 
 
 def test_the_stage_part_flags_photos_whose_stage_features_alone_are_unlike_training() -> None:
-    from plantid.trust.ood import build_detector
-
     penultimate, labels = _clusters(n=150, d=12)
     stage, _ = _clusters(n=150, d=6, seed=1)
     train = torch.cat([penultimate, stage], 1)
@@ -77,14 +75,18 @@ def test_the_stage_part_flags_photos_whose_stage_features_alone_are_unlike_train
     torch.testing.assert_close(no_stage(queries[:, :12], logits), plain(queries[:, :12], logits))
 
 
-def test_mean_combine_averages_the_parts_standardised_on_val_and_old_files_load_as_max() -> None:
-    from plantid.trust.ood import build_detector
-
+def _staged() -> tuple[torch.Tensor, ...]:
+    """Train features (12 penultimate + 6 stage columns) with labels, val features, queries, and
+    no logits for val and the queries."""
     train = torch.cat([_clusters(n=150, d=12)[0], _clusters(n=150, d=6, seed=1)[0]], 1)
     labels = _clusters(n=150, d=12)[1]
     val = torch.cat([_clusters(n=60, d=12, seed=2)[0], _clusters(n=60, d=6, seed=5)[0]], 1)
     queries = torch.randn(25, 18, generator=torch.Generator().manual_seed(6)) * 3
-    no_logits = torch.zeros(60, 3), torch.zeros(25, 3)
+    return train, labels, val, queries, torch.zeros(60, 3), torch.zeros(25, 3)
+
+
+def test_mean_combine_averages_the_parts_standardised_on_val_and_old_files_load_as_max() -> None:
+    train, labels, val, queries, *no_logits = _staged()
     mean = fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]), combine="mean")
     largest = fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]), combine="max")
     with torch.no_grad():
@@ -111,13 +113,7 @@ def test_mean_combine_averages_the_parts_standardised_on_val_and_old_files_load_
 
 
 def test_low_rank_parts_equal_the_full_ones_at_full_rank_and_keep_r_by_d_tensors_below_it() -> None:
-    from plantid.trust.ood import build_detector
-
-    train = torch.cat([_clusters(n=150, d=12)[0], _clusters(n=150, d=6, seed=1)[0]], 1)
-    labels = _clusters(n=150, d=12)[1]
-    val = torch.cat([_clusters(n=60, d=12, seed=2)[0], _clusters(n=60, d=6, seed=5)[0]], 1)
-    queries = torch.randn(25, 18, generator=torch.Generator().manual_seed(6)) * 3
-    no_logits = torch.zeros(60, 3), torch.zeros(25, 3)
+    train, labels, val, queries, *no_logits = _staged()
 
     def fit(rank):
         return fit_detector("mahalanobis+knn+stage", train, labels, k=5, split=12, val=(val, no_logits[0]),
