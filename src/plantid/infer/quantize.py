@@ -136,8 +136,9 @@ def quantize_weights(fp32_path: Path, int8_path: Path) -> int:
     Symmetric, one scale per output channel: axis 0 of Conv weights and of Gemm's B with transB,
     the columns of MatMul's B, the rows of any other tensor (a class mean, a bank row). The error
     is at most half a step of 1/127 of each channel's largest weight, far below what activation
-    quantization adds, and onnxruntime (Python and web) folds or runs the dequantization once per
-    call, so the model runs at fp32 speed from a file a quarter the size.
+    quantization adds. Sessions fold the dequantization into float weights once, at load
+    (`plantid.infer.onnx_backend.folds_dequantize`, and the web app likewise), so the model runs at
+    fp32 speed from a file a quarter the size.
     """
     import onnx
     from onnx import helper, numpy_helper
