@@ -8,8 +8,11 @@ import pytest
 from plantid.infer.answers import answer_for, short_label
 from plantid.trustfit.fit import choose_threshold
 from plantid.trust.selective import (
+    MIN_COUNTED,
     answer_level,
+    choose_answer_level,
     conformal_threshold,
+    expected_answer_level,
     promise_note,
     selective_summary,
     val_photos_needed,
@@ -67,6 +70,41 @@ def test_answer_level_reaches_the_target_accuracy_of_the_answered_photos():
     assert summary["coverage"] == pytest.approx(answered.mean(), abs=1e-6)
     assert summary["answered_accuracy"] >= 0.9 and summary["unknown"] == 0.0
     assert answer_level(p, labels, None, 1.01) == 1.0  # unreachable: nothing is named
+
+
+def _calibrated_draw(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, labels, right) of n photos whose top probability is right as often as it says."""
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.5, 1.0, n)
+    labels = rng.integers(0, k, n)
+    right = rng.uniform(size=n) < confidence
+    predicted = np.where(right, labels, (labels + 1) % k)
+    p = np.zeros((n, k))
+    p[np.arange(n), predicted] = confidence
+    p[np.arange(n), (predicted + 1) % k] = 1 - confidence
+    return p, labels, right
+
+
+def test_a_small_val_split_takes_the_level_its_calibrated_probabilities_expect():
+    p, labels, right = _calibrated_draw(54, 6, seed=3)
+    top = np.argsort(-p.max(1))[:2]
+    labels = labels.copy()
+    labels[top] = (p[top].argmax(1) + 2) % 6  # the two most confident photos wrong: counting finds no level
+    assert answer_level(p, labels, None, 0.95) == 1.0
+    level, rule = choose_answer_level(p, labels, None, 0.95)
+    assert level == expected_answer_level(p, None, 0.95) < 1.0 and "calibrated probabilities of 54" in rule
+    answered = p.max(1) >= level
+    assert 0 < answered.sum() < len(p) and p.max(1)[answered].mean() >= 0.95
+    # on new photos of the same calibrated model, the photos named at that level are right ~95% of the time
+    new_p, _, new_right = _calibrated_draw(20_000, 6, seed=4)
+    assert new_right[new_p.max(1) >= level].mean() == pytest.approx(0.95, abs=0.02)
+    # unknown photos do not count, and enough val photos are counted on their labels
+    kept = np.ones(len(p), bool)
+    kept[top] = False
+    assert expected_answer_level(p, kept, 0.95) == expected_answer_level(p[~np.isin(np.arange(54), top)], None, 0.95)
+    big_p, big_labels, _ = _calibrated_draw(MIN_COUNTED, 6, seed=5)
+    level, rule = choose_answer_level(big_p, big_labels, None, 0.95)
+    assert level == answer_level(big_p, big_labels, None, 0.95) and rule.startswith(f"counted on {MIN_COUNTED}")
 
 
 def test_three_answers_and_their_words():

@@ -182,10 +182,11 @@ def _answers(result: dict, trust: dict) -> dict | None:
     classes = len(result.get("per_class") or [])
     words = meanings(classes, trust.get("answered_accuracy"))
     level = trust.get("answer_level")
+    rule = f", {trust['answer_level_rule']}" if trust.get("answer_level_rule") else ""
     species = (f"{_pct(answers['coverage'])} ({answers['answered']:,} of {answers['photos']:,}), "
                f"{_pct(answers['answered_accuracy'])} of them right" if answers["answered"] else "none")
     rows = [
-        ("a species", words["species"] + (f" (level {_pct(level, 0)})" if level is not None else ""), species),
+        ("a species", words["species"] + (f" (level {_pct(level, 0)}{rule})" if level is not None else ""), species),
         ("unsure between two", words["unsure"], _pct(answers["unsure"])),
         (f"not one of the {classes} species", words["unknown"] + f" (score above {trust['threshold']:.4g})",
          _pct(answers["unknown"])),

@@ -68,6 +68,7 @@ def evaluate_trust(trained, trust, images: np.ndarray, rows: np.ndarray, labels:
         "keep_promised": trust.measured.get("keep_promised"),
         "val_photos": trust.measured.get("val_photos"),
         "keep_confidence": trust.measured.get("keep_confidence"),
+        "answer_level_rule": trust.measured.get("answer_level_rule"),  # how val chose the level
         "calibration": {"ece_before": before["ece"], "ece_after": after["ece"],
                         "nll_before": round(nll(z, y), 6), "nll_after": round(nll(z, y, trust.temperature), 6),
                         "bins_before": before["bins"], "bins_after": after["bins"],

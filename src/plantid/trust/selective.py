@@ -11,6 +11,10 @@
   that largest score and `promise_note` says how many val photos the promise needs.
 * the answer level: the smallest calibrated top probability at which the val photos answered
   with a species reach `answered_accuracy`; below it the answer is "unsure between A and B".
+  Counted on val's labels when at least `MIN_COUNTED` val photos are kept as known; below that
+  (one error among 54 photos moves the count by 2 points, and an error among the most confident
+  few left no level at all: every photo "unsure"), the accuracy the calibrated probabilities
+  themselves expect of the photos at or above each level (`expected_answer_level`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 from scipy.stats import binom
 
 from plantid.errors import PlantidError
+
+MIN_COUNTED = 100  # kept val photos from which the answer level is counted on their labels
 
 
 def kept_share_at_risk(k: int, n: int, keep: float) -> float:
@@ -77,6 +83,29 @@ def answer_level(probabilities: np.ndarray, labels: np.ndarray, kept: np.ndarray
         if last_of_tie and accuracy_from_top[i] >= answered_accuracy:
             level = float(conf_sorted[i])
     return level
+
+
+def expected_answer_level(probabilities: np.ndarray, kept: np.ndarray | None, answered_accuracy: float) -> float:
+    """The smallest top probability c such that the mean calibrated top probability of the val photos
+    at or above c (and kept as known), the accuracy the calibrated model expects of them, reaches
+    `answered_accuracy`; 1.0 when no level reaches it. Reads no labels."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    confidence = p.max(axis=1) if kept is None else p.max(axis=1)[np.asarray(kept, bool)]
+    conf_sorted = np.sort(confidence)[::-1]
+    expected_from_top = np.cumsum(conf_sorted) / np.arange(1, len(conf_sorted) + 1)
+    reached = np.nonzero(expected_from_top >= answered_accuracy)[0]
+    return float(conf_sorted[reached[-1]]) if len(reached) else 1.0
+
+
+def choose_answer_level(probabilities: np.ndarray, labels: np.ndarray, kept: np.ndarray | None,
+                        answered_accuracy: float) -> tuple[float, str]:
+    """(level, rule): `answer_level` counted on val's labels when at least `MIN_COUNTED` val photos are
+    kept as known, else `expected_answer_level` from their calibrated probabilities; `rule` says which."""
+    n_kept = len(labels) if kept is None else int(np.sum(kept))
+    if n_kept >= MIN_COUNTED:
+        return answer_level(probabilities, labels, kept, answered_accuracy), f"counted on {n_kept} val photos"
+    return (expected_answer_level(probabilities, kept, answered_accuracy),
+            f"expected from the calibrated probabilities of {n_kept} val photos (fewer than {MIN_COUNTED} to count on)")
 
 
 def selective_summary(probabilities: np.ndarray, labels: np.ndarray, unknown: np.ndarray | None,

@@ -27,7 +27,7 @@ from plantid.infer.predictor import TorchBackend
 from plantid.runfolder import RunFolder
 from plantid.trust.calibration import crossfit_probabilities, expected_calibration_error, fit_temperature, nll
 from plantid.trust.ood import fit_detector
-from plantid.trust.selective import answer_level, conformal_threshold, promise_note, selective_summary
+from plantid.trust.selective import choose_answer_level, conformal_threshold, promise_note, selective_summary
 from plantid.trust.store import FittedTrust, save_trust
 from plantid.trustfit.features import features_and_logits, manifest_pixels
 
@@ -89,7 +89,7 @@ def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.n
         val_probabilities = crossfit_probabilities(vz, vy).numpy()
     except PlantidError:
         val_probabilities = torch.softmax(vz.double() / temperature, 1).numpy()
-    level = answer_level(val_probabilities, val_labels, scores <= threshold, cfg.answered_accuracy)
+    level, level_rule = choose_answer_level(val_probabilities, val_labels, scores <= threshold, cfg.answered_accuracy)
     measured = {
         "train_photos": int(len(train_features)),
         "val_photos": int(len(val_features)),
@@ -97,6 +97,7 @@ def fit_from_features(cfg: TrustConfig, classes: list[str], train_features: np.n
         "keep_promised": promised,
         "keep_confidence": cfg.keep_confidence,
         "val_answers": selective_summary(val_probabilities, val_labels, scores > threshold, level),
+        "answer_level_rule": level_rule,
         "val_nll": [round(nll(vz, vy), 6), round(nll(vz, vy, temperature), 6)],
         "val_ece": [round(expected_calibration_error(torch.softmax(vz, 1), vy), 6),
                     round(expected_calibration_error(torch.softmax(vz / temperature, 1), vy), 6)],
@@ -135,8 +136,8 @@ def fit_trust(run_dir: str | Path, cfg: TrustConfig | None = None, device: str =
              m["val_photos"], trust.temperature, 100 * m["val_ece"][0], 100 * m["val_ece"][1],
              100 * m.get("val_ece_crossfit", float("nan")))
     answers = m["val_answers"]
-    log.info("trust: below %.0f%% the answer is \"unsure between A and B\"; on val %.0f%% of photos named a species, "
-             "%s right", 100 * trust.answer_level, 100 * answers["coverage"],
+    log.info("trust: below %.0f%% the answer is \"unsure between A and B\" (%s); on val %.0f%% of photos named a "
+             "species, %s right", 100 * trust.answer_level, m["answer_level_rule"], 100 * answers["coverage"],
              "none" if answers["answered_accuracy"] is None else f"{100 * answers['answered_accuracy']:.1f}%")
     return trust, written
 
