@@ -37,6 +37,9 @@ def test_trained_run_folder_holds_everything(trained_run: Path, tiny_photos: Pat
     speeds = [float(r["train_images_per_s"]) for r in rows if r.get("train_images_per_s")]
     assert len(speeds) == 2 and all(s > 0 for s in speeds)
     assert min(speeds) - 0.1 <= summary["train_images_per_s"] <= max(speeds) + 0.1  # rounded to 0.1
+    # and the wall time since training began, growing epoch by epoch, within the run's training time
+    elapsed = [float(r["elapsed_s"]) for r in rows if r.get("elapsed_s")]
+    assert len(elapsed) == 2 and 0 < elapsed[0] < elapsed[1] <= summary["train_seconds"] + 1.0
     # The checkpoint is loadable without unpickling arbitrary objects.
     ckpt = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["classes"] == tiny_classes

@@ -3,7 +3,9 @@
 Lightning's own ThroughputMonitor logs per step and times validation batches under the training
 step counter; plantid's curves and reports are per epoch, so this one callback logs one number
 per epoch (`train_images_per_s` in metrics.csv and TensorBoard), validation excluded, and keeps
-the run's totals for train_summary.json.
+the run's totals for train_summary.json. Beside it, `elapsed_s`: the wall seconds from the start
+of training to the end of each epoch, its validation included, so that the time a run took to
+reach a val accuracy can be read off metrics.csv (a resumed run counts from its restart).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class EpochThroughput(L.Callback):
         self._epoch_images = 0
         self._started = 0.0
         self._last_batch_end = 0.0
+        self._training_started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training_started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_images = 0
@@ -47,6 +53,7 @@ class EpochThroughput(L.Callback):
         self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("elapsed_s", time.perf_counter() - self._training_started, on_step=False, on_epoch=True)
         seconds = self._last_batch_end - self._started
         if self._epoch_images == 0 or seconds <= 0:
             return
