@@ -143,6 +143,9 @@ class TrainConfig(_Section):
     # (plantid.train.plan); the run's config.yaml records the number it chose.
     epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = 10
     budget_minutes: float | None = Field(None, gt=0)  # the time 'auto' epochs plan for
+    # The share of that budget, and of the epoch cap, 'auto' epochs plan for: a warm start
+    # (`plantid train --from RUN`) trains on half (plantid.train.warm_start).
+    plan_share: float = Field(1.0, gt=0.0, le=1.0)
     planned: str | None = None  # how plantid.train.plan resolved the 'auto' settings (a note)
     # Stop after this many minutes of training even if epochs remain (then test as usual); a
     # resumed run counts the minutes it already trained.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,16 @@ def test_plan_run_resolves_auto_with_a_real_probe(tiny_manifest: Path) -> None:
     assert planned.train.resize_phases == phases_for(planned.train.epochs, planned.data.image_size)
     assert "budget 10 min" in planned.train.planned and "photos/s" in planned.train.planned
     assert plan_run(planned, manifest) is planned  # nothing left to plan: unchanged, no probe
+
+
+def test_a_plan_share_halves_the_epoch_cap_and_the_budget(tiny_manifest: Path) -> None:
+    """A warm start's plan (train.plan_share=0.5): at most half the cap, within half the budget."""
+    manifest = read_manifest(tiny_manifest)
+    cfg = load_config("cpu-default", [*AUTO, "data.batch_size=4", "data.eval_batch_size=4", "train.threads=1",
+                                      "train.plan_share=0.5"])
+    planned = plan_run(cfg, manifest)
+    cap = max_epochs_for(len(manifest.rows_for("train")), 4)
+    assert MIN_EPOCHS <= planned.train.epochs <= math.ceil(cap / 2) < cap
 
 
 def test_explicit_settings_win_over_the_plan(tiny_manifest: Path) -> None:

@@ -57,7 +57,7 @@ def test_shorter_plan_halves_epochs_or_budget_unless_given(trained_run: Path) ->
     assert short.train.epochs == 5 and [p.epochs for p in short.train.resize_phases] == [3]
     assert shorter_plan(fixed, ["train.epochs=9"]).train.epochs == 9
     planned = load_config("cpu-default")
-    assert shorter_plan(planned, []).train.budget_minutes == planned.train.budget_minutes / 2
+    assert shorter_plan(planned, []).train.plan_share == 0.5 and planned.train.plan_share == 1.0
     assert parent_manifest(load_config("simple-cnn", [f"train.init_from={trained_run}"])) == trained_run / "split.csv"
     assert parent_manifest(fixed) is None
 

@@ -258,8 +258,8 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         counts = [manifest.class_counts("train")[c] for c in manifest.classes]
         speed = probe_speed(cfg, manifest.classes, counts, sizes,
                             max_seconds=PROBE_SHARE * cfg.train.budget_minutes * 60)
-        budget = cfg.train.budget_minutes * 60 * BUDGET_SHARE - speed.seconds
-        cap = max_epochs_for(n_train, cfg.data.batch_size)
+        budget = cfg.train.budget_minutes * 60 * BUDGET_SHARE * cfg.train.plan_share - speed.seconds
+        cap = max(1, math.ceil(max_epochs_for(n_train, cfg.data.batch_size) * cfg.train.plan_share))
         if auto_phases:
             epochs, phases, share = plan_epochs(budget, final, n_train, n_val, speed, max_epochs=cap)
         else:
@@ -267,7 +267,8 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         if share < 1.0 and limit == 1.0:
             limit = train_batches_for_share(share, n_train, cfg.data.batch_size)
         rates = ", ".join(f"{speed.train[s]:.1f} at {s} px" for s in sorted(speed.train))
-        notes.append(f"budget {cfg.train.budget_minutes:g} min: probe {speed.seconds:.0f} s measured training "
+        share_note = f" x {cfg.train.plan_share:g}" if cfg.train.plan_share < 1.0 else ""
+        notes.append(f"budget {cfg.train.budget_minutes:g} min{share_note}: probe {speed.seconds:.0f} s measured training "
                      f"{rates} and validation {speed.evaluate:.1f} photos/s; {n_train} train and {n_val} val photos "
                      f"-> {epochs} epochs" + (f" on {share:.0%} of the photos each" if share < 1.0 else ""))
     elif auto_phases:
@@ -278,7 +279,8 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     notes.append(f"plan: {plan}")
     log.info("plan: %s", plan_in_words(epochs, phases, final, speed if auto_epochs else None, n_train if auto_epochs
                                        else 0, n_val if auto_epochs else 0, share if auto_epochs else 1.0,
-                                       cap=cap if auto_epochs else None, budget_minutes=cfg.train.budget_minutes))
+                                       cap=cap if auto_epochs else None,
+                                       budget_minutes=cfg.train.budget_minutes * cfg.train.plan_share))
     data = cfg.data.model_copy(update={"image_size": final})
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})

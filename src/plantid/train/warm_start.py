@@ -7,8 +7,9 @@ classifier's rows follow the class names, so classes both runs know keep their r
 class gets the freshly initialised row, and a class no longer in the data is dropped. The
 network must be the same architecture (model.name, head, members).
 
-By default it trains on a shorter plan, `WARM_SHARE` of the recipe's (half its epochs, or half
-its time budget when epochs are planned), unless train.epochs or train.budget_minutes is given.
+By default it trains on a shorter plan, `WARM_SHARE` of the recipe's (half its epochs, or, when
+epochs are planned, half its time budget and half its epoch cap: `train.plan_share`), unless
+train.epochs or train.budget_minutes is given.
 Without its own split.csv, the run grows the earlier run's split (plantid.data.split.grow_split),
 so photos the earlier network trained on never reach the new test split.
 """
@@ -42,15 +43,15 @@ def parent_manifest(cfg: RunConfig) -> Path | None:
 
 
 def shorter_plan(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """`cfg` with WARM_SHARE of its epochs (or of its budget for planned epochs), unless the
-    overrides set train.epochs or train.budget_minutes themselves. Explicit size phases shrink
-    with the epochs, and go when they would fill the whole run."""
+    """`cfg` with WARM_SHARE of its epochs (or of its budget and epoch cap for planned epochs),
+    unless the overrides set train.epochs or train.budget_minutes themselves. Explicit size phases
+    shrink with the epochs, and go when they would fill the whole run."""
     keys = {item.split("=", 1)[0].strip() for item in overrides}
     if keys & {"train.epochs", "train.budget_minutes"}:
         return cfg
     t = cfg.train
     if t.epochs == "auto":
-        return cfg.model_copy(update={"train": t.model_copy(update={"budget_minutes": t.budget_minutes * WARM_SHARE})})
+        return cfg.model_copy(update={"train": t.model_copy(update={"plan_share": WARM_SHARE})})
     epochs = max(1, math.ceil(t.epochs * WARM_SHARE))
     phases = t.resize_phases
     if isinstance(phases, list) and phases:
