@@ -539,7 +539,8 @@ def ablate(
 @app.command()
 def evaluate(
     run: RunArg,
-    split: Annotated[str, typer.Option(help="test, val, or a folder of class subfolders.")] = "test",
+    split: Annotated[Optional[str], typer.Option(help="test, val, train, or a folder of class subfolders "
+                                                      "(default: test, or val for a run without a test split).")] = None,
     tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     ood: Annotated[Optional[list[Path]], typer.Option(help="A folder of photos that are none of the run's species "
                                                       "(any layout; repeat for more): how many are answered unknown.")] = None,
@@ -551,9 +552,13 @@ def evaluate(
     Example: plantid evaluate runs/lite0 --split test --tta default --ood other_photos/
     """
     _require_run(run)
-    from plantid.evaluate.evaluation import evaluate_run
+    from plantid.evaluate.evaluation import default_split, evaluate_run
 
     _setup_logging()
+    if split is None:
+        split = default_split(run)
+        if split == "val":
+            err_console.print(f"note: {run} has no test split (trained with data.test=0): evaluating val", highlight=False)
     with _writing_into_run(run, "evaluate"):
         evaluate_run(run, split=split, tta=tta, console=console, ood=list(ood or []))
         from plantid.track.mlflow_store import log_run_files

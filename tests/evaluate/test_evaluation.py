@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -152,3 +153,24 @@ def test_output_names_are_safe():
     assert output_names("test")["json"] == "eval.json"
     assert output_names("my photos/../x")["json"] == "eval_my_photos_.._x.json"
     assert output_names("...")["json"] == "eval_folder.json"
+
+
+def test_a_run_without_a_test_split_evaluates_val_by_default(copy_run: Path):
+    """`plantid evaluate RUN` scores test; for a run trained with data.test=0 (no test rows) it says so
+    and scores val instead of stopping at an empty split."""
+    from tests.support.cli import invoke
+
+    assert invoke("evaluate", str(copy_run)).returncode == 0 and (copy_run / "eval.json").is_file()
+    manifest = copy_run / "split.csv"
+    with manifest.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r["split"] == "test" for r in rows)
+    with manifest.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "split": "train" if r["split"] == "test" else r["split"]} for r in rows)
+    (copy_run / "eval_val.json").unlink(missing_ok=True)
+    proc = invoke("evaluate", str(copy_run))
+    assert proc.returncode == 0, proc.stderr
+    assert "no test split" in proc.stderr and "evaluating val" in proc.stderr
+    assert json.loads((copy_run / "eval_val.json").read_text(encoding="utf-8"))["split"] == "val"

@@ -103,6 +103,15 @@ def _folder_set(folder: Path, classes: list[str], image_size: int, cache_dir: Pa
     )
 
 
+def default_split(run_dir: Path) -> str:
+    """The split `plantid evaluate` scores when none is named: 'test' when the run's split.csv has test
+    photos, else 'val' (a run trained with `data.test=0` has none)."""
+    manifest = RunFolder(run_dir).manifest
+    if not manifest.is_file():
+        return "test"  # the missing split.csv gets its own clear error where it is read
+    return "test" if read_manifest(manifest).split_sizes().get("test") else "val"
+
+
 def resolve_eval_set(run_dir: Path, split: str, classes: list[str], image_size: int, cache_dir: Path) -> EvalSet:
     """'test' / 'val' / 'train' are rows of the run's split.csv; anything else must be a folder."""
     if split in MANIFEST_SPLITS:
