@@ -29,7 +29,7 @@ from plantid.infer.group import combine
 from plantid.infer.predictor import Predictor
 from plantid.infer.web_export import RUNTIME_ENV, check_runtime
 from plantid.errors import PlantidError
-from tests.support.browser import NEEDS_CHROMIUM
+from tests.support.browser import NEEDS_CHROMIUM, wait_until
 from tests.support.cli import PLANTID, one_line_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -245,8 +245,8 @@ def test_served_app_several_photos_card_and_screenshots(web_run: Path, photos: l
             page.wait_for_selector("#result:not([hidden])")
             assert "from one photo" in page.inner_text("#result-note")
             page.set_input_files("#file-input", [str(p) for p in chosen[1:]])
-            page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 3")
-            page.wait_for_function("document.querySelector('#result-note').textContent.includes('3 photos')")
+            wait_until(page, "document.querySelectorAll('#thumbs .thumb').length === 3")
+            wait_until(page, "document.querySelector('#result-note').textContent.includes('3 photos')")
             best = page.inner_text("#best-label").strip()
             # the same one of the three answers as predict gives the group (plantid.infer.answers)
             answer = answer_for(group.top, group.unknown, predictor.answer_level, len(predictor.classes))
@@ -272,7 +272,7 @@ def test_served_app_several_photos_card_and_screenshots(web_run: Path, photos: l
             page.screenshot(path=str(ARTIFACTS / f"card-{width}.png"))
             page.keyboard.press("Escape")
             page.click("#thumbs .thumb:first-child .remove")
-            page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 2")
+            wait_until(page, "document.querySelectorAll('#thumbs .thumb').length === 2")
             assert outside == [] and errors == []
         finally:
             context.close()

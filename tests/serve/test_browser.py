@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.browser import NEEDS_CHROMIUM
+from tests.support.browser import NEEDS_CHROMIUM, wait_until
 from tests.support.launch import ServerStartError, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def test_desktop_predict_gradcam_and_errors(server: str, browser, run_dir: Path,
         assert rows.count() == min(5, len(classes))
         assert rows.first.get_attribute("class").split() == ["bar-row", "top"]
         assert rows.first.locator(".bar-label").inner_text().strip() == best
-        page.wait_for_function("document.querySelector('#bars .bar-row.top .bar-fill').getBoundingClientRect().width > 0")
+        wait_until(page, "document.querySelector('#bars .bar-row.top .bar-fill').getBoundingClientRect().width > 0")
         assert "%" in rows.first.locator(".bar-value").inner_text()
         assert page.locator("#preview-img").get_attribute("alt").startswith("Your photo")
         page.wait_for_timeout(700)  # let the bars finish their animation for the screenshot

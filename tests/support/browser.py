@@ -23,3 +23,15 @@ def launch_chromium() -> Iterator:
             yield chromium
         finally:
             chromium.close()
+
+
+def wait_until(page, expression: str, timeout_s: float = 10.0) -> None:
+    """Poll a JavaScript expression until it is truthy. Playwright's wait_for_function polls through
+    eval inside the page, which a page served with `script-src 'self'` refuses once the first check
+    is false (a bar still growing through its CSS transition); page.evaluate is not subject to it."""
+    waited = 0.0
+    while not page.evaluate(expression):
+        if waited >= timeout_s:
+            raise AssertionError(f"still false after {timeout_s:g} s: {expression}")
+        page.wait_for_timeout(50)
+        waited += 0.05
