@@ -23,14 +23,14 @@ from __future__ import annotations
 import csv
 import random
 import shutil
-import sys
 from pathlib import Path
 
 from plantid.curate.corrections import append_decision, read_decisions
 from plantid.runfolder import RunFolder
 
 from bench_outside import outer_split, run_plantid
-from cells import DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged, save_results
+from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
+                   run_missing_cells)
 
 RESULTS = REPO / "benchmarks" / "results" / "label_loop.json"
 KEYS = ("clean_acc_views", "flipped_acc_views", "corrected_acc_views", "recovered_share")
@@ -131,16 +131,7 @@ def main() -> None:
     ap.add_argument("--flip", type=float, default=0.05, help="share of the inner photos given a wrong class")
     args = ap.parse_args()
     if not args.table:
-        for seed in args.seeds:
-            for name in args.datasets:
-                if any((c["dataset"], c["seed"]) == (name, seed) for c in load_results(args.out)["cells"]):
-                    continue
-                print(f"run {name} seed {seed} ...", flush=True)
-                cell = run_cell(name, seed, args.flip, args.work, args.overrides)
-                results = load_results(args.out)
-                results["cells"].append(cell)
-                results["command"] = "python benchmarks/bench_label_loop.py " + " ".join(sys.argv[1:])
-                save_results(results, args.out, KEYS)
+        run_missing_cells(args, KEYS, lambda name, seed: run_cell(name, seed, args.flip, args.work, args.overrides))
     print(table(load_results(args.out)["cells"]))
 
 

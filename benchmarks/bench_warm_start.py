@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 from pathlib import Path
 
 from plantid.data.split import read_manifest
 from plantid.records import metrics_by_epoch, read_summary
 from plantid.runfolder import RunFolder
 
-from cells import DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged, save_results
+from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
+                   run_missing_cells)
 
 RESULTS = REPO / "benchmarks" / "results" / "warm_start.json"
 KEYS = ("fresh_val_acc", "warm_val_acc", "time_share_to_fresh_val")
@@ -125,16 +125,7 @@ def main() -> None:
     ap.add_argument("--first", type=float, default=0.7, help="share of each class's photos in the first folder")
     args = ap.parse_args()
     if not args.table:
-        for seed in args.seeds:
-            for name in args.datasets:
-                if any((c["dataset"], c["seed"]) == (name, seed) for c in load_results(args.out)["cells"]):
-                    continue
-                print(f"run {name} seed {seed} ...", flush=True)
-                cell = run_cell(name, seed, args.first, args.work, args.overrides)
-                results = load_results(args.out)
-                results["cells"].append(cell)
-                results["command"] = "python benchmarks/bench_warm_start.py " + " ".join(sys.argv[1:])
-                save_results(results, args.out, KEYS)
+        run_missing_cells(args, KEYS, lambda name, seed: run_cell(name, seed, args.first, args.work, args.overrides))
     print(table(load_results(args.out)["cells"]))
 
 

@@ -91,6 +91,21 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"cells": []}
 
 
+def run_missing_cells(args: argparse.Namespace, keys: tuple[str, ...], make_cell) -> None:
+    """For each seed and data set of `args` without a cell in `args.out` yet, `make_cell(dataset, seed)`,
+    each cell written (with the command line) as soon as it is done, so an interrupted run goes on."""
+    for seed in args.seeds:
+        for name in args.datasets:
+            if any((c["dataset"], c["seed"]) == (name, seed) for c in load_results(args.out)["cells"]):
+                continue
+            print(f"run {name} seed {seed} ...", flush=True)
+            cell = make_cell(name, seed)
+            results = load_results(args.out)
+            results["cells"].append(cell)
+            results["command"] = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+            save_results(results, args.out, keys)
+
+
 def cell_parser(doc: str | None, *, work: Path, out: Path, datasets: list[str] | None,
                 arm: str) -> argparse.ArgumentParser:
     """The command line of a benchmark made of cells (data set x seed x method): which sets and seeds,
