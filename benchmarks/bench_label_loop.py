@@ -29,8 +29,8 @@ from plantid.curate.corrections import append_decision, read_decisions
 from plantid.runfolder import RunFolder
 
 from bench_outside import outer_split, run_plantid
-from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
-                   run_missing_cells)
+from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, markdown_table, plantid_cmd, run_benchmark,
+                   run_logged)
 
 RESULTS = REPO / "benchmarks" / "results" / "label_loop.json"
 KEYS = ("clean_acc_views", "flipped_acc_views", "corrected_acc_views", "recovered_share")
@@ -113,15 +113,15 @@ def run_cell(dataset: str, seed: int, flip: float, work: Path, overrides: list[s
 
 def table(cells: list[dict]) -> str:
     """Markdown: per cell, outside accuracy (default views) clean / flipped / corrected and the share recovered."""
-    lines = ["| data set | seed | photos | flipped | accepted | flips fixed | right labels changed | clean % | flipped % "
-             "| corrected % | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for c in cells:
         pct = {k: 100 * (c[f"{k}_acc_views"] or c[f"{k}_acc"]) for k in ("clean", "flipped", "corrected")}
-        rec = "–" if c["recovered_share"] is None else f"{c['recovered_share']:.0%}"
-        lines.append(f"| {c['dataset']} | {c['seed']} | {c['photos']} | {c['flipped']} | {c['accepted']} | {c['flips_fixed']} "
-                     f"| {c['right_labels_changed']} | {pct['clean']:.1f} | {pct['flipped']:.1f} | {pct['corrected']:.1f} "
-                     f"| {rec} |")
-    return "\n".join(lines)
+        rows.append([c["dataset"], str(c["seed"]), str(c["photos"]), str(c["flipped"]), str(c["accepted"]),
+                     str(c["flips_fixed"]), str(c["right_labels_changed"]), f"{pct['clean']:.1f}",
+                     f"{pct['flipped']:.1f}", f"{pct['corrected']:.1f}",
+                     "–" if c["recovered_share"] is None else f"{c['recovered_share']:.0%}"])
+    return markdown_table(["data set", "seed", "photos", "flipped", "accepted", "flips fixed", "right labels changed",
+                           "clean %", "flipped %", "corrected %", "recovered"], rows)
 
 
 def main() -> None:
@@ -130,9 +130,7 @@ def main() -> None:
                      datasets=["an2dl2022-plants", "plantvillage39-leaves"], arm="loop")
     ap.add_argument("--flip", type=float, default=0.05, help="share of the inner photos given a wrong class")
     args = ap.parse_args()
-    if not args.table:
-        run_missing_cells(args, KEYS, lambda name, seed: run_cell(name, seed, args.flip, args.work, args.overrides))
-    print(table(load_results(args.out)["cells"]))
+    run_benchmark(args, KEYS, lambda name, seed: run_cell(name, seed, args.flip, args.work, args.overrides), table)
 
 
 if __name__ == "__main__":

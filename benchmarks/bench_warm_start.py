@@ -28,8 +28,8 @@ from plantid.data.split import read_manifest
 from plantid.records import metrics_by_epoch, read_summary
 from plantid.runfolder import RunFolder
 
-from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, load_results, plantid_cmd, run_logged,
-                   run_missing_cells)
+from cells import (DATASETS, PHOTO_SUFFIXES, REPO, cell_parser, git_commit, markdown_table, plantid_cmd, run_benchmark,
+                   run_logged)
 
 RESULTS = REPO / "benchmarks" / "results" / "warm_start.json"
 KEYS = ("fresh_val_acc", "warm_val_acc", "time_share_to_fresh_val")
@@ -106,16 +106,16 @@ def run_cell(dataset: str, seed: int, first_share: float, work: Path, overrides:
 
 def table(cells: list[dict]) -> str:
     """Markdown: per cell, the fresh run's val and time, and when the warm run reached it."""
-    lines = ["| data set | seed | photos (first + added) | moved | fresh val % | fresh s | warm val % | warm s "
-             "| warm reaches fresh val | share of fresh's time |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for c in cells:
         reach = "never" if c["warm_epoch_reaching_fresh_val"] is None else \
             f"epoch {c['warm_epoch_reaching_fresh_val']}, {c['warm_seconds_to_fresh_val']:.0f} s"
-        share = "–" if c["time_share_to_fresh_val"] is None else f"{c['time_share_to_fresh_val']:.0%}"
-        lines.append(f"| {c['dataset']} | {c['seed']} | {c['first_photos']} + {c['all_photos'] - c['first_photos']} "
-                     f"| {c['moved']} | {100 * c['fresh_val_acc']:.1f} | {c['fresh_seconds']:.0f} "
-                     f"| {100 * c['warm_val_acc']:.1f} | {c['warm_seconds']:.0f} | {reach} | {share} |")
-    return "\n".join(lines)
+        rows.append([c["dataset"], str(c["seed"]), f"{c['first_photos']} + {c['all_photos'] - c['first_photos']}",
+                     str(c["moved"]), f"{100 * c['fresh_val_acc']:.1f}", f"{c['fresh_seconds']:.0f}",
+                     f"{100 * c['warm_val_acc']:.1f}", f"{c['warm_seconds']:.0f}", reach,
+                     "–" if c["time_share_to_fresh_val"] is None else f"{c['time_share_to_fresh_val']:.0%}"])
+    return markdown_table(["data set", "seed", "photos (first + added)", "moved", "fresh val %", "fresh s", "warm val %",
+                           "warm s", "warm reaches fresh val", "share of fresh's time"], rows)
 
 
 def main() -> None:
@@ -124,9 +124,7 @@ def main() -> None:
                      datasets=["an2dl2022-plants"], arm="warm-start")
     ap.add_argument("--first", type=float, default=0.7, help="share of each class's photos in the first folder")
     args = ap.parse_args()
-    if not args.table:
-        run_missing_cells(args, KEYS, lambda name, seed: run_cell(name, seed, args.first, args.work, args.overrides))
-    print(table(load_results(args.out)["cells"]))
+    run_benchmark(args, KEYS, lambda name, seed: run_cell(name, seed, args.first, args.work, args.overrides), table)
 
 
 if __name__ == "__main__":

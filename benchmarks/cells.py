@@ -91,10 +91,17 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"cells": []}
 
 
-def run_missing_cells(args: argparse.Namespace, keys: tuple[str, ...], make_cell) -> None:
-    """For each seed and data set of `args` without a cell in `args.out` yet, `make_cell(dataset, seed)`,
-    each cell written (with the command line) as soon as it is done, so an interrupted run goes on."""
-    for seed in args.seeds:
+def markdown_table(columns: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """A Markdown table: the first `left` columns aligned left, the others (numbers) right."""
+    rule = "|" + "|".join("---" if i < left else "---:" for i in range(len(columns))) + "|"
+    return "\n".join(["| " + " | ".join(columns) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def run_benchmark(args: argparse.Namespace, keys: tuple[str, ...], make_cell, table) -> None:
+    """For each seed and data set of `args` without a cell in `args.out` yet (none with --table),
+    `make_cell(dataset, seed)`, each cell written with the command line as soon as it is done so an
+    interrupted run goes on; then print `table(cells)`."""
+    for seed in [] if args.table else args.seeds:
         for name in args.datasets:
             if any((c["dataset"], c["seed"]) == (name, seed) for c in load_results(args.out)["cells"]):
                 continue
@@ -104,6 +111,7 @@ def run_missing_cells(args: argparse.Namespace, keys: tuple[str, ...], make_cell
             results["cells"].append(cell)
             results["command"] = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
             save_results(results, args.out, keys)
+    print(table(load_results(args.out)["cells"]))
 
 
 def cell_parser(doc: str | None, *, work: Path, out: Path, datasets: list[str] | None,
