@@ -27,18 +27,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 MAX_DROP_POINTS = 0.5
 
 
-def answers(model: Path, images: np.ndarray, mode: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    from plantid.infer.onnx_backend import FOLDED_INT8_MODES, INPUT_NAME, OUTPUT_NAME, SCORE_NAME, make_session
-
-    session = make_session(model, fold_dequantize=mode in FOLDED_INT8_MODES)
-    names = [o.name for o in session.get_outputs()]
-    wanted = [OUTPUT_NAME] + ([SCORE_NAME] if SCORE_NAME in names else [])
-    outs = [session.run(wanted, {INPUT_NAME: images[i:i + 32]}) for i in range(0, len(images), 32)]
-    probs = np.concatenate([o[0] for o in outs])
-    scores = np.concatenate([o[1] for o in outs]) if len(wanted) == 2 else None
-    return probs, scores
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -49,7 +37,7 @@ def main() -> None:
 
     from plantid.infer.export import export_run
     from plantid.infer.onnx_export import labelled_run_photos, run_photos
-    from plantid.infer.quantize import CALIBRATION_IMAGES, noisiest_nodes, quantize_onnx
+    from plantid.infer.quantize import CALIBRATION_IMAGES, model_outputs, noisiest_nodes, quantize_onnx
 
     meta_path = args.run / "export" / "preprocessing.json"
     if not meta_path.is_file():
@@ -69,7 +57,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-") as work:
         work = Path(work)
-        fp_val, fp_val_scores = answers(fp32, val_x)
+        fp_val, fp_val_scores = model_outputs(fp32, val_x)
         models: dict[int, Path] = {}
         noisy: list[str] = []
         for k in counts:
@@ -84,7 +72,7 @@ def main() -> None:
             else:
                 quantize_onnx(fp32, path, calib, mode=args.mode, exclude=tuple(noisy[:k]))
             models[k] = path
-            probs, scores = answers(path, val_x, args.mode)
+            probs, scores = model_outputs(path, val_x, args.mode)
             row = {"float_nodes": k, "names": noisy[:k], "size_mb": path.stat().st_size / 1e6,
                    "val_fp32": float((fp_val.argmax(1) == val_y).mean()), "val_int8": float((probs.argmax(1) == val_y).mean()),
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -99,9 +87,9 @@ def main() -> None:
         chosen = next((r for r in rows if r["val_drop_points"] <= MAX_DROP_POINTS),
                       min(rows, key=lambda r: (r["val_drop_points"], r["float_nodes"])))
         test_x, test_y = labelled("test")
-        test = {"photos": int(len(test_y)), "fp32": float((answers(fp32, test_x)[0].argmax(1) == test_y).mean())}
+        test = {"photos": int(len(test_y)), "fp32": float((model_outputs(fp32, test_x)[0].argmax(1) == test_y).mean())}
         for k in sorted({0, chosen["float_nodes"]}):
-            test[f"int8_k{k}"] = float((answers(models[k], test_x, args.mode)[0].argmax(1) == test_y).mean())
+            test[f"int8_k{k}"] = float((model_outputs(models[k], test_x, args.mode)[0].argmax(1) == test_y).mean())
     result = {"run": str(args.run), "mode": args.mode, "image_size": size, "val_photos": int(len(val_y)), "candidates": rows,
               "chosen_float_nodes": chosen["float_nodes"], "test": test, "date": time.strftime("%Y-%m-%d")}
     print(f"chosen on val: {chosen['float_nodes']} float nodes; test ({test['photos']} photos): fp32 "

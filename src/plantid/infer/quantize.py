@@ -22,7 +22,7 @@ import numpy as np
 
 from plantid.errors import PlantidError, first_line
 from plantid.fileio import atomic_path
-from plantid.infer.onnx_backend import FOLDED_INT8_MODES, INPUT_NAME, OUTPUT_NAME, make_session
+from plantid.infer.onnx_backend import FOLDED_INT8_MODES, INPUT_NAME, OUTPUT_NAME, SCORE_NAME, make_session
 
 log = logging.getLogger("plantid")
 
@@ -236,12 +236,19 @@ def widen_input_constants(path: Path) -> int:
     return len(tiled)
 
 
-def _probabilities(model_path: Path, images: np.ndarray, mode: str | None = None) -> np.ndarray:
-    """A model's softmax probabilities for a uint8 batch of photos, 64 photos per session call
-    (`mode`: how an int8 model was made, so its session is started as OnnxBackend starts it)."""
+def model_outputs(model_path: Path, images: np.ndarray, mode: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's softmax probabilities for a uint8 batch of photos, and its unknown-photo scores when
+    the model carries them (else None), 64 photos per session call (`mode`: how an int8 model was
+    made, so its session is started as OnnxBackend starts it)."""
     session = make_session(model_path, fold_dequantize=mode in FOLDED_INT8_MODES)
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + 64]})[0]
-                           for i in range(0, len(images), 64)])
+    wanted = [OUTPUT_NAME] + ([SCORE_NAME] if SCORE_NAME in {o.name for o in session.get_outputs()} else [])
+    outs = [session.run(wanted, {INPUT_NAME: images[i:i + 64]}) for i in range(0, len(images), 64)]
+    scores = np.concatenate([o[1] for o in outs]) if len(wanted) == 2 else None
+    return np.concatenate([o[0] for o in outs]), scores
+
+
+def _probabilities(model_path: Path, images: np.ndarray, mode: str | None = None) -> np.ndarray:
+    return model_outputs(model_path, images, mode)[0]
 
 
 def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray, mode: str) -> float | None:
