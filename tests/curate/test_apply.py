@@ -71,6 +71,28 @@ def test_apply_is_idempotent_and_undo_restores_the_folder_byte_for_byte(folder_a
     assert undo_apply(run, folder).operations == []
 
 
+def test_photos_of_one_name_relabelled_to_one_species_each_keep_a_name(folder_and_run) -> None:
+    """Cameras number their files alike: IMG_0001.jpg in two class folders, both relabelled into a
+    third that has one too. Every photo lands, under a name of its own; undo restores the folder."""
+    folder, run, _ = folder_and_run
+    odd = CLASSES[2]
+    for label in ("a", "b"):
+        os.replace(folder / label / f"{label}_000.jpg", folder / label / "IMG_0001.jpg")
+    os.replace(folder / odd / f"{odd}_000.jpg", folder / odd / "IMG_0001.jpg")
+    original = _snapshot(folder)
+    for label in ("a", "b"):
+        append_decision(run, str(folder / label / "IMG_0001.jpg"), "relabel", label=odd, given=label, source="audit")
+    done = apply_decisions(run, folder)
+    assert [op.kind for op in done.operations] == ["move", "move"]
+    landed = sorted(p.name for p in (folder / odd).glob("IMG_0001*.jpg"))
+    assert len(landed) == 3 and landed[0] == "IMG_0001.jpg"  # the photo already there keeps its name
+    assert sorted(p.read_bytes() for p in (folder / odd).glob("IMG_0001*.jpg")) == sorted(
+        original[f"{d}/IMG_0001.jpg"] for d in ("a", "b", odd))
+    assert apply_decisions(run, folder).operations == []
+    undo_apply(run, folder)
+    assert _snapshot(folder) == original
+
+
 def test_a_photo_changed_since_review_is_left_alone(folder_and_run) -> None:
     folder, run, _ = folder_and_run
     photo = folder / "a" / "a_002.jpg"

@@ -97,11 +97,19 @@ def _check_folder(run: Path, folder: Path, log: ApplyLog) -> Path:
     return folder
 
 
-def _free(target: Path, sha: str) -> Path:
-    """`target`, or name_<8 hex of the content> beside it when another file already holds that name."""
-    if not os.path.lexists(target) or file_sha256(target) == sha:
-        return target
-    return target.with_name(f"{target.stem}_{sha[:8]}{target.suffix}")
+def _free(target: Path, sha: str, claimed: set[Path]) -> Path:
+    """`target`, or name_<8 hex of the content> (then _2, _3, ...) beside it when a file already holds
+    that name or an earlier operation of the same apply will (two photos called IMG_0001.jpg
+    relabelled to one species); the name returned is added to `claimed`."""
+    candidates = [target, target.with_name(f"{target.stem}_{sha[:8]}{target.suffix}")]
+    n = 2
+    while True:
+        for name in candidates:
+            if name not in claimed and not os.path.lexists(name):
+                claimed.add(name)
+                return name
+        candidates = [target.with_name(f"{target.stem}_{sha[:8]}_{n}{target.suffix}")]
+        n += 1
 
 
 def _safe_label(label: str) -> str:
@@ -126,6 +134,7 @@ def plan_apply(run: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[
     decisions = effective_decisions(read_decisions(run))
     operations: list[Operation] = []
     notes: list[str] = []
+    claimed: set[Path] = set()  # targets of this plan's operations
     for photo in sorted(set(decisions) | set(moved_to) | set(copied_to)):
         decision = decisions.get(photo)
         action = decision.action if decision else "keep"
@@ -137,7 +146,7 @@ def plan_apply(run: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[
             target = (folder / label / Path(*rest) if action == "relabel" else
                       folder / EXCLUDED_FOLDER / old_label / Path(*rest) if action == "exclude" else path)
             here = Path(moved_to.get(photo, photo))
-            if here == target:
+            if here.parent == target.parent:  # already in the folder the decision wants, maybe renamed
                 continue
             sha = file_sha256(here)
             if not sha:
@@ -146,7 +155,7 @@ def plan_apply(run: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[
             if reviewed_sha and sha != reviewed_sha and here == path:
                 notes.append(f"{here}: changed since it was reviewed; left alone (review it again)")
                 continue
-            target = _free(target, sha)
+            target = _free(target, sha, claimed)
             if here != target:
                 operations.append(Operation(MOVE, str(here), str(target), sha, photo))
         else:  # a photo from outside the folder: only a relabel brings a copy of it in
@@ -163,7 +172,7 @@ def plan_apply(run: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[
                 elif reviewed_sha and sha != reviewed_sha:
                     notes.append(f"{path}: changed since it was reviewed; not copied (review it again)")
                 else:
-                    operations.append(Operation(COPY, photo, str(_free(want, sha)), sha, photo))
+                    operations.append(Operation(COPY, photo, str(_free(want, sha, claimed)), sha, photo))
     return operations, notes
 
 
