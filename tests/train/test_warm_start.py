@@ -11,7 +11,7 @@ import torch
 from plantid.config import load_config, load_run_config
 from plantid.errors import PlantidError
 from plantid.models import build_model
-from plantid.train.warm_start import class_row_keys, load_parent_weights, parent_manifest, shorter_plan
+from plantid.train.warm_start import WARM_LR, class_row_keys, load_parent_weights, parent_manifest, shorter_plan
 
 
 def _parent_state(run: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -50,14 +50,18 @@ def test_another_network_is_refused(trained_run: Path, tiny_classes) -> None:
         load_parent_weights(model, cfg, list(tiny_classes))
 
 
-def test_shorter_plan_halves_epochs_or_budget_unless_given(trained_run: Path) -> None:
+def test_shorter_plan_halves_epochs_or_budget_at_the_final_size_and_a_lower_rate(trained_run: Path) -> None:
     fixed = load_config("simple-cnn", ["train.epochs=9", "train.resize_phases=[{epochs: 6, image_size: 32}]",
                                        "data.image_size=64"])
     short = shorter_plan(fixed, [])
-    assert short.train.epochs == 5 and [p.epochs for p in short.train.resize_phases] == [3]
-    assert shorter_plan(fixed, ["train.epochs=9"]).train.epochs == 9
+    assert short.train.epochs == 5 and short.train.resize_phases == []
+    assert short.optim.lr == pytest.approx(fixed.optim.lr * WARM_LR)
+    kept = shorter_plan(fixed, ["train.epochs=9", "optim.lr=0.01", "train.resize_phases=[{epochs: 6, image_size: 32}]"])
+    assert kept.train.epochs == 9 and kept.optim.lr == fixed.optim.lr and kept.train.resize_phases == fixed.train.resize_phases
     planned = load_config("cpu-default")
-    assert shorter_plan(planned, []).train.plan_share == 0.5 and planned.train.plan_share == 1.0
+    warm = shorter_plan(planned, [])
+    assert warm.train.plan_share == 0.5 and planned.train.plan_share == 1.0
+    assert warm.train.resize_phases == [] and planned.train.resize_phases == "auto"
     assert parent_manifest(load_config("simple-cnn", [f"train.init_from={trained_run}"])) == trained_run / "split.csv"
     assert parent_manifest(fixed) is None
 

@@ -8,8 +8,9 @@ class gets the freshly initialised row, and a class no longer in the data is dro
 network must be the same architecture (model.name, head, members).
 
 By default it trains on a shorter plan, `WARM_SHARE` of the recipe's (half its epochs, or, when
-epochs are planned, half its time budget and half its epoch cap: `train.plan_share`), unless
-train.epochs or train.budget_minutes is given.
+epochs are planned, half its time budget and half its epoch cap: `train.plan_share`), every epoch
+at the final size, at `WARM_LR` of the recipe's learning rate; a setting given on the command line
+(train.epochs, train.budget_minutes, train.resize_phases, optim.lr) keeps its value.
 Without its own split.csv, the run grows the earlier run's split (plantid.data.split.grow_split),
 so photos the earlier network trained on never reach the new test split.
 """
@@ -31,6 +32,7 @@ from plantid.runfolder import RunFolder, find_checkpoint
 log = logging.getLogger("plantid")
 
 WARM_SHARE = 0.5  # of the recipe's epochs (or budget) a warm-started run trains by default
+WARM_LR = 0.2  # of the recipe's learning rate: fine-tuning a trained network, not a fresh head
 MODEL_PREFIX = "model."
 
 
@@ -43,22 +45,26 @@ def parent_manifest(cfg: RunConfig) -> Path | None:
 
 
 def shorter_plan(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """`cfg` with WARM_SHARE of its epochs (or of its budget and epoch cap for planned epochs),
-    unless the overrides set train.epochs or train.budget_minutes themselves. Explicit size phases
-    shrink with the epochs, and go when they would fill the whole run."""
+    """`cfg` for a run that starts from a trained network, each part unless the overrides set it:
+    WARM_SHARE of its epochs (or of its budget and epoch cap for planned epochs: train.epochs,
+    train.budget_minutes); every epoch at the final size (train.resize_phases: the network already
+    learned at it, and a smaller first phase cost the earlier run's accuracy back); and WARM_LR of
+    the learning rate (optim.lr: the recipe's rate, meant for a fresh head, scattered a trained
+    network to 70% val in its first epoch)."""
     keys = {item.split("=", 1)[0].strip() for item in overrides}
-    if keys & {"train.epochs", "train.budget_minutes"}:
-        return cfg
-    t = cfg.train
-    if t.epochs == "auto":
-        return cfg.model_copy(update={"train": t.model_copy(update={"plan_share": WARM_SHARE})})
-    epochs = max(1, math.ceil(t.epochs * WARM_SHARE))
-    phases = t.resize_phases
-    if isinstance(phases, list) and phases:
-        phases = [p.model_copy(update={"epochs": max(1, math.ceil(p.epochs * WARM_SHARE))}) for p in phases]
-        if sum(p.epochs for p in phases) >= epochs:
-            phases = []
-    return cfg.model_copy(update={"train": t.model_copy(update={"epochs": epochs, "resize_phases": phases})})
+    t, optim = cfg.train, cfg.optim
+    train_update: dict = {}
+    if not keys & {"train.epochs", "train.budget_minutes"}:
+        if t.epochs == "auto":
+            train_update["plan_share"] = WARM_SHARE
+        else:
+            train_update["epochs"] = max(1, math.ceil(t.epochs * WARM_SHARE))
+    if "train.resize_phases" not in keys:
+        train_update["resize_phases"] = []
+    update: dict = {"train": t.model_copy(update=train_update)}
+    if "optim.lr" not in keys:
+        update["optim"] = optim.model_copy(update={"lr": optim.lr * WARM_LR})
+    return cfg.model_copy(update=update)
 
 
 def load_parent_weights(model: nn.Module, cfg: RunConfig, classes: list[str]) -> dict[str, int]:
