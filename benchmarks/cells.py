@@ -98,12 +98,13 @@ def markdown_table(columns: list[str], rows: list[list[str]], left: int = 1) -> 
 
 
 def run_benchmark(args: argparse.Namespace, keys: tuple[str, ...], make_cell, table) -> None:
-    """For each seed and data set of `args` without a cell in `args.out` yet (none with --table),
-    `make_cell(dataset, seed)`, each cell written with the command line as soon as it is done so an
-    interrupted run goes on; then print `table(cells)`."""
+    """For each seed and data set of `args` without a cell in `args.out` yet (superseded cells do not
+    count; none with --table), `make_cell(dataset, seed)`, each cell written with the command line as
+    soon as it is done so an interrupted run goes on; then print `table(cells)` of the current cells."""
     for seed in [] if args.table else args.seeds:
         for name in args.datasets:
-            if any((c["dataset"], c["seed"]) == (name, seed) for c in load_results(args.out)["cells"]):
+            if any((c["dataset"], c["seed"]) == (name, seed) and not c.get("superseded")
+                   for c in load_results(args.out)["cells"]):
                 continue
             print(f"run {name} seed {seed} ...", flush=True)
             cell = make_cell(name, seed)
@@ -111,7 +112,7 @@ def run_benchmark(args: argparse.Namespace, keys: tuple[str, ...], make_cell, ta
             results["cells"].append(cell)
             results["command"] = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
             save_results(results, args.out, keys)
-    print(table(load_results(args.out)["cells"]))
+    print(table([c for c in load_results(args.out)["cells"] if not c.get("superseded")]))
 
 
 def cell_parser(doc: str | None, *, work: Path, out: Path, datasets: list[str] | None,
