@@ -165,7 +165,7 @@ def main() -> None:
         print(table(summarize(load_results(args.out)["cells"], KEYS), plantid_method))
         return
     methods = [plantid_method if m == "plantid" else m for m in args.methods]
-    for seed in args.seeds:  # seed-major: a short session still covers every set once
+    for seed in args.seeds:  # seed-major: an interrupted run still covers every set once
         for name in args.datasets:
             cell_dir = args.work / name / f"seed{seed}"
             inner, outside = outer_split(args.root / name, seed, cell_dir)
