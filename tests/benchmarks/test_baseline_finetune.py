@@ -1,4 +1,5 @@
-"""The outside benchmark's plain scripts end to end: real processes on tiny generated folders."""
+"""The benchmark scripts on tiny generated folders: the outside benchmark's plain scripts end to end (real
+processes), and the photo folders the label-loop and warm-start benchmarks build."""
 
 from __future__ import annotations
 
@@ -125,3 +126,34 @@ def test_the_yardstick_replans_within_its_budget_as_epochs_slow_down() -> None:
     assert yardstick.epochs_within(budget_left=20.0, epoch_seconds=30.0, done=7) == 7  # slowed: stop here
     assert yardstick.epochs_within(budget_left=-5.0, epoch_seconds=30.0, done=7) == 7
     assert yardstick.epochs_within(budget_left=1e9, epoch_seconds=1.0, done=3) == yardstick.MAX_EPOCHS
+
+
+def test_flipped_copy_moves_the_share_into_other_classes_and_is_made_once(make_image_folder, tmp_path: Path) -> None:
+    """The label-loop benchmark's folder: every photo linked once, a seeded share in a wrong class."""
+    bench = _script_module("bench_label_loop")
+    data = make_image_folder(tmp_path / "data", per_class=20)
+    out = tmp_path / "flipped"
+    flips = bench.flipped_copy(data, out, 0.1, seed=3)
+    links = sorted(p for p in out.rglob("*") if p.is_symlink())
+    assert len(links) == 60 and len(flips) == 6
+    for link in links:
+        true = link.resolve().parent.name
+        given = link.parent.name
+        assert (str(link) in flips) == (given != true)
+        if str(link) in flips:
+            assert flips[str(link)] == true
+    again = bench.flipped_copy(data, out, 0.1, seed=3)
+    assert again == flips and sorted(p for p in out.rglob("*") if p.is_symlink()) == links
+
+
+def test_warm_start_folders_split_each_class_into_a_first_share_and_the_rest(make_image_folder, tmp_path: Path) -> None:
+    bench = _script_module("bench_warm_start")
+    data = make_image_folder(tmp_path / "data", per_class=10)
+    photos = tmp_path / "photos"
+    first = bench.link_photos(data, photos, 0.7, seed=1, rest=False)
+    first_names = {p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_symlink()}
+    rest = bench.link_photos(data, photos, 0.7, seed=1, rest=True)
+    every = {p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_symlink()}
+    assert first == 21 and rest == 9 and len(every) == 30
+    assert all(sum(n.startswith(f"{c}/") for n in first_names) == 7 for c in ("a", "b", "c"))
+    assert every == {p.relative_to(data).as_posix() for p in data.rglob("*.jpg")}
