@@ -59,6 +59,18 @@ def promise_note(n: int, keep: float, confidence: float) -> str:
             f"threshold is the largest val score; add photos or split with a larger val share")
 
 
+def _level_from_top(confidence: np.ndarray, value: np.ndarray, target: float) -> float:
+    """The smallest confidence c such that the mean of `value` over the photos with confidence >= c
+    reaches `target` (a level falls only between distinct confidences, so tied photos are answered
+    together); 1.0 when no level reaches it."""
+    order = np.argsort(-confidence, kind="stable")
+    conf_sorted = confidence[order]
+    mean_from_top = np.cumsum(value[order]) / np.arange(1, len(conf_sorted) + 1)
+    last_of_tie = np.append(conf_sorted[1:] < conf_sorted[:-1], True)
+    reached = np.nonzero(last_of_tie & (mean_from_top >= target))[0]
+    return float(conf_sorted[reached[-1]]) if len(reached) else 1.0
+
+
 def answer_level(probabilities: np.ndarray, labels: np.ndarray, kept: np.ndarray | None,
                  answered_accuracy: float) -> float:
     """The smallest top probability c such that the val photos with top probability >= c (and kept
@@ -72,17 +84,8 @@ def answer_level(probabilities: np.ndarray, labels: np.ndarray, kept: np.ndarray
     p, y = p[mask], y[mask]
     if len(y) == 0:
         return 1.0
-    confidence = p.max(axis=1)
     right = (p.argmax(axis=1) == y).astype(np.float64)
-    order = np.argsort(-confidence, kind="stable")
-    right_sorted, conf_sorted = right[order], confidence[order]
-    accuracy_from_top = np.cumsum(right_sorted) / np.arange(1, len(y) + 1)  # answered = the i+1 most confident
-    level = 1.0
-    for i in range(len(y)):
-        last_of_tie = i == len(y) - 1 or conf_sorted[i + 1] < conf_sorted[i]
-        if last_of_tie and accuracy_from_top[i] >= answered_accuracy:
-            level = float(conf_sorted[i])
-    return level
+    return _level_from_top(p.max(axis=1), right, answered_accuracy)
 
 
 def expected_answer_level(probabilities: np.ndarray, kept: np.ndarray | None, answered_accuracy: float) -> float:
@@ -91,10 +94,9 @@ def expected_answer_level(probabilities: np.ndarray, kept: np.ndarray | None, an
     `answered_accuracy`; 1.0 when no level reaches it. Reads no labels."""
     p = np.asarray(probabilities, dtype=np.float64)
     confidence = p.max(axis=1) if kept is None else p.max(axis=1)[np.asarray(kept, bool)]
-    conf_sorted = np.sort(confidence)[::-1]
-    expected_from_top = np.cumsum(conf_sorted) / np.arange(1, len(conf_sorted) + 1)
-    reached = np.nonzero(expected_from_top >= answered_accuracy)[0]
-    return float(conf_sorted[reached[-1]]) if len(reached) else 1.0
+    if len(confidence) == 0:
+        return 1.0
+    return _level_from_top(confidence, confidence, answered_accuracy)
 
 
 def choose_answer_level(probabilities: np.ndarray, labels: np.ndarray, kept: np.ndarray | None,
