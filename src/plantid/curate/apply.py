@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from itertools import chain, count
 from pathlib import Path
 
 from plantid.curate.corrections import effective_decisions, file_sha256, read_decisions
@@ -101,15 +102,12 @@ def _free(target: Path, sha: str, claimed: set[Path]) -> Path:
     """`target`, or name_<8 hex of the content> (then _2, _3, ...) beside it when a file already holds
     that name or an earlier operation of the same apply will (two photos called IMG_0001.jpg
     relabelled to one species); the name returned is added to `claimed`."""
-    candidates = [target, target.with_name(f"{target.stem}_{sha[:8]}{target.suffix}")]
-    n = 2
-    while True:
-        for name in candidates:
-            if name not in claimed and not os.path.lexists(name):
-                claimed.add(name)
-                return name
-        candidates = [target.with_name(f"{target.stem}_{sha[:8]}_{n}{target.suffix}")]
-        n += 1
+    tagged = f"{target.stem}_{sha[:8]}"
+    names = chain([target, target.with_name(tagged + target.suffix)],
+                  (target.with_name(f"{tagged}_{n}{target.suffix}") for n in count(2)))
+    name = next(n for n in names if n not in claimed and not os.path.lexists(n))
+    claimed.add(name)
+    return name
 
 
 def _safe_label(label: str) -> str:

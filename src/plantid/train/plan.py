@@ -250,15 +250,17 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     epochs = cfg.train.epochs
     limit = cfg.train.limit_train_batches
     phases = cfg.train.resize_phases
+    planned_minutes = None
     if auto_epochs:
         assert cfg.train.budget_minutes is not None  # the config validates this
+        planned_minutes = cfg.train.budget_minutes * cfg.train.plan_share  # the share a warm start plans for
         n_train, n_val = len(train_rows), len(manifest.rows_for("val"))
         sizes = sorted({p.image_size for p in phases_for(MAX_EPOCHS, final)} | {final}) if auto_phases \
             else sorted({min(p.image_size, final) for p in phases} | {final})
         counts = [manifest.class_counts("train")[c] for c in manifest.classes]
         speed = probe_speed(cfg, manifest.classes, counts, sizes,
                             max_seconds=PROBE_SHARE * cfg.train.budget_minutes * 60)
-        budget = cfg.train.budget_minutes * 60 * BUDGET_SHARE * cfg.train.plan_share - speed.seconds
+        budget = planned_minutes * 60 * BUDGET_SHARE - speed.seconds
         cap = max(1, math.ceil(max_epochs_for(n_train, cfg.data.batch_size) * cfg.train.plan_share))
         if auto_phases:
             epochs, phases, share = plan_epochs(budget, final, n_train, n_val, speed, max_epochs=cap)
@@ -280,7 +282,7 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     log.info("plan: %s", plan_in_words(epochs, phases, final, speed if auto_epochs else None, n_train if auto_epochs
                                        else 0, n_val if auto_epochs else 0, share if auto_epochs else 1.0,
                                        cap=cap if auto_epochs else None,
-                                       budget_minutes=cfg.train.budget_minutes * cfg.train.plan_share))
+                                       budget_minutes=planned_minutes))
     data = cfg.data.model_copy(update={"image_size": final})
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
