@@ -123,6 +123,37 @@ def test_unwritable_cache_dir_and_default(tiny_folder: Path, tmp_path: Path, mon
     assert default_cache_dir() == Path.home() / ".cache" / "plantid"
 
 
+def test_the_folder_keeps_the_most_recently_used_caches_within_its_limit(
+    tiny_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import fcntl
+
+    paths, cache = _paths(tiny_folder), tmp_path / "cache"
+    one_cache = 36 * 16 * 16 * 3
+    monkeypatch.setenv("PLANTID_CACHE_MAX_GB", str(2.5 * one_cache / 1e9))  # room for two
+    first, second, third = (_data_file(paths[:n], 16, cache) for n in (36, 35, 34))
+    build_cache(paths, 16, cache)
+    build_cache(paths[:35], 16, cache)
+    old = time.time() - 3600
+    os.utime(first.with_suffix(".json"), (old, old))
+    os.utime(second.with_suffix(".json"), (old - 60, old - 60))
+    build_cache(paths, 16, cache)  # a reuse makes `first` the most recent
+    build_cache(paths[:34], 16, cache)
+    assert first.exists() and not second.exists() and not second.with_suffix(".json").exists()
+
+    # a cache that another process holds is passed over: the next oldest goes instead
+    with open(first.with_suffix(".lock"), "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        build_cache(paths[:33], 16, cache)
+    assert first.exists() and not third.exists()
+    build_cache(paths[:32], 16, cache)
+    assert len(list(cache.glob("*.u8"))) == 2 and not first.exists()
+
+    monkeypatch.setenv("PLANTID_CACHE_MAX_GB", "ten")
+    with pytest.raises(PlantidError, match="PLANTID_CACHE_MAX_GB='ten'"):
+        build_cache(paths[:31], 16, cache)
+
+
 def test_empty_path_list(tmp_path: Path) -> None:
     arr = build_cache([], 16, tmp_path / "cache")
     assert arr.shape == (0, 16, 16, 3) and arr.dtype == np.uint8

@@ -16,7 +16,10 @@ gives a new cache. Both files are written under temporary names and renamed into
 the sidecar must match and the pixel file must have the expected size and CRC, otherwise the
 cache is rebuilt (a stale, truncated or corrupt cache is never trusted). Builds are serialized
 with a lock file so concurrent processes (e.g. DDP ranks) do not build the same cache twice.
-Old caches are not deleted automatically; removing the cache folder is always safe.
+
+The folder is bounded: after each build, the least recently used caches are deleted until the
+pixel files fit in ``$PLANTID_CACHE_MAX_GB`` (default 10 GB); a reused cache counts as used, and
+a cache another process is building is never touched. Removing the cache folder is always safe.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from plantid.fileio import write_json_atomic
 
 FORMAT_VERSION = 1
 _CHUNK = 64 * 1024 * 1024
+DEFAULT_MAX_GB = 10.0  # a few data sets at two sizes; every run of the same photos reuses its cache
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +58,50 @@ def resolve_cache_dir(configured: str | os.PathLike | None) -> Path:
     """The cache folder a run's `data.cache_dir` names (user-expanded), else `default_cache_dir()`:
     how evaluation, trust fitting and the audit find the pixels training cached."""
     return Path(configured).expanduser() if configured is not None else default_cache_dir()
+
+
+def cache_limit_bytes() -> int:
+    """How many bytes of pixel files the cache folder may hold: $PLANTID_CACHE_MAX_GB, else 10 GB."""
+    raw = os.environ.get("PLANTID_CACHE_MAX_GB", "")
+    try:
+        gigabytes = float(raw) if raw.strip() else DEFAULT_MAX_GB
+    except ValueError:
+        raise PlantidError(
+            f"PLANTID_CACHE_MAX_GB={raw!r} is not a number; set it to the gigabytes the image cache may use, e.g. 10"
+        ) from None
+    return max(0, int(gigabytes * 1e9))
+
+
+def prune_cache(cache_dir: Path, limit_bytes: int, keep: Path) -> list[Path]:
+    """Delete the least recently used caches until the pixel files in `cache_dir` fit in `limit_bytes`.
+
+    Recency is the sidecar's modification time (a reuse touches it). `keep`, the cache just built or
+    opened, is never deleted, nor is a cache whose lock another process holds. Returns the deleted
+    pixel files.
+    """
+    entries = []
+    for data in cache_dir.glob("plantid-*.u8"):
+        meta = data.with_suffix(".json")
+        try:
+            entries.append((meta.stat().st_mtime if meta.exists() else 0.0, data.stat().st_size, data))
+        except OSError:
+            continue
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, data in sorted(entries):
+        if total <= limit_bytes:
+            break
+        if data == keep:
+            continue
+        with _try_locked(data.with_suffix(".lock")) as got:
+            if not got:
+                continue
+            for path in (data.with_suffix(".json"), data):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        total -= size
+        deleted.append(data)
+    return deleted
 
 
 def cache_key(paths: Sequence[str], image_size: int) -> str:
@@ -98,6 +146,31 @@ def _locked(lock_path: Path) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _try_locked(lock_path: Path) -> Iterator[bool]:
+    """Take the lock if nobody holds it: yields whether it was taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield True
+        return
+    try:
+        fh = open(lock_path, "a+b")
+    except OSError:
+        yield False
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -173,6 +246,8 @@ def build_cache(
             leftover.unlink(missing_ok=True)
         cached = _open_valid(data_path, meta_path, key, shape, verify)
         if cached is not None:
+            with contextlib.suppress(OSError):
+                os.utime(meta_path)  # used now: the last to be pruned
             return cached
         for stale in (meta_path, data_path):
             stale.unlink(missing_ok=True)
@@ -193,6 +268,7 @@ def build_cache(
                 "first_path": paths[0],
             },
         )
+    prune_cache(cache_dir, cache_limit_bytes(), keep=data_path)
     return np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
 
 
