@@ -174,3 +174,10 @@ def test_a_run_without_a_test_split_evaluates_val_by_default(copy_run: Path):
     assert proc.returncode == 0, proc.stderr
     assert "no test split" in proc.stderr and "evaluating val" in proc.stderr
     assert json.loads((copy_run / "eval_val.json").read_text(encoding="utf-8"))["split"] == "val"
+
+    # the report: val is the headline, said once; the data table has no empty test column
+    (copy_run / "eval.json").unlink()  # scored when the run still had a test split
+    assert invoke("report", str(copy_run)).returncode == 0
+    page = (copy_run / "report.html").read_text(encoding="utf-8")
+    assert ">Validation accuracy<" in page and "Best val accuracy" not in page
+    assert "<th>train</th><th>val</th><th>total</th>" in page and "<th>test</th>" not in page

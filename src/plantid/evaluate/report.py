@@ -147,7 +147,7 @@ def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label:
     tta = (result or {}).get("tta")
     params = (summary.parameters if summary else None) or {}
     intervals = (result or {}).get("intervals") or {}
-    return [
+    cards = [
         _card(f"{split_label} accuracy", _pct(m.get("accuracy", summary.test_acc if summary else None)),
               (f"{result['n_images']} images, no TTA" + _range(intervals.get("accuracy"))) if result else "from training",
               main=True),
@@ -162,6 +162,8 @@ def _key_numbers(summary: TrainSummary | None, result: dict | None, split_label:
         _card("Parameters", f"{params['trainable']:,}" if "trainable" in params else "n/a",
               f"trainable, {params.get('frozen', 0):,} frozen" if "trainable" in params else ""),
     ]
+    # the headline already is the val accuracy of the chosen checkpoint when val was evaluated
+    return [c for c in cards if not (split_label == "Validation" and c["label"] == "Best val accuracy")]
 
 
 def _training_speed(summary: TrainSummary | None) -> str:
@@ -202,17 +204,18 @@ def _data_summary(run_dir: Path) -> dict:
         manifest = read_manifest(RunFolder(run_dir).manifest)
     except PlantidError as exc:
         return {"error": str(exc)}
-    counts = {s: manifest.class_counts(s) for s in SPLITS}
     sizes = manifest.split_sizes()
+    splits = [s for s in SPLITS if sizes[s] or s in ("train", "val")]  # no empty test column (data.test=0)
+    counts = {s: manifest.class_counts(s) for s in splits}
     chart = class_distribution_figure(counts, "Photos per class and split", manifest.classes)
-    rows = [{"name": c, "counts": [counts[s][c] for s in SPLITS], "total": sum(counts[s][c] for s in SPLITS)}
+    rows = [{"name": c, "counts": [counts[s][c] for s in splits], "total": sum(counts[s][c] for s in splits)}
             for c in manifest.classes]
     scan = _read_json(RunFolder(run_dir).scan)
     scanned = ({"root": scan.get("root", "the data folder"), "bad": int(scan.get("num_bad", 0) or 0),
                 "duplicates": len(scan.get("duplicate_groups") or []),
                 "near": len(scan.get("near_duplicate_groups") or [])} if isinstance(scan, dict) else None)
-    return {"error": None, "chart": _figure(png_bytes(chart), "Photos per class and split"), "splits": SPLITS,
-            "rows": rows, "totals": [sizes[s] for s in SPLITS], "total": sum(sizes.values()), "scan": scanned}
+    return {"error": None, "chart": _figure(png_bytes(chart), "Photos per class and split"), "splits": splits,
+            "rows": rows, "totals": [sizes[s] for s in splits], "total": sum(sizes.values()), "scan": scanned}
 
 
 def _training_figure(run_dir: Path, config) -> dict | None:
