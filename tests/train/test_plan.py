@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import math
-
 from pathlib import Path
 
 import pytest
@@ -152,3 +152,24 @@ def test_train_run_records_the_plan_in_config_yaml(tiny_manifest: Path, tmp_path
     assert saved["train"]["resize_phases"] == []  # 32 px is too small for a first phase
     assert "budget 0.5 min" in saved["train"]["planned"]
     assert result.epochs_run == saved["train"]["epochs"]
+
+
+def test_a_run_slower_than_its_plan_stops_inside_its_budget(tiny_manifest: Path, tmp_path: Path, caplog) -> None:
+    """When the epochs take longer than the budget allows (here a budget shorter than any epoch), the
+    run stops at an epoch's end with a warning instead of training its whole plan, and delivers
+    the best epoch so far; epochs a user fixed are not cut."""
+    from plantid.train.run import train_run
+
+    settings = [f"data.manifest={tiny_manifest}", "data.image_size=32", "train.resize_phases=auto",
+                "data.batch_size=8", "data.eval_batch_size=8", "train.threads=1", "train.progress=false",
+                f"data.cache_dir={tmp_path / 'cache'}", "train.budget_minutes=0.001"]
+    with caplog.at_level(logging.WARNING, logger="plantid.train.budget_guard"):
+        result = train_run(load_config("cpu-default", [*settings, "train.epochs=auto"]), tmp_path / "run")
+    planned = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["epochs"]
+    assert planned >= 3 and result.epochs_run == 1
+    assert f"stopping after epoch 1 of {planned} to stay inside the 0.001-minute budget" in caplog.text
+    assert result.best_checkpoint.is_file()
+
+    caplog.clear()
+    fixed = train_run(load_config("cpu-default", [*settings, "train.epochs=2"]), tmp_path / "fixed")
+    assert fixed.epochs_run == 2 and "stopping after" not in caplog.text

@@ -45,6 +45,7 @@ from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
 from plantid.track.mlflow_store import log_run_files, tracking_uri
 from plantid.train.augment import train_image_size
+from plantid.train.budget_guard import BudgetGuard
 from plantid.train.divergence import DivergenceGuard
 from plantid.train.head_init import ProbeHeadInit
 from plantid.train.metrics_log import RunCSVLogger
@@ -176,13 +177,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None,
-                  resume_step: int | None = None) -> L.Trainer:
+                  resume_step: int | None = None, deadline: float | None = None) -> L.Trainer:
     """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices.
 
     `callbacks` adds the caller's own Lightning callbacks to plantid's; `resume_step` (the global
-    step of the checkpoint a resumed run starts from) keeps metrics.csv's rows logged before it.
+    step of the checkpoint a resumed run starts from) keeps metrics.csv's rows logged before it;
+    `deadline` (a time.perf_counter() value) is when train.budget_minutes runs out.
     """
     t = cfg.train
+    phases = t.resize_phases if isinstance(t.resize_phases, list) else []
+    final = cfg.data.image_size if isinstance(cfg.data.image_size, int) else 0
+    sizes = epoch_sizes(int(t.epochs), phases, final)
     callbacks = list(callbacks or []) + [
         # best.ckpt is for inference and testing (resuming uses last.ckpt): without the optimizer's
         # state it is a third of the size for Adam (ConvNeXt-Large: 0.8 instead of 2.2 GB).
@@ -205,9 +210,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
     if t.patience > 0:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
     if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
-        phases = t.resize_phases if isinstance(t.resize_phases, list) else []
-        final = cfg.data.image_size if isinstance(cfg.data.image_size, int) else 0
-        callbacks.append(ProgressLine(epoch_sizes(int(t.epochs), phases, final)))
+        callbacks.append(ProgressLine(sizes))
+    if deadline is not None and t.budget_minutes and final:
+        callbacks.append(BudgetGuard(deadline, sizes, t.budget_minutes))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
@@ -254,10 +259,12 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     stopped before its first last.ckpt starts again from them, as its first command would.
     `callbacks` are extra Lightning callbacks (e.g. for custom logging).
     """
+    begun = time.perf_counter()  # the budget counts the plan's probe and the cache too
     quiet_lightning()
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
     last = run.last_checkpoint
+    budgeted = False  # epochs planned from train.budget_minutes by this call
     if resume:
         if last.exists():
             resume_step = _check_resumable(last)
@@ -286,6 +293,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
                 run_dir.rmdir()  # a failed start leaves no empty run folder behind
             raise
         # 'auto' sizes and epochs become numbers here, so config.yaml says what the run trained with
+        budgeted = cfg.train.epochs == "auto"
         cfg = plan_run(cfg, read_manifest(manifest))
         write_text_atomic(run.config, dump_config(cfg))
 
@@ -322,7 +330,9 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         for member in members_of(module.model):
             member.compile()
 
-    trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step)
+    # epochs planned from a budget keep it even on a machine slower than planned (not a resumed run's)
+    deadline = begun + 60 * cfg.train.budget_minutes if budgeted else None
+    trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step, deadline=deadline)
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -1,0 +1,55 @@
+"""Keep a run inside its time budget when the machine turns out slower than the plan measured.
+
+The plan (plantid.train.plan) fixes the epochs from a throughput probe at the start. When another
+program takes the cores later, or the probe met a machine that was busy in another way, the
+epochs take longer than planned and the run would end past the budget the user gave. At the end
+of each epoch this callback estimates the next one from the last one (scaled by the square of the
+image sizes, for progressive resizing) and, when it would end past the budget, stops the run
+there with one warning: the best checkpoint so far is the run's model, as always.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+class BudgetGuard(Callback):
+    """Stop at an epoch's end when the next epoch would end after `deadline` (a time.perf_counter()
+    value: when the run began plus its budget, so the probe and the cache count too).
+
+    `epoch_sizes` is the image size of each planned epoch (to scale the estimate when the next
+    epoch trains at a larger size); `budget_minutes` is only for the warning's wording.
+    """
+
+    def __init__(self, deadline: float, epoch_sizes: list[int], budget_minutes: float) -> None:
+        self.deadline = deadline
+        self.epoch_sizes = epoch_sizes
+        self.budget_minutes = budget_minutes
+        self.epoch_started: float | None = None
+        self.stopped_after: int | None = None  # the epoch (0-based) after which the guard stopped the run
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch, planned = trainer.current_epoch, len(self.epoch_sizes)
+        if self.epoch_started is None or epoch + 1 >= planned:
+            return  # the last epoch: nothing left to skip
+        now = time.perf_counter()
+        next_epoch = (now - self.epoch_started) * (self.epoch_sizes[epoch + 1] / self.epoch_sizes[epoch]) ** 2
+        if now + next_epoch <= self.deadline:
+            return
+        trainer.should_stop = True
+        self.stopped_after = epoch
+        log.warning(
+            "stopping after epoch %d of %d to stay inside the %g-minute budget: this machine trained more slowly "
+            "than the plan measured at the start (another program using the cores?); the best epoch so far is "
+            "the model. Give it more time with train.budget_minutes=...",
+            epoch + 1, planned, self.budget_minutes,
+        )
