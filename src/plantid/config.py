@@ -52,6 +52,9 @@ class ModelConfig(_Section):
     l1: float = Field(0.0, ge=0.0)  # L1 penalty on the head's hidden dense layer
     l2: float = Field(0.0, ge=0.0)  # L2 penalty on the head's hidden dense layer
     channels_last: bool = False  # NHWC memory layout (faster convolutions on most CPUs and GPUs)
+    # recompute the backbone's activations during the backward pass instead of keeping them: less
+    # memory for a slower step (timm models that support it)
+    grad_checkpointing: bool = False
     # > 1: that many copies of the network train side by side (each with its own head, data
     # order, dropout and augmentation draws) and predict together by averaging their probabilities.
     members: int = Field(1, ge=1, le=16)

@@ -223,6 +223,31 @@ def test_channels_last_gives_the_same_logits():
         torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), a(x), rtol=1e-4, atol=1e-4)
 
 
+def test_grad_checkpointing_gives_the_same_gradients_and_leaves_evaluation_as_it_was():
+    """Recomputed activations change memory, not results: the same loss gradients in training; in
+    evaluation the blocks run as modules again, so the unknown-photo score's feature taps see them."""
+    torch.manual_seed(0)
+    plain = _lite0().train()
+    recomputing = _lite0(grad_checkpointing=True).train()
+    recomputing.load_state_dict(plain.state_dict())
+    assert recomputing.backbone.grad_checkpointing
+    x = torch.rand(2, 3, 64, 64)
+    for model in (plain, recomputing):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout and drop-path draws
+        model(x).logsumexp(1).sum().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), recomputing.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    recomputing.eval()
+    assert not recomputing.backbone.grad_checkpointing
+    with torch.no_grad():
+        features, logits = recomputing.features_and_logits(x, taps=("blocks.6",))
+    assert features.shape[0] == 2 and torch.isfinite(logits).all()
+    with pytest.raises(PlantidError, match="grad_checkpointing"):
+        build_model(ModelConfig(name="simple_cnn", grad_checkpointing=True), num_classes=3, image_size=32)
+
+
 def test_pretrained_and_from_scratch_builds_share_one_state_dict_layout():
     """Checkpoints are rebuilt with weights=none: the keys must match a pretrained build exactly."""
     pretrained = build_model(ModelConfig(weights="lite-package", head="seed", head_hidden=8), 3, 64)

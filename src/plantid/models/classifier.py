@@ -167,12 +167,17 @@ class Classifier(nn.Module):
             0.5 / 0.5 when it has none.
         image_size: the training image size (a hint for export, serving and Grad-CAM).
         name: the model name, for logs and reports.
+        grad_checkpointing: in training mode, the timm backbone recomputes its activations during
+            the backward pass instead of keeping them (less memory, slower steps).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head: nn.Module | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 image_size: int = 224, name: str = ""):
+                 image_size: int = 224, name: str = "", grad_checkpointing: bool = False):
         super().__init__()
+        if grad_checkpointing and not hasattr(backbone, "set_grad_checkpointing"):
+            raise ValueError(f"{type(backbone).__name__} cannot recompute its activations (no set_grad_checkpointing)")
+        self.grad_checkpointing = grad_checkpointing
         cfg = getattr(backbone, "pretrained_cfg", None) or {}
         mean = tuple(mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5)))
         std = tuple(std if std is not None else cfg.get("std", (0.5, 0.5, 0.5)))
@@ -273,10 +278,14 @@ class Classifier(nn.Module):
         return convs[-1]
 
     def train(self, mode: bool = True) -> Classifier:
-        """Like nn.Module.train, but norm layers inside frozen layers always stay in eval mode."""
+        """Like nn.Module.train, but norm layers inside frozen layers always stay in eval mode, and
+        activation recomputation (`grad_checkpointing`) is on in training only: evaluation has no
+        backward pass, and the feature taps' hooks need every block to run as a module."""
         super().train(mode)
         if mode:
             keep_frozen_norms_eval(self)
+        if self.grad_checkpointing:
+            self.backbone.set_grad_checkpointing(mode)
         return self
 
 

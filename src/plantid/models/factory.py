@@ -108,7 +108,10 @@ def _build_classifier(cfg: ModelConfig, num_classes: int, image_size: int) -> tu
         head = SeedHead(features, num_classes, hidden=cfg.head_hidden, dropout=cfg.dropout, l1=cfg.l1, l2=cfg.l2)
     elif cfg.l1 or cfg.l2:
         log.warning("model.l1/model.l2 only apply to the seed head (model.head=seed); ignored for head=%s", cfg.head)
-    model = Classifier(backbone, num_classes, head=head, image_size=image_size, name=name)
+    if cfg.grad_checkpointing and not hasattr(backbone, "set_grad_checkpointing"):
+        raise PlantidError(f"model.grad_checkpointing=true: {name} cannot recompute its activations; set it to false")
+    model = Classifier(backbone, num_classes, head=head, image_size=image_size, name=name,
+                       grad_checkpointing=cfg.grad_checkpointing)
 
     layers = count_layers(model)
     n_frozen = freeze_count(cfg.freeze, layers)
