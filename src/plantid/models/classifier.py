@@ -167,8 +167,9 @@ class Classifier(nn.Module):
             0.5 / 0.5 when it has none.
         image_size: the training image size (a hint for export, serving and Grad-CAM).
         name: the model name, for logs and reports.
-        grad_checkpointing: in training mode, the timm backbone recomputes its activations during
-            the backward pass instead of keeping them (less memory, slower steps).
+        grad_checkpointing: in a training step (training mode, gradients on), the timm backbone
+            recomputes its activations during the backward pass instead of keeping them (less
+            memory, slower steps); set per call, since Lightning restores modules' modes by attribute.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head: nn.Module | None = None,
@@ -195,8 +196,15 @@ class Classifier(nn.Module):
         """[0, 1] pixels -> the backbone's input statistics."""
         return (x - self.mean) / self.std
 
+    def _recompute_in_training_steps(self) -> None:
+        """Activation recomputation only where a backward pass follows; evaluation also needs every
+        block to run as a module, for the feature taps' hooks."""
+        if self.grad_checkpointing:
+            self.backbone.set_grad_checkpointing(self.training and torch.is_grad_enabled())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float NCHW images in [0, 1] (not normalized) -> logits (N, num_classes)."""
+        self._recompute_in_training_steps()
         return self.head(self.backbone(self.normalize(x)))
 
     def features_and_logits(self, x: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +221,7 @@ class Classifier(nn.Module):
 
     def feature_parts(self, x: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """(penultimate features, [pooled output of each tapped module], logits): `features_and_logits` unjoined."""
+        self._recompute_in_training_steps()
         outputs: dict[str, torch.Tensor] = {}
         hooks = [self.backbone.get_submodule(name).register_forward_hook(
             lambda _module, _args, out, name=name: outputs.__setitem__(name, out)) for name in taps]
@@ -278,14 +287,10 @@ class Classifier(nn.Module):
         return convs[-1]
 
     def train(self, mode: bool = True) -> Classifier:
-        """Like nn.Module.train, but norm layers inside frozen layers always stay in eval mode, and
-        activation recomputation (`grad_checkpointing`) is on in training only: evaluation has no
-        backward pass, and the feature taps' hooks need every block to run as a module."""
+        """Like nn.Module.train, but norm layers inside frozen layers always stay in eval mode."""
         super().train(mode)
         if mode:
             keep_frozen_norms_eval(self)
-        if self.grad_checkpointing:
-            self.backbone.set_grad_checkpointing(mode)
         return self
 
 
