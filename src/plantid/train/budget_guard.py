@@ -20,26 +20,30 @@ log = logging.getLogger(__name__)
 
 
 class BudgetGuard(Callback):
-    """Stop at an epoch's end when the next epoch would end after `deadline` (a time.perf_counter()
-    value: when the run began plus its budget, so the probe and the cache count too).
+    """Stop at an epoch's end when the next epoch would end more than `seconds` after training began.
 
-    `epoch_sizes` is the image size of each planned epoch (to scale the estimate when the next
-    epoch trains at a larger size); `budget_minutes` is only for the warning's wording.
+    `seconds` is what the budget leaves for the epochs once the plan's probe has run (the same
+    account the plan keeps); `epoch_sizes` is the image size of each planned epoch, to scale the
+    estimate when the next epoch trains at a larger size; `budget_minutes` words the warning.
     """
 
-    def __init__(self, deadline: float, epoch_sizes: list[int], budget_minutes: float) -> None:
-        self.deadline = deadline
+    def __init__(self, seconds: float, epoch_sizes: list[int], budget_minutes: float) -> None:
+        self.seconds = seconds
         self.epoch_sizes = epoch_sizes
         self.budget_minutes = budget_minutes
+        self.deadline: float | None = None
         self.epoch_started: float | None = None
         self.stopped_after: int | None = None  # the epoch (0-based) after which the guard stopped the run
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.deadline = time.perf_counter() + self.seconds
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, planned = trainer.current_epoch, len(self.epoch_sizes)
-        if self.epoch_started is None or epoch + 1 >= planned:
+        if self.deadline is None or self.epoch_started is None or epoch + 1 >= planned:
             return  # the last epoch: nothing left to skip
         now = time.perf_counter()
         next_epoch = (now - self.epoch_started) * (self.epoch_sizes[epoch + 1] / self.epoch_sizes[epoch]) ** 2

@@ -177,12 +177,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = None,
-                  resume_step: int | None = None, deadline: float | None = None) -> L.Trainer:
+                  resume_step: int | None = None, epoch_seconds: float | None = None) -> L.Trainer:
     """The Lightning Trainer for a run: checkpoints, early stopping, loggers, progress, devices.
 
     `callbacks` adds the caller's own Lightning callbacks to plantid's; `resume_step` (the global
     step of the checkpoint a resumed run starts from) keeps metrics.csv's rows logged before it;
-    `deadline` (a time.perf_counter() value) is when train.budget_minutes runs out.
+    `epoch_seconds` (the budget less the plan's probe) is how long the epochs may take before
+    BudgetGuard stops the run at an epoch's end.
     """
     t = cfg.train
     phases = t.resize_phases if isinstance(t.resize_phases, list) else []
@@ -211,8 +212,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
     if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
         callbacks.append(ProgressLine(sizes))
-    if deadline is not None and t.budget_minutes and final:
-        callbacks.append(BudgetGuard(deadline, sizes, t.budget_minutes))
+    if epoch_seconds is not None and t.budget_minutes and final:
+        callbacks.append(BudgetGuard(epoch_seconds, sizes, t.budget_minutes))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
         TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False),
@@ -259,12 +260,11 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     stopped before its first last.ckpt starts again from them, as its first command would.
     `callbacks` are extra Lightning callbacks (e.g. for custom logging).
     """
-    begun = time.perf_counter()  # the budget counts the plan's probe and the cache too
     quiet_lightning()
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
     last = run.last_checkpoint
-    budgeted = False  # epochs planned from train.budget_minutes by this call
+    planning = None  # seconds the plan took, when this call planned the epochs from train.budget_minutes
     if resume:
         if last.exists():
             resume_step = _check_resumable(last)
@@ -293,8 +293,9 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
                 run_dir.rmdir()  # a failed start leaves no empty run folder behind
             raise
         # 'auto' sizes and epochs become numbers here, so config.yaml says what the run trained with
-        budgeted = cfg.train.epochs == "auto"
+        budgeted, planning_started = cfg.train.epochs == "auto", time.perf_counter()
         cfg = plan_run(cfg, read_manifest(manifest))
+        planning = time.perf_counter() - planning_started if budgeted else None
         write_text_atomic(run.config, dump_config(cfg))
 
     keep_freed_memory()
@@ -330,9 +331,9 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         for member in members_of(module.model):
             member.compile()
 
-    # epochs planned from a budget keep it even on a machine slower than planned (not a resumed run's)
-    deadline = begun + 60 * cfg.train.budget_minutes if budgeted else None
-    trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step, deadline=deadline)
+    # epochs planned from a budget keep it (probe and epochs, as the plan counts) on a machine slower than planned
+    epoch_seconds = 60 * cfg.train.budget_minutes - planning if planning is not None else None
+    trainer = build_trainer(cfg, run_dir, callbacks, resume_step=resume_step, epoch_seconds=epoch_seconds)
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
