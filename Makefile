@@ -80,9 +80,11 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Benchmarks that need arguments, not run by `make bench`: bench_ood.py takes trained runs and
-# foreign photos (--pair RUN=FOLDER, see its --help), bench_groups, bench_int8 and bench_web a trained --run; peer_timm.py and pool_calibration.py are
+# foreign photos (--pair RUN=FOLDER, see its --help), bench_groups, bench_int8 and bench_web a trained --run,
+# bench_memory and bench_budget a photo folder (--data); peer_timm.py and pool_calibration.py are
 # comparisons run by hand (their docstrings give the commands).
-BENCH_WITH_ARGS := benchmarks/bench_ood.py benchmarks/bench_groups.py benchmarks/bench_int8.py benchmarks/bench_web.py
+BENCH_WITH_ARGS := benchmarks/bench_ood.py benchmarks/bench_groups.py benchmarks/bench_int8.py benchmarks/bench_web.py \
+  benchmarks/bench_memory.py benchmarks/bench_budget.py
 
 bench: $(STAMP)
 	@for script in $(filter-out $(BENCH_WITH_ARGS),$(sort $(wildcard benchmarks/bench_*.py))); do \
