@@ -4,8 +4,8 @@ The plan (plantid.train.plan) fixes the epochs from a throughput probe at the st
 program takes the cores later, or the probe met a machine that was busy in another way, the
 epochs take longer than planned and the run would end past the budget the user gave. At the end
 of each epoch this callback estimates the next one from the last one (scaled by the square of the
-image sizes, for progressive resizing) and, when it would end past the budget, stops the run
-there with one warning: the best checkpoint so far is the run's model, as always.
+image sizes, for progressive resizing) and, when it would end more than a tenth past the budget,
+stops the run there with one warning: the best checkpoint so far is the run's model, as always.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
+# An overrun the guard lets pass, as a share of the budget: its estimate scales a whole epoch by the
+# pixels of the next one, which overstates it, and one epoch dropped costs more than a tenth's overrun.
+TOLERANCE = 0.1
+
 
 class BudgetGuard(Callback):
-    """Stop at an epoch's end when the next epoch would end more than `seconds` after training began.
+    """Stop at an epoch's end when the next epoch would end more than `seconds` after training began
+    (and a tenth of the budget: `TOLERANCE`).
 
     `seconds` is what the budget leaves for the epochs once the plan's probe has run (the same
     account the plan keeps); `epoch_sizes` is the image size of each planned epoch, to scale the
@@ -36,7 +41,7 @@ class BudgetGuard(Callback):
         self.stopped_after: int | None = None  # the epoch (0-based) after which the guard stopped the run
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.deadline = time.perf_counter() + self.seconds
+        self.deadline = time.perf_counter() + self.seconds + TOLERANCE * 60 * self.budget_minutes
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
