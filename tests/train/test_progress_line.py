@@ -52,6 +52,6 @@ def test_plan_in_plain_words():
                       "the most plantid trains 1800 photos for; more did not help)")
     # a plan that fills its budget says nothing more, capped or not
     assert plan_in_words(9, [ResizePhase(epochs=6, image_size=128)], 192, speed, n_train=1800, n_val=300,
-                         cap=9, budget_minutes=16) == text
+                         cap=9, budget_minutes=15) == text
     assert plan_in_words(9, [ResizePhase(epochs=6, image_size=128)], 192, speed, n_train=1800, n_val=300,
                          cap=27, budget_minutes=30) == text

@@ -3,9 +3,10 @@
 The plan (plantid.train.plan) fixes the epochs from a throughput probe at the start. When another
 program takes the cores later, or the probe met a machine that was busy in another way, the
 epochs take longer than planned and the run would end past the budget the user gave. At the end
-of each epoch this callback estimates the next one from the last one (scaled by the square of the
-image sizes, for progressive resizing) and, when it would end more than a tenth past the budget,
-stops the run there with one warning: the best checkpoint so far is the run's model, as always.
+of each epoch this callback estimates the next one from the last one (its training part scaled
+by the square of the image sizes, for progressive resizing; validation always runs at the final
+size) and, when it would end more than a tenth past the budget, stops the run there with one
+warning: the best checkpoint so far is the run's model, as always.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
-# An overrun the guard lets pass, as a share of the budget: its estimate scales a whole epoch by the
-# pixels of the next one, which overstates it, and one epoch dropped costs more than a tenth's overrun.
+# An overrun the guard lets pass, as a share of the budget: one epoch dropped costs more than a
+# tenth's overrun, and the estimate (pixels, not measured speed) is rough.
 TOLERANCE = 0.1
 
 
@@ -38,6 +39,7 @@ class BudgetGuard(Callback):
         self.budget_minutes = budget_minutes
         self.deadline: float | None = None
         self.epoch_started: float | None = None
+        self.validation_started: float | None = None
         self.stopped_after: int | None = None  # the epoch (0-based) after which the guard stopped the run
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -46,12 +48,18 @@ class BudgetGuard(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_started = time.perf_counter()
 
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_started = time.perf_counter()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, planned = trainer.current_epoch, len(self.epoch_sizes)
         if self.deadline is None or self.epoch_started is None or epoch + 1 >= planned:
             return  # the last epoch: nothing left to skip
         now = time.perf_counter()
-        next_epoch = (now - self.epoch_started) * (self.epoch_sizes[epoch + 1] / self.epoch_sizes[epoch]) ** 2
+        validated = self.validation_started is not None and self.validation_started >= self.epoch_started
+        split = self.validation_started if validated else now
+        growth = (self.epoch_sizes[epoch + 1] / self.epoch_sizes[epoch]) ** 2
+        next_epoch = (split - self.epoch_started) * growth + (now - split)
         if now + next_epoch <= self.deadline:
             return
         trainer.should_stop = True
