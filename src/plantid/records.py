@@ -241,7 +241,7 @@ class Evaluation(RunRecord):
     metrics: Metrics
     per_class: list[ClassRow] = Field(default_factory=list)
     confusion: list[list[int]] = Field(default_factory=list)
-    # 95%: accuracy and per-class recall (Wilson), balanced accuracy (bootstrap)
+    # 95%: accuracy and per-class recall (Wilson), balanced accuracy (standard error)
     intervals: dict[str, Any] | None = None
     tta: ViewsResult | None = None
     worst: list[Mistake] = Field(default_factory=list)

@@ -151,3 +151,18 @@ def test_intervals_cover_the_true_accuracy_about_95_percent_of_the_time():
         assert set(out["intervals"]["recall"]) == set(classes)
     assert hits["accuracy"] / trials > 0.88
     assert hits["balanced_accuracy"] / trials > 0.85
+
+
+def test_balanced_accuracy_interval_holds_the_estimate_on_small_classes():
+    """17 classes of 10 photos, one mistake: the interval is around 99.4%, not below it (a bootstrap
+    from shrunken recalls put it at 78-89%), and stays inside [0, 1]."""
+    from plantid.evaluate.metrics import balanced_accuracy_interval
+
+    confusion = np.diag([10] * 17)
+    confusion[3, 3], confusion[3, 4] = 9, 1
+    estimate = np.mean(np.diag(confusion) / confusion.sum(axis=1))
+    low, high = balanced_accuracy_interval(confusion)
+    assert low < estimate <= high == 1.0 and low > 0.9
+    low, high = balanced_accuracy_interval(np.array([[0, 5], [5, 0]]))  # every photo wrong
+    assert low == 0.0 and 0 < high < 0.5
+    assert balanced_accuracy_interval(np.zeros((2, 2), dtype=int)) is None

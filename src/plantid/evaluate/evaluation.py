@@ -218,7 +218,7 @@ def evaluate_run(run_dir: Path, split: str = "test", tta: str | None = None, con
         "metrics": base["metrics"],
         "per_class": base["per_class"],
         "confusion": base["confusion"],
-        "intervals": base["intervals"],  # 95%: accuracy and per-class recall Wilson, balanced accuracy bootstrap
+        "intervals": base["intervals"],  # 95%: accuracy and per-class recall Wilson, balanced accuracy standard error
         "tta": None,
         "worst": worst_errors(probabilities[0], data.labels, data.paths, classes, limit=WORST_LIMIT),
     }
