@@ -97,6 +97,8 @@ def test_report_runs_the_evaluation_when_eval_json_is_missing(report_run: Path):
     text = "".join(parsed.text)
     acc = result["metrics"]["accuracy"]
     assert f"{100 * acc:.2f}%" in text
+    # scored with the run's default views too, as the default recipe's numbers are
+    assert result["tta"]["views"] and f"{100 * result['tta']['metrics']['accuracy']:.2f}%" in text
     # the odd class name is escaped in the source and shown literally in the text
     assert ODD in text
     assert "&lt;b&gt;x&amp;y &#34;q&#34;" in page

@@ -101,8 +101,9 @@ def _is_stale(eval_path: Path, run_dir: Path, result: dict) -> bool:
 
 def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, str | None]:
     """eval.json of the run (running `evaluate_run(run_dir, 'test')` when it is missing or older than
-    the checkpoint, keeping its TTA views); falls back to the val split when there is no test split.
-    Returns (evaluation or None, a note for the reader or None)."""
+    the checkpoint, with the TTA views of the evaluation it replaces, else the run's default views,
+    which the default recipe's numbers count on); falls back to the val split when there is no test
+    split. Returns (evaluation or None, a note for the reader or None)."""
     from rich.console import Console
 
     run = RunFolder(run_dir)
@@ -124,7 +125,7 @@ def load_or_run_evaluation(run_dir: Path, console=None) -> tuple[dict | None, st
     result = current if split == "test" else _read_evaluation(run_dir, split)
     if result is not None and not _is_stale(path, run_dir, result):
         return result, note
-    views = ",".join(result["tta"]["views"]) if result is not None and result["tta"] else None
+    views = ",".join(result["tta"]["views"]) if result is not None and result["tta"] else "default"
     log.info("evaluating the %s split of %s for the report", split, run_dir)
     return evaluate_run(run_dir, split, tta=views, console=console or Console(quiet=True)), note
 
