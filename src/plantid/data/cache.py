@@ -93,7 +93,7 @@ def prune_cache(cache_dir: Path, limit_bytes: int, keep: Path) -> list[Path]:
             break
         if data == keep:
             continue
-        with _try_locked(data.with_suffix(".lock")) as got:
+        with _locked(data.with_suffix(".lock"), wait=False) as got:
             if not got:
                 continue
             for path in (data.with_suffix(".json"), data):
@@ -136,23 +136,9 @@ def _crc32_file(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _try_locked(lock_path: Path) -> Iterator[bool]:
-    """Take the lock if nobody holds it: yields whether it was taken."""
+def _locked(lock_path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file's exclusive lock for the block; yields whether it is held. With `wait`
+    false, a lock another process holds (or a lock file that cannot be opened) yields False at once."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
@@ -161,12 +147,16 @@ def _try_locked(lock_path: Path) -> Iterator[bool]:
     try:
         fh = open(lock_path, "a+b")
     except OSError:
+        if wait:
+            raise
         yield False
         return
     with fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            if wait:
+                raise
             yield False
             return
         try:
