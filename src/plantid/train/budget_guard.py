@@ -40,7 +40,6 @@ class BudgetGuard(Callback):
         self.deadline: float | None = None
         self.epoch_started: float | None = None
         self.validation_started: float | None = None
-        self.stopped_after: int | None = None  # the epoch (0-based) after which the guard stopped the run
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.deadline = time.perf_counter() + self.seconds + TOLERANCE * 60 * self.budget_minutes
@@ -63,7 +62,6 @@ class BudgetGuard(Callback):
         if now + next_epoch <= self.deadline:
             return
         trainer.should_stop = True
-        self.stopped_after = epoch
         log.warning(
             "stopping after epoch %d of %d to stay inside the %g-minute budget: this machine trained more slowly "
             "than the plan measured at the start (another program using the cores?); the best epoch so far is "

@@ -212,7 +212,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
     if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
         callbacks.append(ProgressLine(sizes))
-    if epoch_seconds is not None and t.budget_minutes and final:
+    if epoch_seconds is not None and final:
         callbacks.append(BudgetGuard(epoch_seconds, sizes, t.budget_minutes))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
