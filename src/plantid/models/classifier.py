@@ -176,9 +176,7 @@ class Classifier(nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  image_size: int = 224, name: str = "", grad_checkpointing: bool = False):
         super().__init__()
-        if grad_checkpointing and not hasattr(backbone, "set_grad_checkpointing"):
-            raise ValueError(f"{type(backbone).__name__} cannot recompute its activations (no set_grad_checkpointing)")
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing = grad_checkpointing  # build_model refuses it for a backbone without the switch
         cfg = getattr(backbone, "pretrained_cfg", None) or {}
         mean = tuple(mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5)))
         std = tuple(std if std is not None else cfg.get("std", (0.5, 0.5, 0.5)))
