@@ -84,17 +84,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--table", action="store_true", help="only print the table of the results so far")
     args = ap.parse_args()
+    done = {(c["dataset"], c["seed"], c["method"]) for c in load_results(args.out)["cells"]}
     for seed in [] if args.table else args.seeds:
         for name in args.datasets:
-            for method in args.methods:
-                run = args.work / name / f"seed{seed}" / method
-                done = {(c["dataset"], c["seed"], c["method"]) for c in load_results(args.out)["cells"]}
-                if (name, seed, method) in done or not (run / "eval_outside.json").is_file():
-                    continue
+            runs = {m: args.work / name / f"seed{seed}" / m for m in args.methods if (name, seed, m) not in done}
+            runs = {m: run for m, run in runs.items() if (run / "eval_outside.json").is_file()}
+            if not runs:
+                continue
+            pool = [p for paths in photos_of(args.root / PAIRS[name]).values() for p in paths]
+            foreign = random.Random(seed).sample(pool, FOREIGN)
+            made = generated(args.work / "generated" / f"seed{seed}", GENERATED, seed)
+            for method, run in runs.items():
                 print(f"{name} seed {seed} {method} ...", flush=True)
-                pool = [p for paths in photos_of(args.root / PAIRS[name]).values() for p in paths]
-                foreign = random.Random(seed).sample(pool, FOREIGN)
-                made = generated(args.work / "generated" / f"seed{seed}", GENERATED, seed)
                 cell = {"dataset": name, "seed": seed, "method": method, "run": str(run),
                         **measure(run, foreign, made), "commit": git_commit()}
                 results = load_results(args.out)
