@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from plantid.config import ResizePhase, load_config
@@ -173,3 +174,60 @@ def test_a_run_slower_than_its_plan_stops_inside_its_budget(tiny_manifest: Path,
     caplog.clear()
     fixed = train_run(load_config("cpu-default", [*settings, "train.epochs=2"]), tmp_path / "fixed")
     assert fixed.epochs_run == 2 and "stopping after" not in caplog.text
+
+
+def test_batches_per_epoch_fill_the_time_left_and_stay_between_one_batch_and_every_photo() -> None:
+    """Two epochs left in 100 s, 5 s of validation each, 1 s a batch now and 2.25 s at the next size:
+    (100 - 10) / 3.25 -> 27 batches; never more than every photo, never none."""
+    from plantid.train.budget_guard import batches_per_epoch
+
+    assert batches_per_epoch(100.0, 1.0, 5.0, [1.0, 2.25], most=1000) == 27
+    assert batches_per_epoch(100.0, 1.0, 5.0, [1.0, 2.25], most=20) == 20
+    assert batches_per_epoch(5.0, 1.0, 5.0, [1.0, 2.25], most=1000) == 1
+
+
+class _BatchesSeen(Callback):
+    """Records each epoch's training batches and the learning rate each step trained with."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.batches.append(int(trainer.num_training_batches))
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_epochs_faster_than_planned_train_on_more_photos_to_the_budget(tiny_manifest: Path, tmp_path: Path,
+                                                                        schedule: str, caplog) -> None:
+    """A plan that gave each epoch one batch (a probe that met a busy moment) and a budget those
+    epochs leave mostly unused: after the first epoch the rest train on every photo, and the
+    schedule is stretched to the new number of steps (one-cycle would refuse a step past its end;
+    both peak and end near their lowest rate); last.ckpt keeps the batches for a resume."""
+    from plantid.data.datamodule import PlantDataModule
+    from plantid.train.module import PlantClassifierModule
+    from plantid.train.run import _check_resumable, build_trainer
+
+    cfg = load_config("cpu-default", [
+        f"data.manifest={tiny_manifest}", "data.image_size=32", "train.epochs=3", "train.resize_phases=[]",
+        "train.limit_train_batches=1", "data.batch_size=4", "data.eval_batch_size=8", "train.threads=1",
+        "train.progress=false", "track.mlflow=false", f"data.cache_dir={tmp_path / 'cache'}",
+        f"optim.schedule={schedule}",
+    ])
+    data = PlantDataModule(manifest_path=tiny_manifest, image_size=32, batch_size=4, eval_batch_size=8,
+                           cache_dir=tmp_path / "cache")
+    data.setup("fit")
+    module = PlantClassifierModule(cfg.model_dump(mode="json"), data.classes, data.class_counts)
+    seen = _BatchesSeen()
+    trainer = build_trainer(cfg, tmp_path / "run", [seen], epoch_seconds=600.0)
+    with caplog.at_level(logging.INFO, logger="plantid.train.budget_guard"):
+        trainer.fit(module, datamodule=data)
+    every = math.ceil(len(read_manifest(tiny_manifest).rows_for("train")) / 4)
+    assert every > 1 and seen.batches == [1, every, every]
+    assert "the remaining 2 epochs train on" in caplog.text
+    assert max(seen.rates) > 0.5 * cfg.optim.lr and seen.rates[-1] < 0.05 * cfg.optim.lr
+    assert _check_resumable(tmp_path / "run" / "last.ckpt") == (trainer.global_step, every)
+

@@ -25,7 +25,7 @@ from plantid.train.augment import build_augment, resize_batch, train_image_size
 from plantid.train.depthwise import use_small_map_depthwise
 from plantid.train.losses import build_loss
 from plantid.train.optim import build_optimizer
-from plantid.train.schedules import build_scheduler
+from plantid.train.schedules import build_scheduler, scheduler_at_step
 
 
 class PlantClassifierModule(L.LightningModule):
@@ -119,3 +119,10 @@ class PlantClassifierModule(L.LightningModule):
         steps_per_epoch = max(1, int(np.ceil(self.trainer.estimated_stepping_batches / max(1, epochs))))
         scheduler = build_scheduler(optimizer, opt_cfg, epochs, steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def reschedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        """Carry on with a schedule over `total_steps` optimizer steps from the step reached, for a
+        run whose remaining epochs changed length (plantid.train.budget_guard re-plans them)."""
+        config = self.trainer.lr_scheduler_configs[0]
+        config.scheduler = scheduler_at_step(config.scheduler.optimizer, self.cfg.optim, total_steps, steps_per_epoch,
+                                             self.global_step)

@@ -151,6 +151,7 @@ _QUIET_WARNINGS = (
     r".*does not have many workers which may be a bottleneck.*",
     r".*was configured so 100% of the batches.*",
     r".*module\(s\) in eval mode at the start of training.*",  # frozen norm layers, on purpose
+    r".*add the following callbacks: \['BudgetGuard'\].*",  # a resumed run keeps its batches, not its budget
 )
 
 
@@ -182,8 +183,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
 
     `callbacks` adds the caller's own Lightning callbacks to plantid's; `resume_step` (the global
     step of the checkpoint a resumed run starts from) keeps metrics.csv's rows logged before it;
-    `epoch_seconds` (the budget less the plan's probe) is how long the epochs may take before
-    BudgetGuard stops the run at an epoch's end.
+    `epoch_seconds` (the budget less the plan's probe) is how long the epochs may take: BudgetGuard
+    re-plans the remaining epochs' batches to it at each epoch's end, or stops the run there.
     """
     t = cfg.train
     phases = t.resize_phases if isinstance(t.resize_phases, list) else []
@@ -212,7 +213,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=t.patience))
     if t.progress:  # one line for the whole run instead of Lightning's bar (plantid.train.progress_line)
         callbacks.append(ProgressLine(sizes))
-    if epoch_seconds is not None and final:
+    guarded = epoch_seconds is not None and bool(final)
+    if guarded:
         callbacks.append(BudgetGuard(epoch_seconds, sizes, t.budget_minutes))
     loggers = [
         RunCSVLogger(run_dir, resume_step=resume_step),
@@ -237,6 +239,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         # Lightning's True would raise mid-training on a GPU.
         deterministic="warn" if t.deterministic else False,
         limit_train_batches=t.limit_train_batches,
+        # the guard's re-plan changes the batches per epoch, which Lightning reads when it loads the data
+        reload_dataloaders_every_n_epochs=1 if guarded else 0,
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
         callbacks=callbacks,
@@ -266,8 +270,9 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     last = run.last_checkpoint
     planning = None  # seconds the plan took, when this call planned the epochs from train.budget_minutes
     if resume:
+        replanned = None
         if last.exists():
-            resume_step = _check_resumable(last)
+            resume_step, replanned = _check_resumable(last)
         elif run.config.is_file() and run.manifest.is_file():
             # Killed before its first last.ckpt (config.yaml is written after split.csv, both whole):
             # train from the start with the saved settings and split, as the first command would have.
@@ -277,6 +282,8 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
             raise PlantidError(f"{run_dir}: nothing to resume (no last.ckpt, no config.yaml); start it with "
                                f"`plantid train --data DATA --out {run_dir}`")
         cfg = load_run_config(run.config)
+        if replanned is not None:  # the epochs left keep the batches the budget gave them (plantid.train.budget_guard)
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"limit_train_batches": int(replanned)})})
         manifest = run.manifest
     else:
         resume_step = None
@@ -393,11 +400,12 @@ def peak_resident_mb() -> float | None:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _check_resumable(last: Path) -> int:
+def _check_resumable(last: Path) -> tuple[int, int | None]:
     """Refuse, before anything in the run folder is touched, a last.ckpt that cannot be resumed:
     truncated, corrupt, pickling Python objects (read with weights_only=True only), or not a
     Lightning training checkpoint. Lightning would otherwise fail half-way, after its loggers
-    had already rewritten metrics.csv. Returns the checkpoint's global step."""
+    had already rewritten metrics.csv. Returns the checkpoint's global step and the training
+    batches per epoch its budget re-planned (None when it kept the plan's)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error says it all
@@ -418,7 +426,8 @@ def _check_resumable(last: Path) -> int:
     if missing:
         raise PlantidError(f"{last}: cannot resume: not a plantid training checkpoint (no {missing[0]}); nothing "
                            "was changed. Train again into a new folder (`plantid train --data DATA --out NEW_RUN`)")
-    return int(ckpt.get("global_step", 0))
+    replanned = (ckpt.get("callbacks") or {}).get(BudgetGuard.__qualname__, {}).get("batches")
+    return int(ckpt.get("global_step", 0)), replanned
 
 
 def _images_per_second(trainer: L.Trainer) -> float | None:

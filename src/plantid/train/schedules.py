@@ -14,6 +14,7 @@ Every param group's rates are scaled by its `lr_scale` (layer-wise decay, `plant
 
 from __future__ import annotations
 
+import warnings
 from itertools import accumulate
 
 import torch
@@ -24,13 +25,14 @@ from plantid.config import OptimConfig
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,
-                    steps_per_epoch: int) -> LRScheduler:
-    """The configured per-step schedule over `epochs` epochs of `steps_per_epoch` optimizer steps.
+                    steps_per_epoch: int, total_steps: int | None = None) -> LRScheduler:
+    """The configured per-step schedule over `epochs` epochs of `steps_per_epoch` optimizer steps
+    (or over `total_steps` steps when given: epochs whose length changed during the run).
 
     Each param group peaks at optim.lr (cyclic: its phases' rates) times the group's `lr_scale`.
     """
     steps_per_epoch = max(1, steps_per_epoch)
-    total = max(1, epochs * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch if total_steps is None else total_steps)
     scales = [float(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
     for group, scale in zip(optimizer.param_groups, scales):
         group["lr"] = cfg.lr * scale
@@ -59,6 +61,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
         return main
     ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1))
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def scheduler_at_step(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int,
+                      step: int) -> LRScheduler:
+    """A schedule over `total_steps` steps, advanced to `step` (the optimizer's rates set to that
+    step's): when a run's remaining epochs change length, the rest of its schedule is this one's."""
+    scheduler = build_scheduler(optimizer, cfg, 1, steps_per_epoch, total_steps=max(total_steps, step + 1))
+    with warnings.catch_warnings():  # advancing the schedule alone is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            scheduler.step()
+    return scheduler
 
 
 def lr_curve(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> list[float]:
