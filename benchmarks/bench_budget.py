@@ -5,7 +5,7 @@ once (two `plantid train` processes started together on the same cores, the seco
 seed, so each finds a busy machine). For each run: the planned epochs, the probe's and the
 epochs' seconds (what the budget covers) against the budget, the whole command's wall time,
 whether the plan ended at the epoch cap rather than the budget, and whether the run stopped
-early to keep its budget. Writes
+early to keep its budget, whether it re-planned its remaining epochs, and its val accuracy. Writes
 benchmarks/results/budget.json and prints a table.
 
     .venv/bin/python benchmarks/bench_budget.py --data ../shared/datasets/an2dl2022-plants --minutes 3
@@ -50,7 +50,9 @@ def cell(run: Path, minutes: float, wall: float, condition: str, log: Path) -> d
             "train_seconds": summary.train_seconds, "wall_seconds": round(wall, 1),
             "used_share": round((probe + summary.train_seconds) / (60 * minutes), 4),
             "epochs": summary.epochs_run, "planned_epochs": plan["epochs"],
+            "best_val_acc": summary.best_val_acc,
             "epoch_cap_ended_plan": "is the most plantid trains" in printed,
+            "replanned": "re-planned to the" in printed,
             "stopped_for_budget": "to stay inside the" in printed}
 
 
@@ -75,11 +77,12 @@ def main() -> None:
     write_json({"command": "python benchmarks/bench_budget.py " + " ".join(sys.argv[1:]), "data": str(args.data),
                 "commit": git_commit(), "cells": cells}, args.out)
     print(f"{'condition':26} {'run':6} {'budget s':>8} {'probe s':>7} {'train s':>8} {'used':>6} {'wall s':>7} "
-          f"{'epochs':>9} cap   stopped")
+          f"{'epochs':>9} {'val':>6} cap   re-planned stopped")
     for c in cells:
         print(f"{c['condition']:26} {c['run']:6} {c['budget_seconds']:8.0f} {c['probe_seconds']:7.0f} "
               f"{c['train_seconds']:8.1f} {c['used_share']:6.0%} {c['wall_seconds']:7.1f} "
-              f"{c['epochs']:4d} of {c['planned_epochs']:<2d} {c['epoch_cap_ended_plan']!s:5} {c['stopped_for_budget']}")
+              f"{c['epochs']:4d} of {c['planned_epochs']:<2d} {c['best_val_acc']:6.1%} {c['epoch_cap_ended_plan']!s:5} "
+              f"{c['replanned']!s:10} {c['stopped_for_budget']}")
     print(f"wrote {args.out}")
 
 
