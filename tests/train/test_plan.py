@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
@@ -231,3 +232,20 @@ def test_epochs_faster_than_planned_train_on_more_photos_to_the_budget(tiny_mani
     assert max(seen.rates) > 0.5 * cfg.optim.lr and seen.rates[-1] < 0.05 * cfg.optim.lr
     assert _check_resumable(tmp_path / "run" / "last.ckpt") == (trainer.global_step, every)
 
+
+
+def test_a_busy_machine_halves_the_threads_unless_the_user_fixed_them() -> None:
+    """Two trainings of 2 threads each on 2 cores take turns spinning (5x slower epochs than their
+    probes): a busy probe trains on half the threads; `train.threads` given is never changed."""
+    from plantid.train.plan import _busy, threads_beside_others
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert threads_beside_others(load_config("cpu-default", [])) == 2
+        assert threads_beside_others(load_config("cpu-default", ["train.threads=4"])) is None
+        torch.set_num_threads(1)
+        assert threads_beside_others(load_config("cpu-default", [])) is None
+    finally:
+        torch.set_num_threads(before)
+    assert "the probe got 0.2 of 2 threads' CPU time" in _busy(0.2, 2)

@@ -61,6 +61,7 @@ class Speed:
     train: dict[int, float]  # by image size
     evaluate: float  # at the final size
     seconds: float  # how long the probe took
+    busy: str | None = None  # how the probe found the cores taken by other programs, or None
 
 
 def round_size(size: float, step: int = 32) -> int:
@@ -144,7 +145,7 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     so a slow machine does not spend its budget measuring itself. The rate is that of the median
     step, so one step stalled by another process does not make the machine look slow; a machine
     whose cores are busy (load above its cores, or the probe getting under half of the CPU time
-    its threads could use) is named in a warning, since the plan then assumes it stays as busy."""
+    its threads could use) is described in `Speed.busy` (CPU only)."""
     from plantid.train.module import PlantClassifierModule
     from plantid.train.optim import build_optimizer
 
@@ -198,24 +199,32 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     train = {size: timed(train_step, size, batch) for size in sorted(set(sizes))}
     model.eval()
     evaluate = timed(eval_step, sizes[-1], min(cfg.data.eval_batch_size, 2 * batch))
-    if not gpu:
-        _warn_if_busy(cpu_used / max(wall_used, 1e-9), torch.get_num_threads())
+    busy = None if gpu else _busy(cpu_used / max(wall_used, 1e-9), torch.get_num_threads())
     devices = cfg.train.devices if isinstance(cfg.train.devices, int) and cfg.train.devices > 0 else 1
     scale = devices * cfg.train.num_nodes  # DDP: every process trains its own shard at this speed
     return Speed(train={s: r * scale for s, r in train.items()}, evaluate=evaluate * scale,
-                 seconds=time.perf_counter() - started)
+                 seconds=time.perf_counter() - started, busy=busy)
 
 
-def _warn_if_busy(cpu_share: float, threads: int) -> None:
-    """Warn when other processes held the cores during the probe (its cores' share `cpu_share` of
-    `threads` busy threads, or a load average above the core count)."""
+def _busy(cpu_share: float, threads: int) -> str | None:
+    """How other processes held the cores during the probe (its `threads` threads got `cpu_share`
+    of a core each, under half, or the load average is above the core count), or None."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    starved = cpu_share < 0.5 * min(threads, cores)
-    if starved or load > cores:
-        log.warning("the machine is busy (load %.1f on %d cores; the probe got %.1f of %d threads' CPU time): "
-                    "the plan assumes it stays this busy; set train.epochs=N to fix the epochs instead",
-                    load, cores, cpu_share, threads)
+    if cpu_share < 0.5 * min(threads, cores) or load > cores:
+        return f"load {load:.1f} on {cores} cores; the probe got {cpu_share:.1f} of {threads} threads' CPU time"
+    return None
+
+
+def threads_beside_others(cfg: RunConfig) -> int | None:
+    """The threads to train on when the probe found the machine busy: half of torch's (at least
+    one), so two trainings on the same cores do not take turns spinning their waiting threads
+    (docs/decisions.md, "On a busy machine, half the threads"); None when the user fixed
+    `train.threads` or there is nothing to halve."""
+    current = torch.get_num_threads()
+    if cfg.train.threads or current < 2:
+        return None
+    return current // 2
 
 
 @contextlib.contextmanager
@@ -260,8 +269,21 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         sizes = sorted({p.image_size for p in phases_for(MAX_EPOCHS, final)} | {final}) if auto_phases \
             else sorted({min(p.image_size, final) for p in phases} | {final})
         counts = [manifest.class_counts("train")[c] for c in manifest.classes]
-        speed = probe_speed(cfg, manifest.classes, counts, sizes,
-                            max_seconds=PROBE_SHARE * cfg.train.budget_minutes * 60)
+        probe_seconds = PROBE_SHARE * cfg.train.budget_minutes * 60
+        speed = probe_speed(cfg, manifest.classes, counts, sizes, max_seconds=probe_seconds)
+        threads = threads_beside_others(cfg) if speed.busy else None
+        if speed.busy and threads is not None:
+            first, busy = speed.seconds, speed.busy
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+            speed = probe_speed(cfg, manifest.classes, counts, sizes, max_seconds=probe_seconds)
+            speed.seconds += first
+            log.warning("the machine is busy (%s): training on %d thread%s so that this run and the others do not "
+                        "take turns spinning (set train.threads=N to choose); the plan assumes it stays this busy",
+                        busy, threads, "s" if threads != 1 else "")
+            notes.append(f"busy machine: {threads} threads")
+        elif speed.busy:
+            log.warning("the machine is busy (%s): the plan assumes it stays this busy; set train.epochs=N to fix "
+                        "the epochs instead", speed.busy)
         budget = planned_minutes * 60 * BUDGET_SHARE - speed.seconds
         cap = max(1, math.ceil(max_epochs_for(n_train, cfg.data.batch_size) * cfg.train.plan_share))
         if auto_phases:
