@@ -116,9 +116,9 @@ class BudgetGuard(Callback):
         accumulate = max(1, int(trainer.accumulate_grad_batches))
         steps_per_epoch = math.ceil(batches / accumulate)
         pl_module.reschedule(pl_module.global_step + epochs_left * steps_per_epoch, steps_per_epoch)
-        log.info("re-planned to the %g-minute budget from the epoch just measured: the remaining %d epoch%s train "
-                 "on %d of %d batches each (were %d)", self.budget_minutes, epochs_left,
-                 "s" if epochs_left != 1 else "", batches, most, before)
+        left = "the last epoch trains" if epochs_left == 1 else f"the remaining {epochs_left} epochs train"
+        log.info("re-planned to the %g-minute budget from the epoch just measured: %s on %d of %d batches%s "
+                 "(were %d)", self.budget_minutes, left, batches, most, " each" if epochs_left != 1 else "", before)
 
 
 def _all_batches(trainer: L.Trainer) -> int:
