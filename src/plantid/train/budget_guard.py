@@ -93,11 +93,14 @@ class BudgetGuard(Callback):
         aim_left = self.started + self.seconds - (1.0 - AIM) * budget - now
         most = _all_batches(trainer)
         chosen = batches_per_epoch(aim_left, batch_seconds, validation_seconds, growths, most)
+        deadline = self.started + self.seconds + TOLERANCE * budget
+        # every process of a multi-device run takes the first one's decision, so all train the same batches
+        chosen = trainer.strategy.broadcast(chosen, src=0)
         if abs(chosen - batches) >= MIN_CHANGE * batches or (chosen == most and batches < most):
             self._replan(trainer, pl_module, chosen, len(growths), most)
-        deadline = self.started + self.seconds + TOLERANCE * budget
-        next_epoch = chosen * batch_seconds * growths[0] + validation_seconds
-        if now + next_epoch <= deadline:
+            batches = chosen
+        over = now + batches * batch_seconds * growths[0] + validation_seconds > deadline
+        if not trainer.strategy.broadcast(over, src=0):
             return
         trainer.should_stop = True
         log.warning(

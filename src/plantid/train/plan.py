@@ -32,6 +32,8 @@ from PIL import Image
 
 from plantid.config import ResizePhase, RunConfig
 from plantid.data.split import Manifest
+from plantid.train.module import PlantClassifierModule
+from plantid.train.optim import build_optimizer
 
 log = logging.getLogger("plantid")
 
@@ -146,9 +148,6 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     step, so one step stalled by another process does not make the machine look slow; a machine
     whose cores are busy (load above its cores, or the probe getting under half of the CPU time
     its threads could use) is described in `Speed.busy` (CPU only)."""
-    from plantid.train.module import PlantClassifierModule
-    from plantid.train.optim import build_optimizer
-
     started = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
