@@ -316,6 +316,10 @@ def _train_and_fit(cfg, run_dir: Path) -> None:
         result = train_run(None, run_dir, resume=True)
     else:
         result = train_run(cfg, run_dir)
+    from plantid.runlock import started_for_another_device
+
+    if started_for_another_device():
+        return  # the first process reports the run and fits its trust
     val = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     test_acc = f"{result.test_acc:.4f}" if result.test_acc is not None else "n/a"
     console.print(

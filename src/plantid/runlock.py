@@ -5,7 +5,8 @@ export during a report) would leave a run whose files come from different comman
 taken before anything is written; a second command is refused in one line naming the holder's
 process id. The lock is an OS lock (flock), so a killed holder leaves no stale lock behind.
 Taking it is also the first write into the folder, so a read-only or full folder is refused here,
-in one line, before any work is done.
+in one line, before any work is done. The processes Lightning starts for the other devices of
+a multi-device run are the same command: they share the first one's lock.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from plantid.errors import PlantidError, disk_error
 
 LOCK_FILE = ".plantid.lock"  # the flock'ed file (filelock truncates it on every try, so it holds nothing)
 HOLDER_FILE = ".plantid.lock.pid"  # the process id of the command holding the lock
+
+
+def started_for_another_device() -> bool:
+    """Whether Lightning started this process for another device of a multi-device run (its
+    launcher sets LOCAL_RANK above 0 and runs the same command line again): the first process
+    holds the run's lock and prepared its folder, so this one shares both."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def holder_pid(run_dir: str | os.PathLike) -> str:
@@ -40,6 +48,9 @@ def run_lock(run_dir: str | os.PathLike, command: str) -> Iterator[Path]:
     and left nothing but the lock in it, so a refused start leaves no empty run folder.
     """
     run_dir = Path(run_dir)
+    if started_for_another_device():
+        yield run_dir
+        return
     if run_dir.exists() and not run_dir.is_dir():
         raise PlantidError(f"{run_dir}: exists and is not a folder; choose another run folder")
     created = not run_dir.exists()

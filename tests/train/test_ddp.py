@@ -78,3 +78,21 @@ def test_two_cpu_ranks_see_disjoint_shards_and_match_single_process(tmp_path: Pa
     # Same data, seed and epochs: both learn the easy colours; DDP only changes the effective batch.
     assert ddp["best_val_acc"] >= 0.75 and single["best_val_acc"] >= 0.75
     assert abs(ddp["test_acc"] - single["test_acc"]) <= 0.25
+
+
+@pytest.mark.slow  # a two-process training through the command line
+def test_plantid_train_on_two_devices_shares_the_first_process_lock_and_plan(tmp_path: Path, tiny_folder: Path):
+    """`plantid train ... train.devices=2 train.strategy=ddp`, as the README shows it: Lightning starts
+    the second process with the same command line; it trains from the split and budgeted plan the
+    first one wrote (no lock refusal, no second probe) and leaves the report to the first."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "plantid.cli", "train", "--data", str(tiny_folder), "--out", str(out),
+                           "train.accelerator=cpu", "train.devices=2", "train.strategy=ddp", "train.budget_minutes=0.2",
+                           "train.progress=false", "data.image_size=32", "track.mlflow=false"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] >= 1
+    assert (out / "trust.json").is_file()
+    assert proc.stdout.count("best val acc") == 1 and "in use by another plantid command" not in proc.stderr

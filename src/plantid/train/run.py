@@ -41,6 +41,7 @@ from plantid.fileio import atomic_path, write_json_atomic, write_text_atomic
 from plantid.models import members_of
 from plantid.records import TrainSummary, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
+from plantid.runlock import started_for_another_device
 from plantid.runtime import keep_freed_memory
 from plantid.track.mlflow_logger import mlflow_logger
 from plantid.track.mlflow_store import log_run_files, tracking_uri
@@ -285,6 +286,13 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         if replanned is not None:  # the epochs left keep the batches the budget gave them (plantid.train.budget_guard)
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"limit_train_batches": int(replanned)})})
         manifest = run.manifest
+    elif started_for_another_device() and run.config.is_file() and run.manifest.is_file():
+        # the first process of this multi-device run split and planned it: the same settings and split, no new probe
+        resume_step = None
+        cfg = load_run_config(run.config)
+        manifest = run.manifest
+        if "budget" in (cfg.train.planned or ""):
+            planning = 0.0  # a budget guard too: it follows the first process's decisions (plantid.train.budget_guard)
     else:
         resume_step = None
         if cfg is None:
