@@ -36,6 +36,22 @@ def test_underconfident_logits_get_a_temperature_below_one() -> None:
     assert nll(logits / 2.0, labels, t) < nll(logits / 2.0, labels)
 
 
+def test_a_val_split_without_errors_gets_the_rule_of_successions_confidence_not_certainty() -> None:
+    """54 val photos all right by a margin: the plain NLL falls without end as T shrinks (the fit
+    would stop at the clamp, every answer "certain"); the smoothed fit leaves the mean top
+    probability near 55/56, and a photo the model gets wrong is not given probability ~0."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(54) % 6
+    logits = torch.randn(54, 6, generator=g)
+    logits[torch.arange(54), labels] += 3.0  # every photo right, with a margin
+    t = fit_temperature(logits, labels)
+    top = torch.softmax(logits / t, 1).max(1).values.mean()
+    assert t > 0.05 and 0.95 < top < 1.0 - 0.5 / 56
+    wrong = torch.tensor([[3.0, 0, 0, 0, 0, 0]])
+    assert nll(wrong, torch.tensor([1]), t) < 10.0
+    assert nll(wrong, torch.tensor([1]), 0.05) > 50.0
+
+
 def test_crossfit_scores_each_photo_with_a_temperature_fitted_without_it() -> None:
     """Over-confident logits come out calibrated, each half scaled by the other half's temperature."""
     logits, labels = _calibrated_sample(n=3000, seed=2)
