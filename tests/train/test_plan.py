@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -248,4 +250,19 @@ def test_a_busy_machine_halves_the_threads_unless_the_user_fixed_them() -> None:
         assert threads_beside_others(load_config("cpu-default", [])) is None
     finally:
         torch.set_num_threads(before)
-    assert "the probe got 0.2 of 2 threads' CPU time" in _busy(0.2, 2)
+    cores = os.cpu_count() or 1
+    assert _busy(own_cpu=2.0 * cores, machine_cpu=2.0 * cores + 0.1, wall=2.0, threads=cores) is None
+    assert f"other programs used 1.0 of its {cores} cores" in _busy(2.0, 2.0 + 2.0, wall=2.0, threads=cores)
+    assert _busy(0.2, float("nan"), wall=1.0, threads=2) is not None  # no /proc/stat: starved threads
+
+
+def test_the_machine_cpu_clock_counts_this_process_work() -> None:
+    """/proc/stat's busy seconds grow by at least most of what a busy loop here spends."""
+    from plantid.train.plan import _machine_cpu_seconds
+
+    before, own = _machine_cpu_seconds(), time.process_time()
+    if before is None:
+        pytest.skip("no /proc/stat on this system")
+    while time.process_time() - own < 0.5:
+        pass
+    assert _machine_cpu_seconds() - before >= 0.4

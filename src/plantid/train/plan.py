@@ -166,14 +166,14 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
 
     share = max_seconds / (len(set(sizes)) + 1)  # of the time, per measurement
 
-    cpu_used, wall_used = 0.0, 0.0
+    cpu_used, wall_used, machine_used = 0.0, 0.0, 0.0
 
     def timed(fn, size: int, n: int) -> float:
-        nonlocal cpu_used, wall_used
+        nonlocal cpu_used, wall_used, machine_used
         x = torch.rand(n, 3, size, size, device=device).contiguous(memory_format=memory)
         fn(x[:4])  # warm-up on a few photos: kernel choice, first allocations
         durations: list[float] = []
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, m0 = time.perf_counter(), time.process_time(), _machine_cpu_seconds()
         while len(durations) < steps and (not durations or time.perf_counter() - t0 < share):
             step_start = time.perf_counter()
             fn(x)
@@ -182,6 +182,8 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
             durations.append(time.perf_counter() - step_start)
         cpu_used += time.process_time() - c0
         wall_used += time.perf_counter() - t0
+        m1 = _machine_cpu_seconds()
+        machine_used += (m1 - m0) if m0 is not None and m1 is not None else float("nan")
         return n / statistics.median(durations)
 
     def train_step(x: torch.Tensor) -> None:
@@ -198,20 +200,45 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     train = {size: timed(train_step, size, batch) for size in sorted(set(sizes))}
     model.eval()
     evaluate = timed(eval_step, sizes[-1], min(cfg.data.eval_batch_size, 2 * batch))
-    busy = None if gpu else _busy(cpu_used / max(wall_used, 1e-9), torch.get_num_threads())
+    busy = None if gpu else _busy(cpu_used, machine_used, max(wall_used, 1e-9), torch.get_num_threads())
     devices = cfg.train.devices if isinstance(cfg.train.devices, int) and cfg.train.devices > 0 else 1
     scale = devices * cfg.train.num_nodes  # DDP: every process trains its own shard at this speed
     return Speed(train={s: r * scale for s, r in train.items()}, evaluate=evaluate * scale,
                  seconds=time.perf_counter() - started, busy=busy)
 
 
-def _busy(cpu_share: float, threads: int) -> str | None:
-    """How other processes held the cores during the probe (its `threads` threads got `cpu_share`
-    of a core each, under half, or the load average is above the core count), or None."""
+def _machine_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot (Linux's /proc/stat; None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy(own_cpu: float, machine_cpu: float, wall: float, threads: int) -> str | None:
+    """How other programs held the cores during the probe, or None when they left room for its threads.
+
+    `own_cpu` and `machine_cpu` are the CPU seconds this process and the whole machine used in
+    `wall` seconds: other programs used (machine - own) / wall cores on average, and the machine
+    is busy when they and `threads` together need more than its cores (by half a core). Without
+    /proc/stat (`machine_cpu` NaN), the probe's own threads getting under half a core each is the
+    sign. Not the load average: it lags a minute, so a run started right after another command
+    (a scan, the previous training) read as busy.
+    """
     cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if cpu_share < 0.5 * min(threads, cores) or load > cores:
-        return f"load {load:.1f} on {cores} cores; the probe got {cpu_share:.1f} of {threads} threads' CPU time"
+    if math.isfinite(machine_cpu):
+        others = max(0.0, (machine_cpu - own_cpu) / wall)
+        if others + min(threads, cores) > cores + 0.5:
+            return f"other programs used {others:.1f} of its {cores} cores during the probe"
+        return None
+    share = own_cpu / wall
+    if share < 0.5 * min(threads, cores):
+        return f"the probe's {threads} threads got {share:.1f} cores"
     return None
 
 
