@@ -145,9 +145,8 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
 
     Each measurement stops after `steps` steps or its share of `max_seconds` (at least one step),
     so a slow machine does not spend its budget measuring itself. The rate is that of the median
-    step, so one step stalled by another process does not make the machine look slow; a machine
-    whose cores are busy (load above its cores, or the probe getting under half of the CPU time
-    its threads could use) is described in `Speed.busy` (CPU only)."""
+    step, so one step stalled by another process does not make the machine look slow; on a CPU,
+    other programs' use of the cores during the measurements is described in `Speed.busy` (`_busy`)."""
     started = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -304,12 +303,12 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
             speed = probe_speed(cfg, manifest.classes, counts, sizes, max_seconds=probe_seconds)
             speed.seconds += first
             log.warning("the machine is busy (%s): training on %d thread%s so that this run and the others do not "
-                        "take turns spinning (set train.threads=N to choose); the plan assumes it stays this busy",
+                        "take turns spinning (set train.threads=N to choose)",
                         busy, threads, "s" if threads != 1 else "")
             notes.append(f"busy machine: {threads} threads")
         elif speed.busy:
-            log.warning("the machine is busy (%s): the plan assumes it stays this busy; set train.epochs=N to fix "
-                        "the epochs instead", speed.busy)
+            log.warning("the machine is busy (%s): the epochs are planned for it and re-planned after each one; set "
+                        "train.epochs=N to fix them instead", speed.busy)
         budget = planned_minutes * 60 * BUDGET_SHARE - speed.seconds
         cap = max(1, math.ceil(max_epochs_for(n_train, cfg.data.batch_size) * cfg.train.plan_share))
         if auto_phases:
