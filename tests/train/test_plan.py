@@ -203,16 +203,22 @@ class _BatchesSeen(Callback):
         self.batches.append(int(trainer.num_training_batches))
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
-def test_epochs_faster_than_planned_train_on_more_photos_to_the_budget(tiny_manifest: Path, tmp_path: Path,
-                                                                        schedule: str, caplog) -> None:
-    """A plan that gave each epoch one batch (a probe that met a busy moment) and a budget those
-    epochs leave mostly unused: after the first epoch the rest train on every photo, and the
-    schedule is stretched to the new number of steps (one-cycle would refuse a step past its end;
-    both peak and end near their lowest rate); last.ckpt keeps the batches for a resume."""
+class _StopAfter(Callback):
+    """Ends the fit after `epochs` epochs, as a killed run would have left its last.ckpt."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def _one_batch_plan(tiny_manifest: Path, tmp_path: Path, schedule: str):
+    """A budgeted run's config whose plan gave each of its 3 epochs one batch of 4 photos (a probe
+    that met a busy moment), its data and module, and how many batches every photo makes."""
     from plantid.data.datamodule import PlantDataModule
     from plantid.train.module import PlantClassifierModule
-    from plantid.train.run import _check_resumable, build_trainer
 
     cfg = load_config("cpu-default", [
         f"data.manifest={tiny_manifest}", "data.image_size=32", "train.epochs=3", "train.resize_phases=[]",
@@ -224,16 +230,44 @@ def test_epochs_faster_than_planned_train_on_more_photos_to_the_budget(tiny_mani
                            cache_dir=tmp_path / "cache")
     data.setup("fit")
     module = PlantClassifierModule(cfg.model_dump(mode="json"), data.classes, data.class_counts)
+    return cfg, data, module, math.ceil(len(read_manifest(tiny_manifest).rows_for("train")) / 4)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_epochs_faster_than_planned_train_on_more_photos_to_the_budget(tiny_manifest: Path, tmp_path: Path,
+                                                                        schedule: str, caplog) -> None:
+    """A budget the one-batch epochs leave mostly unused: after the first epoch the rest train on
+    every photo, and the schedule is stretched to the new number of steps (one-cycle would refuse
+    a step past its end; both peak and end near their lowest rate)."""
+    from plantid.train.run import build_trainer
+
+    cfg, data, module, every = _one_batch_plan(tiny_manifest, tmp_path, schedule)
     seen = _BatchesSeen()
     trainer = build_trainer(cfg, tmp_path / "run", [seen], epoch_seconds=600.0)
     with caplog.at_level(logging.INFO, logger="plantid.train.budget_guard"):
         trainer.fit(module, datamodule=data)
-    every = math.ceil(len(read_manifest(tiny_manifest).rows_for("train")) / 4)
     assert every > 1 and seen.batches == [1, every, every]
     assert "the remaining 2 epochs train on" in caplog.text
     assert max(seen.rates) > 0.5 * cfg.optim.lr and seen.rates[-1] < 0.05 * cfg.optim.lr
-    assert _check_resumable(tmp_path / "run" / "last.ckpt") == (trainer.global_step, every)
 
+
+def test_a_resumed_run_keeps_the_batches_its_budget_re_planned(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Killed after 2 of 3 re-planned epochs, `train --resume` (which has no budget left to keep)
+    trains the last epoch on the re-planned batches, not the config's one, and its one-cycle
+    schedule, restored from last.ckpt, ends where it should instead of refusing a step."""
+    from plantid.config import dump_config
+    from plantid.train.run import build_trainer, train_run
+
+    cfg, data, module, every = _one_batch_plan(tiny_manifest, tmp_path, "onecycle")
+    run = tmp_path / "run"
+    trainer = build_trainer(cfg, run, [_StopAfter(2)], epoch_seconds=600.0)
+    trainer.fit(module, datamodule=data)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    (run / "split.csv").write_bytes(tiny_manifest.read_bytes())
+    seen = _BatchesSeen()
+    result = train_run(None, run, resume=True, callbacks=[seen])
+    assert seen.batches == [every] and result.epochs_run == 3
+    assert seen.rates[-1] < 0.05 * cfg.optim.lr
 
 
 def test_a_busy_machine_halves_the_threads_unless_the_user_fixed_them() -> None:
