@@ -297,7 +297,7 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         probe_seconds = PROBE_SHARE * cfg.train.budget_minutes * 60
         speed = probe_speed(cfg, manifest.classes, counts, sizes, max_seconds=probe_seconds)
         threads = threads_beside_others(cfg) if speed.busy else None
-        if speed.busy and threads is not None:
+        if threads is not None:
             first, busy = speed.seconds, speed.busy
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
             speed = probe_speed(cfg, manifest.classes, counts, sizes, max_seconds=probe_seconds)
