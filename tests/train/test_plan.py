@@ -300,3 +300,16 @@ def test_the_machine_cpu_clock_counts_this_process_work() -> None:
     while time.process_time() - own < 0.5:
         pass
     assert _machine_cpu_seconds() - before >= 0.4
+
+
+def test_planned_from_budget_reads_the_plans_own_note(tiny_manifest: Path) -> None:
+    """The other devices of a multi-device run add a budget guard only when the first one planned
+    from the budget: a budgeted plan says so in train.planned; fixed epochs with an auto size do not."""
+    from plantid.train.plan import planned_from_budget
+
+    budgeted = plan_run(load_config("cpu-default", [f"data.manifest={tiny_manifest}", *AUTO, "train.threads=1"]),
+                        read_manifest(tiny_manifest))
+    fixed = plan_run(load_config("cpu-default", [f"data.manifest={tiny_manifest}", "data.image_size=auto",
+                                                 "train.epochs=4"]), read_manifest(tiny_manifest))
+    assert planned_from_budget(budgeted) and not planned_from_budget(fixed)
+    assert fixed.train.planned and not planned_from_budget(load_config("cpu-default", []))

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -336,6 +337,12 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
     return cfg.model_copy(update={"data": data, "train": train})
+
+
+def planned_from_budget(cfg: RunConfig) -> bool:
+    """Whether `plan_run` planned this (resolved) config's epochs from its budget: its note in
+    ``train.planned`` starts with "budget N min" (`plan_run` writes it)."""
+    return re.search(r"(^|; )budget \S+ min", cfg.train.planned or "") is not None
 
 
 def plan_in_words(epochs: int, phases: list[ResizePhase], final: int, speed: Speed | None = None, n_train: int = 0,

@@ -51,7 +51,7 @@ from plantid.train.divergence import DivergenceGuard
 from plantid.train.head_init import ProbeHeadInit
 from plantid.train.metrics_log import RunCSVLogger
 from plantid.train.module import PlantClassifierModule
-from plantid.train.plan import plan_run
+from plantid.train.plan import plan_run, planned_from_budget
 from plantid.train.progress_line import ProgressLine, epoch_sizes
 from plantid.train.throughput import EpochThroughput
 from plantid.train.warm_start import load_parent_weights, parent_manifest
@@ -291,7 +291,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         resume_step = None
         cfg = load_run_config(run.config)
         manifest = run.manifest
-        if "budget" in (cfg.train.planned or ""):
+        if planned_from_budget(cfg):
             planning = 0.0  # a budget guard too: it follows the first process's decisions (plantid.train.budget_guard)
     else:
         resume_step = None
