@@ -34,9 +34,30 @@ class DataConfig(_Section):
     # 'auto': from the train photos' resolution when the run starts (plantid.train.plan)
     image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = 224
     batch_size: int = Field(32, ge=1)  # training photos per optimizer step
+    # photos per forward and backward pass: a batch's gradients are summed over batch_size /
+    # micro_batch_size passes (Lightning's accumulate_grad_batches), so activations take that much
+    # less memory for the same optimizer steps; BatchNorm sees the smaller batches. None: the batch
+    micro_batch_size: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(128, ge=1)  # photos per batch in validation, evaluation and trust fitting
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: in the main process)
     cache_dir: Path | None = None  # default: ~/.cache/plantid
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_batch(self) -> "DataConfig":
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"data.micro_batch_size={self.micro_batch_size} must divide data.batch_size="
+                             f"{self.batch_size} (for example {self.batch_size // 2})")
+        return self
+
+    @property
+    def loader_batch_size(self) -> int:
+        """Training photos per forward and backward pass: the micro-batch when one is set."""
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def accumulate_batches(self) -> int:
+        """Passes summed into one optimizer step (Lightning's `accumulate_grad_batches`)."""
+        return self.batch_size // self.loader_batch_size
 
 
 class ModelConfig(_Section):

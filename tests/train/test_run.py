@@ -227,6 +227,50 @@ def test_progressive_resizing_trains_small_first_then_at_full_size(tmp_path: Pat
     assert summary["image_size"] == 40 and summary["train_image_sizes"] == [32, 36, 40]
 
 
+def test_micro_batches_sum_into_the_same_optimizer_steps(tmp_path: Path, tiny_folder: Path):
+    """data.micro_batch_size: each forward pass sees the micro-batch, and the optimizer steps (and so
+    the learning-rate schedule) are those of the whole batch."""
+    import lightning as L
+
+    from plantid.config import load_config
+    from plantid.train.run import train_run
+
+    def run(name: str, extra: list[str]) -> tuple[set[int], int]:
+        passes: set[int] = set()
+        steps: list[int] = []
+
+        class RecordPasses(L.Callback):
+            def on_fit_start(self, trainer, pl_module):
+                def record(module, args):
+                    if module.training:
+                        passes.add(args[0].shape[0])
+                pl_module.model.register_forward_pre_hook(record)
+
+            def on_train_end(self, trainer, pl_module):
+                steps.append(trainer.global_step)
+
+        cfg = load_config("inception", [
+            f"data.root={tiny_folder}", "data.image_size=32", "data.batch_size=6", "data.val=0.25",
+            "data.test=0.25", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.progress=false",
+            *extra])
+        train_run(cfg, tmp_path / name, callbacks=[RecordPasses()])
+        return passes, steps[0]
+
+    whole_passes, whole_steps = run("whole", [])
+    micro_passes, micro_steps = run("micro", ["data.micro_batch_size=3"])
+    assert max(whole_passes) == 6 and max(micro_passes) == 3
+    assert micro_steps == whole_steps > 0
+
+
+def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(tmp_path: Path, tiny_folder: Path):
+    proc = run_plantid("train", "--data", str(tiny_folder), "--out", str(tmp_path / "run"), "--recipe", "inception",
+                       "data.batch_size=6", "data.micro_batch_size=4")
+    assert proc.returncode != 0
+    line = one_line_error(proc)
+    assert "data.micro_batch_size=4 must divide data.batch_size=6" in line
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
 def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error(tmp_path: Path, tiny_folder: Path):
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_folder), "--recipe", "simple-cnn", "--out", str(run),

@@ -161,7 +161,7 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     model = module.model.to(device)  # the module is thrown away after the probe
     optimizer = build_optimizer(model, cfg.optim)
     memory = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    batch = cfg.data.batch_size
+    batch = cfg.data.loader_batch_size  # the pass training runs, and the memory it takes
     labels = torch.arange(batch, device=device) % len(classes)
 
     share = max_seconds / (len(set(sizes)) + 1)  # of the time, per measurement
@@ -317,7 +317,7 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         else:
             epochs, share = _epochs_for_phases(budget, final, phases, n_train, n_val, speed, max_epochs=cap)
         if share < 1.0 and limit == 1.0:
-            limit = train_batches_for_share(share, n_train, cfg.data.batch_size)
+            limit = train_batches_for_share(share, n_train, cfg.data.loader_batch_size)
         rates = ", ".join(f"{speed.train[s]:.1f} at {s} px" for s in sorted(speed.train))
         share_note = f" x {cfg.train.plan_share:g}" if cfg.train.plan_share < 1.0 else ""
         notes.append(f"budget {cfg.train.budget_minutes:g} min{share_note}: probe {speed.seconds:.0f} s measured training "

@@ -240,6 +240,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list[Any] | None = N
         # Lightning's True would raise mid-training on a GPU.
         deterministic="warn" if t.deterministic else False,
         limit_train_batches=t.limit_train_batches,
+        accumulate_grad_batches=cfg.data.accumulate_batches,
         # the guard's re-plan changes the batches per epoch, which Lightning reads when it loads the data
         reload_dataloaders_every_n_epochs=1 if guarded else 0,
         limit_val_batches=t.limit_val_batches,
@@ -323,7 +324,7 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
     data = PlantDataModule(
         manifest_path=manifest,
         image_size=cfg.data.image_size,
-        batch_size=cfg.data.batch_size,
+        batch_size=cfg.data.loader_batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
