@@ -189,6 +189,24 @@ def test_batches_per_epoch_fill_the_time_left_and_stay_between_one_batch_and_eve
     assert batches_per_epoch(5.0, 1.0, 5.0, [1.0, 2.25], most=1000) == 1
 
 
+def test_the_epoch_clock_pools_every_epoch_at_the_pixels_of_each() -> None:
+    """A slow epoch of 7 batches at 128 px (7 s) and a fast one of 4 (2 s): a batch costs the pooled
+    9 s / 11 batches at 128 px, not the last epoch's 0.5 s, and 2.25 times that at 192 px; the
+    validation is the mean of those that ran."""
+    from plantid.train.budget_guard import EpochClock
+
+    clock = EpochClock()
+    assert clock.validation() == 0.0
+    clock.add(7, 128, 7.0, 3.0)
+    clock.add(4, 128, 2.0, None)
+    assert clock.batch_seconds(128) == pytest.approx(9.0 / 11)
+    assert clock.batch_seconds(192) == pytest.approx(9.0 / 11 * 2.25)
+    assert clock.validation() == pytest.approx(3.0)
+    clock.add(2, 192, 4.5, 1.0)  # 2 batches at 192 px weigh as 4.5 at 128 px
+    assert clock.batch_seconds(128) == pytest.approx(13.5 / 15.5)
+    assert clock.validation() == pytest.approx(2.0)
+
+
 class _BatchesSeen(Callback):
     """Records each epoch's training batches and the learning rate each step trained with."""
 

@@ -4,8 +4,9 @@ The plan (plantid.train.plan) fixes the epochs, and the share of the photos each
 a throughput probe of a few seconds at the start. A probe that met a busy moment (another run
 starting, its photos being decoded) or a machine that another program takes later leaves the
 epochs shorter or longer than the budget. At the end of each epoch this callback measures the
-epoch it saw (seconds per training batch, scaled by the square of the image size for
-progressive resizing; validation, which always runs at the final size) and re-plans how many
+epochs so far (seconds per training batch, scaled by the square of the image size for
+progressive resizing, pooled over every epoch so that one noisy epoch does not swing the plan;
+validation, which always runs at the final size) and re-plans how many
 batches each remaining epoch trains on, so the run ends at `AIM` of the budget: at most every
 photo, at least one batch. The learning-rate schedule is rebuilt over the new number of steps
 from the step reached (`PlantClassifierModule.reschedule`). When even one batch an epoch would
@@ -47,6 +48,36 @@ def batches_per_epoch(seconds_left: float, batch_seconds: float, validation_seco
     return int(max(1, min(most, math.floor(room / per_batch))))
 
 
+class EpochClock:
+    """The epochs' measured seconds, pooled: a training batch's seconds at any size (the pixels'
+    ratio to the size they were measured at) and a validation's seconds, averaged over every epoch
+    so far. One epoch alone swung a plan of a few batches back and forth (4 -> 7 -> 4 of 7 on a
+    busy machine), each swing a new schedule."""
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self.pixel_batches = 0.0  # batches x image side squared, over every epoch so far
+        self.validation_seconds = 0.0
+        self.validations = 0
+
+    def add(self, batches: int, size: int, train_seconds: float, validation_seconds: float | None) -> None:
+        """One finished epoch: `batches` training batches at `size` px in `train_seconds`, then its
+        validation (None: the epoch had none)."""
+        self.train_seconds += train_seconds
+        self.pixel_batches += batches * size * size
+        if validation_seconds is not None:
+            self.validation_seconds += validation_seconds
+            self.validations += 1
+
+    def batch_seconds(self, size: int) -> float:
+        """Seconds of one training batch at `size` px, from every epoch so far."""
+        return self.train_seconds / max(self.pixel_batches, 1e-9) * size * size
+
+    def validation(self) -> float:
+        """Seconds of one validation, from every epoch so far (0 when none ran)."""
+        return self.validation_seconds / self.validations if self.validations else 0.0
+
+
 class BudgetGuard(Callback):
     """Re-plan the remaining epochs' batches at each epoch's end to end at `AIM` of the budget, and
     stop when even one batch an epoch would end more than `TOLERANCE` past it.
@@ -65,6 +96,7 @@ class BudgetGuard(Callback):
         self.epoch_started: float | None = None
         self.validation_started: float | None = None
         self.batches: int | None = None  # the re-planned training batches per epoch
+        self.clock = EpochClock()
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches}
@@ -86,9 +118,11 @@ class BudgetGuard(Callback):
         validated = self.validation_started is not None and self.validation_started >= self.epoch_started
         split = self.validation_started if validated else now
         batches = max(1, int(trainer.num_training_batches))
-        batch_seconds = (split - self.epoch_started) / batches
-        validation_seconds = now - split
-        growths = [(size / self.epoch_sizes[epoch]) ** 2 for size in self.epoch_sizes[epoch + 1:]]
+        size = self.epoch_sizes[epoch]
+        self.clock.add(batches, size, split - self.epoch_started, now - split if validated else None)
+        batch_seconds = self.clock.batch_seconds(size)
+        validation_seconds = self.clock.validation()
+        growths = [(later / size) ** 2 for later in self.epoch_sizes[epoch + 1:]]
         budget = 60 * self.budget_minutes
         aim_left = self.started + self.seconds - (1.0 - AIM) * budget - now
         most = _all_batches(trainer)
@@ -120,7 +154,7 @@ class BudgetGuard(Callback):
         steps_per_epoch = math.ceil(batches / accumulate)
         pl_module.reschedule(pl_module.global_step + epochs_left * steps_per_epoch, steps_per_epoch)
         left = "the last epoch trains" if epochs_left == 1 else f"the remaining {epochs_left} epochs train"
-        log.info("re-planned to the %g-minute budget from the epoch just measured: %s on %d of %d batches%s "
+        log.info("re-planned to the %g-minute budget from the epochs measured so far: %s on %d of %d batches%s "
                  "(were %d)", self.budget_minutes, left, batches, most, " each" if epochs_left != 1 else "", before)
 
 
