@@ -57,3 +57,36 @@ def test_opt_out_keeps_system_defaults():
     applied, faults = _faults("tuned", PLANTID_SYSTEM_MALLOC="1")
     assert not applied
     assert faults >= MEASURED_PASSES * ACTIVATION_PAGES
+
+
+# A fresh process touches 256 MiB, then prints its resident memory before and after, its peak, and
+# the memory the system says it can still give before and after.
+MEMORY_SCRIPT = """
+from plantid.runtime import memory_available_mb, peak_resident_mb, resident_mb
+before, free_before = resident_mb(), memory_available_mb()
+block = bytearray(256 * 2**20)
+block[::4096] = b"x" * len(block[::4096])  # touch every page
+print(before, resident_mb(), peak_resident_mb(), free_before, memory_available_mb())
+"""
+
+
+def test_resident_peak_and_available_memory_follow_a_real_allocation():
+    """256 MiB touched: resident memory and its peak grow by about that much, and the system's
+    available memory is positive and no larger than it was plus the noise of other programs."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True).stdout
+    before, after, peak, free_before, free_after = map(float, out.split())
+    assert 240 <= after - before <= 300
+    assert peak >= after - 1
+    assert free_before > 0 and free_after > 0
+    assert free_after < free_before + 200  # the 256 MiB came out of what was available
+
+
+def test_a_training_that_does_not_fit_the_free_memory_is_told_how_to_fit():
+    from plantid.train.plan import memory_note
+
+    assert memory_note(2000.0, 900.0, 8000.0, None) is None  # 2.5 GB needed, 8.9 free
+    note = memory_note(2000.0, 900.0, 1200.0, None)  # 2.5 GB needed, 2.1 free
+    assert note is not None and "2.4 GB" in note and "2.1 GB" in note and "data.micro_batch_size=16" in note
+    already = memory_note(2000.0, 900.0, 1200.0, 16)
+    assert already is not None and "micro_batch_size" not in already
+    assert memory_note(None, 900.0, 1200.0, None) is None  # unknown: no guess

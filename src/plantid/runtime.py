@@ -1,4 +1,5 @@
-"""Process-wide CPU runtime settings that PyTorch leaves to the application: the C allocator.
+"""Process-wide CPU runtime settings that PyTorch leaves to the application (the C allocator), and
+what the process and the machine hold in memory.
 
 glibc's malloc serves large blocks with mmap and gives them back to the kernel on free. PyTorch's
 CPU kernels allocate and free their activation buffers on every call, so without tuning each
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -42,3 +44,36 @@ def keep_freed_memory(limit_bytes: int = KEEP_BYTES) -> bool:
     mallopt.restype = ctypes.c_int
     limit = int(min(limit_bytes, 2**31 - 1))
     return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
+
+
+def peak_resident_mb() -> float | None:
+    """The peak resident memory of this process in MB (getrusage; None where it is not available)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def memory_available_mb() -> float | None:
+    """Memory the system can still give to programs without swapping, in MB (Linux's
+    MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+
+def resident_mb() -> float | None:
+    """The resident memory of this process now, in MB (Linux's /proc/self/statm; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None

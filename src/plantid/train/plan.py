@@ -33,6 +33,7 @@ from PIL import Image
 
 from plantid.config import ResizePhase, RunConfig
 from plantid.data.split import Manifest
+from plantid.runtime import memory_available_mb, peak_resident_mb, resident_mb
 from plantid.train.module import PlantClassifierModule
 from plantid.train.optim import build_optimizer
 
@@ -55,6 +56,9 @@ MIN_EPOCHS = 3  # fewer passes are taken as shares of the photos per epoch inste
 BUDGET_SHARE = 0.9
 SAMPLE_PHOTOS = 200  # photos whose headers give the resolution
 PROBE_SHARE = 0.05  # of the budget the throughput probe may take (beyond one step per size)
+# A training's peak over its probe's (the loaders, validation and the trust fit come after): 1.19
+# and 1.13 on 360 photos (docs/benchmarks.md, "Memory"), rounded up.
+TRAINING_OVER_PROBE = 1.25
 
 
 @dataclass
@@ -310,6 +314,9 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
         elif speed.busy:
             log.warning("the machine is busy (%s): the epochs are planned for it and re-planned after each one; set "
                         "train.epochs=N to fix them instead", speed.busy)
+        short = memory_note(peak_resident_mb(), resident_mb(), memory_available_mb(), cfg.data.micro_batch_size)
+        if short:
+            log.warning("%s", short)
         budget = planned_minutes * 60 * BUDGET_SHARE - speed.seconds
         cap = max(1, math.ceil(max_epochs_for(n_train, cfg.data.batch_size) * cfg.train.plan_share))
         if auto_phases:
@@ -337,6 +344,21 @@ def plan_run(cfg: RunConfig, manifest: Manifest) -> RunConfig:
     train = cfg.train.model_copy(update={"epochs": epochs, "resize_phases": phases, "limit_train_batches": limit,
                                          "planned": "; ".join(notes)})
     return cfg.model_copy(update={"data": data, "train": train})
+
+
+def memory_note(probe_peak_mb: float | None, resident_now_mb: float | None, available_mb: float | None,
+                micro_batch_size: int | None) -> str | None:
+    """What to do when the training, estimated at `TRAINING_OVER_PROBE` x the probe's peak resident
+    memory, needs more than this process holds now plus what the system can still give (None when
+    it fits or a number is unknown): a machine that swaps trains many times slower, or stops."""
+    if probe_peak_mb is None or resident_now_mb is None or available_mb is None:
+        return None
+    need, have = TRAINING_OVER_PROBE * probe_peak_mb, resident_now_mb + available_mb
+    if need <= have:
+        return None
+    fix = ("set data.micro_batch_size=16 and PLANTID_SYSTEM_MALLOC=1 to train in about a quarter less "
+           "(docs/benchmarks.md, \"Memory\"), or close other programs") if micro_batch_size is None else "close other programs"
+    return f"this training needs about {need / 1024:.1f} GB of memory and {have / 1024:.1f} GB are free: {fix}"
 
 
 def planned_from_budget(cfg: RunConfig) -> bool:

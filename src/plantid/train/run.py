@@ -13,7 +13,6 @@ import json
 import logging
 import pickle
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from plantid.models import members_of
 from plantid.records import TrainSummary, read_or_warn, read_summary
 from plantid.runfolder import RunFolder
 from plantid.runlock import started_for_another_device
-from plantid.runtime import keep_freed_memory
+from plantid.runtime import keep_freed_memory, peak_resident_mb
 from plantid.track.mlflow_logger import mlflow_logger
 from plantid.track.mlflow_store import log_run_files, tracking_uri
 from plantid.train.augment import train_image_size
@@ -397,16 +396,6 @@ def train_run(cfg: RunConfig | None, run_dir: Path, *, resume: bool = False,
         # config, summary, labels, metrics.csv to the run's MLflow run, if tracked
         log_run_files(run_dir, store=None if resume else tracking_uri(cfg.track, run_dir))
     return result
-
-
-def peak_resident_mb() -> float | None:
-    """The peak resident memory of this process in MB (getrusage; None where it is not available)."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _check_resumable(last: Path) -> tuple[int, int | None]:
