@@ -69,7 +69,6 @@ def memory_available_mb() -> float | None:
     return None
 
 
-
 def resident_mb() -> float | None:
     """The resident memory of this process now, in MB (Linux's /proc/self/statm; None elsewhere)."""
     try:

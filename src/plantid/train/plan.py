@@ -356,8 +356,10 @@ def memory_note(probe_peak_mb: float | None, resident_now_mb: float | None, avai
     need, have = TRAINING_OVER_PROBE * probe_peak_mb, resident_now_mb + available_mb
     if need <= have:
         return None
-    fix = ("set data.micro_batch_size=16 and PLANTID_SYSTEM_MALLOC=1 to train in about a quarter less "
-           "(docs/benchmarks.md, \"Memory\"), or close other programs") if micro_batch_size is None else "close other programs"
+    fix = "close other programs"
+    if micro_batch_size is None:
+        fix = ("set data.micro_batch_size=16 and PLANTID_SYSTEM_MALLOC=1 to train in about a quarter less "
+               f"(docs/benchmarks.md, \"Memory\"), or {fix}")
     return f"this training needs about {need / 1024:.1f} GB of memory and {have / 1024:.1f} GB are free: {fix}"
 
 
