@@ -1,5 +1,5 @@
 """Process-wide CPU runtime settings that PyTorch leaves to the application (the C allocator), and
-what the process and the machine hold in memory.
+what the process and the machine hold in memory and have spent on the CPU.
 
 glibc's malloc serves large blocks with mmap and gives them back to the kernel on free. PyTorch's
 CPU kernels allocate and free their activation buffers on every call, so without tuning each
@@ -76,3 +76,16 @@ def resident_mb() -> float | None:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return None
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot (Linux's /proc/stat; None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

@@ -310,14 +310,14 @@ def test_a_busy_machine_halves_the_threads_unless_the_user_fixed_them() -> None:
 
 def test_the_machine_cpu_clock_counts_this_process_work() -> None:
     """/proc/stat's busy seconds grow by at least most of what a busy loop here spends."""
-    from plantid.train.plan import _machine_cpu_seconds
+    from plantid.runtime import machine_cpu_seconds
 
-    before, own = _machine_cpu_seconds(), time.process_time()
+    before, own = machine_cpu_seconds(), time.process_time()
     if before is None:
         pytest.skip("no /proc/stat on this system")
     while time.process_time() - own < 0.5:
         pass
-    assert _machine_cpu_seconds() - before >= 0.4
+    assert machine_cpu_seconds() - before >= 0.4
 
 
 def test_planned_from_budget_reads_the_plans_own_note(tiny_manifest: Path) -> None:

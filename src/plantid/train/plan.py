@@ -33,7 +33,7 @@ from PIL import Image
 
 from plantid.config import ResizePhase, RunConfig
 from plantid.data.split import Manifest
-from plantid.runtime import memory_available_mb, peak_resident_mb, resident_mb
+from plantid.runtime import machine_cpu_seconds, memory_available_mb, peak_resident_mb, resident_mb
 from plantid.train.module import PlantClassifierModule
 from plantid.train.optim import build_optimizer
 
@@ -177,7 +177,7 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
         x = torch.rand(n, 3, size, size, device=device).contiguous(memory_format=memory)
         fn(x[:4])  # warm-up on a few photos: kernel choice, first allocations
         durations: list[float] = []
-        t0, c0, m0 = time.perf_counter(), time.process_time(), _machine_cpu_seconds()
+        t0, c0, m0 = time.perf_counter(), time.process_time(), machine_cpu_seconds()
         while len(durations) < steps and (not durations or time.perf_counter() - t0 < share):
             step_start = time.perf_counter()
             fn(x)
@@ -186,7 +186,7 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
             durations.append(time.perf_counter() - step_start)
         cpu_used += time.process_time() - c0
         wall_used += time.perf_counter() - t0
-        m1 = _machine_cpu_seconds()
+        m1 = machine_cpu_seconds()
         machine_used += (m1 - m0) if m0 is not None and m1 is not None else float("nan")
         return n / statistics.median(durations)
 
@@ -209,19 +209,6 @@ def probe_speed(cfg: RunConfig, classes: list[str], counts: list[int], sizes: li
     scale = devices * cfg.train.num_nodes  # DDP: every process trains its own shard at this speed
     return Speed(train={s: r * scale for s, r in train.items()}, evaluate=evaluate * scale,
                  seconds=time.perf_counter() - started, busy=busy)
-
-
-def _machine_cpu_seconds() -> float | None:
-    """CPU seconds every process on the machine has used since boot (Linux's /proc/stat; None elsewhere)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = stat.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu" or len(fields) < 9:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _busy(own_cpu: float, machine_cpu: float, wall: float, threads: int) -> str | None:
